@@ -1,0 +1,39 @@
+"""Episodes → padded per-token tensors for the learner. Every trained position knows its turn."""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import torch
+
+from score_rl.episode import Episode
+
+
+def collate(episodes: Sequence[Episode], pad_id: int) -> Dict[str, torch.Tensor]:
+    """Right-padded tensors. Per-token fields are aligned with targets input_ids[:, 1:] (length L-1).
+
+    turn: 0 where the token is not a response token, else the 1-based turn index; advantage / kl_coef: that turn's.
+    """
+    width = max(len(ep.full_ids()) for ep in episodes)
+    n = len(episodes)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    turn = torch.zeros((n, width - 1), dtype=torch.long)
+    advantage = torch.zeros((n, width - 1))
+    kl_coef = torch.zeros((n, width - 1))
+    sampling_logprobs = torch.zeros((n, width - 1))
+    for i, ep in enumerate(episodes):
+        ids = ep.full_ids()
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
+        for t, ((start, end), tr) in enumerate(zip(ep.response_spans(), ep.turns), start=1):
+            if end == start:
+                continue
+            # token at position p is predicted by logits at p-1 → target index p-1
+            sl = slice(start - 1, end - 1)
+            turn[i, sl] = t
+            advantage[i, sl] = tr.advantage if tr.advantage is not None else 0.0
+            kl_coef[i, sl] = tr.kl_coef if tr.kl_coef is not None else 0.0
+            sampling_logprobs[i, sl] = torch.tensor(tr.sampling_logprobs, dtype=torch.float32)
+    return dict(input_ids=input_ids, attention_mask=attention_mask, turn=turn, advantage=advantage,
+                kl_coef=kl_coef, sampling_logprobs=sampling_logprobs)

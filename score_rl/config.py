@@ -1,0 +1,316 @@
+"""The one config tree: a structured OmegaConf schema, loaded from YAML + dotlist overrides, validated once.
+
+Every field carries a one-line ``help`` (rendered into docs/config.md, kept in sync by a test). Unknown keys and
+wrong types are errors that name the key and the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; its message is one line."""
+
+
+def doc(default: Any, help: str) -> Any:  # noqa: A002 - mirrors dataclasses.field(metadata=help)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    if is_dataclass(default) and isinstance(default, type):
+        return field(default_factory=default, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TinyModelConfig:
+    architecture: str = doc("qwen2", "Architecture of the locally built base model: qwen2 or llama.")
+    hidden_size: int = doc(128, "Hidden size of the tiny model.")
+    num_layers: int = doc(2, "Number of transformer layers.")
+    num_heads: int = doc(4, "Number of attention heads.")
+    intermediate_size: int = doc(512, "MLP width.")
+    vocab_size: int = doc(512, "Target vocabulary size of the locally trained BPE tokenizer.")
+    warmup_examples: int = doc(20000, "Number of demonstration episodes in the supervised warm-up.")
+    warmup_epochs: int = doc(5, "Epochs of supervised warm-up.")
+    warmup_batch_size: int = doc(64, "Batch size of the supervised warm-up.")
+    warmup_lr: float = doc(2e-3, "Peak learning rate of the supervised warm-up (cosine decay).")
+    seed: int = doc(0, "Seed of the tokenizer corpus, demonstrations and initial weights.")
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str] = doc(
+        None, "Hugging Face model directory (local path). null builds the tiny base model described by model.tiny."
+    )
+    cache_dir: str = doc("~/.cache/score_rl", "Where locally built base models are cached (keyed by their config).")
+    dtype: str = doc("float32", "Parameter dtype: float32, bfloat16 or float16.")
+    tiny: TinyModelConfig = doc(TinyModelConfig, "The locally built base model (used when model.path is null).")
+
+
+@dataclass
+class PromptConfig:
+    first_attempt: str = doc("{problem}", "Turn-1 prompt template; {problem} is replaced by the problem text.")
+    correction: str = doc(
+        "\nThere might be an error in the solution above. Please correct the error, if any, and rewrite the solution.\n",
+        "Fixed correction instruction appended after attempt 1; it never reveals whether attempt 1 was right.",
+    )
+    use_chat_template: bool = doc(
+        False, "Wrap turns with the tokenizer's chat template (for instruction-tuned models)."
+    )
+
+
+@dataclass
+class EnvConfig:
+    name: str = doc("arithmetic", "Registered environment name (arithmetic).")
+    params: Dict[str, Any] = doc({}, "Environment-specific parameters, validated by the environment.")
+    seed: int = doc(0, "Seed of the generated dataset splits.")
+
+
+@dataclass
+class RolloutConfig:
+    num_workers: int = doc(1, "Number of rollout workers (Ray actors, one placement-group bundle each).")
+    cpus_per_worker: float = doc(1.0, "CPUs reserved per rollout worker.")
+    gpus_per_worker: float = doc(0.0, "GPUs reserved per rollout worker.")
+    problems_per_step: int = doc(32, "Problems sampled from the train split per training step.")
+    samples_per_problem: int = doc(4, "Independent episodes per problem (the group of the baseline).")
+    num_turns: int = doc(2, "Attempts per episode (2 = attempt, correction).")
+    temperature: float = doc(1.0, "Sampling temperature; the learner scores tokens at the same temperature.")
+    max_new_tokens: int = doc(32, "Maximum tokens per attempt.")
+    max_prompt_tokens: int = doc(1024, "Longest allowed prompt of any turn; longer prompts are an error, never silently cut.")
+    generation_batch_size: int = doc(256, "Sequences per generate() call inside a worker.")
+    eval_temperature: float = doc(0.0, "Decoding temperature of evaluation (0 = greedy).")
+
+
+@dataclass
+class ShapingConfig:
+    alpha: float = doc(10.0, "Stage II correction bonus: alpha * (r2 - r1) added to turn 2's reward (paper: 10).")
+    beta1: float = doc(0.01, "KL coefficient of every turn in Stage II and of turn 2 in Stage I.")
+    beta2: float = doc(0.1, "Stage I KL coefficient pinning attempt 1 to the reference model.")
+    gamma: float = doc(0.0, "Turn discount: turn t's return includes gamma * return of turn t+1 (paper: 0).")
+    stage1_steps: int = doc(10, "Training steps in Stage I before switching to Stage II (0 = skip Stage I).")
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = doc("rloo", "Per-turn baseline over a problem's samples: rloo, group_mean, group_norm or none.")
+    kl_estimator: str = doc("k2", "KL penalty: k1 (in the reward only), k2 or k3 (loss terms), or full (exact KL).")
+    kl_in_reward: bool = doc(False, "Put the KL penalty in the reward (detached) instead of the loss; requires k1.")
+    loss_agg: str = doc("token-mean", "Loss aggregation: token-mean or seq-mean-token-sum.")
+
+
+@dataclass
+class LearnerConfig:
+    num_ranks: int = doc(1, "Data-parallel learner ranks (Ray actors with a DeepSpeed engine each).")
+    cpus_per_rank: float = doc(1.0, "CPUs reserved per learner rank.")
+    gpus_per_rank: float = doc(0.0, "GPUs per learner rank (0 = CPU with gloo; 1 = GPU with nccl).")
+    zero_stage: int = doc(0, "DeepSpeed ZeRO stage (0, 1 or 2).")
+    lr: float = doc(1e-5, "AdamW learning rate.")
+    weight_decay: float = doc(0.0, "AdamW weight decay.")
+    adam_betas: List[float] = doc([0.9, 0.999], "AdamW betas.")
+    grad_clip: float = doc(1.0, "Gradient-norm clipping threshold.")
+    micro_batch_size: int = doc(64, "Episodes per forward/backward pass on one rank (gradients accumulate).")
+    torch_threads: int = doc(0, "torch intra-op threads per actor (0 = cpus reserved for it).")
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = doc(100, "Training steps (one rollout batch and one optimizer step each).")
+    seed: int = doc(0, "Seed of problem order, sampling and initialisation.")
+    run_dir: str = doc("runs/${now:%Y%m%d-%H%M%S}", "Directory of logs, checkpoints and the final policy.")
+    checkpoint_every: int = doc(0, "Save an atomic checkpoint every N steps (0 = only at the end).")
+    eval_before_after: bool = doc(True, "Evaluate base and trained policy on held-out problems at start and end.")
+    eval_problems: int = doc(200, "Held-out problems in the before/after evaluation.")
+    progress_bar: bool = doc(True, "Show a tqdm progress bar.")
+
+
+@dataclass
+class RayConfig:
+    enabled: bool = doc(True, "Run workers and learners as Ray actors (false: in-process, 1 worker, 1 rank).")
+    address: Optional[str] = doc(None, "Ray address: null starts a local cluster, 'auto' joins a running one.")
+    num_cpus: Optional[int] = doc(None, "Logical CPUs of a local cluster (null = enough for the actors asked for).")
+
+
+@dataclass
+class EvalConfig:
+    model_paths: List[str] = doc([], "Model directories to evaluate side by side (score-rl eval).")
+    split: str = doc("test", "Dataset split to evaluate on.")
+    num_problems: int = doc(200, "Number of problems evaluated (0 = the whole split).")
+    output_dir: Optional[str] = doc(None, "Where eval writes its outputs (null = print only).")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = doc(ModelConfig, "Policy (and reference) model.")
+    prompt: PromptConfig = doc(PromptConfig, "Prompts of the two-turn episode.")
+    env: EnvConfig = doc(EnvConfig, "Task environment.")
+    rollout: RolloutConfig = doc(RolloutConfig, "Rollout workers and sampling.")
+    shaping: ShapingConfig = doc(ShapingConfig, "SCoRe reward shaping (Stage I / Stage II).")
+    algo: AlgoConfig = doc(AlgoConfig, "Advantage estimator and KL penalty.")
+    learner: LearnerConfig = doc(LearnerConfig, "DeepSpeed learner.")
+    trainer: TrainerConfig = doc(TrainerConfig, "Training loop.")
+    ray: RayConfig = doc(RayConfig, "Ray cluster.")
+    eval: EvalConfig = doc(EvalConfig, "Evaluation.")
+
+
+_CHOICES = {
+    "algo.advantage": ("rloo", "group_mean", "group_norm", "none"),
+    "algo.kl_estimator": ("k1", "k2", "k3", "full"),
+    "algo.loss_agg": ("token-mean", "seq-mean-token-sum"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.tiny.architecture": ("qwen2", "llama"),
+    "learner.zero_stage": (0, 1, 2),
+}
+
+
+def _all_keys(schema: type, prefix: str = "") -> List[str]:
+    keys = []
+    for f in fields(schema):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        if is_dataclass(f.type) or (isinstance(f.type, str) and f.type in _SECTIONS):
+            keys += _all_keys(_SECTIONS[f.type] if isinstance(f.type, str) else f.type, key + ".")
+    return keys
+
+
+_SECTIONS = {cls.__name__: cls for cls in (
+    TinyModelConfig, ModelConfig, PromptConfig, EnvConfig, RolloutConfig, ShapingConfig, AlgoConfig,
+    LearnerConfig, TrainerConfig, RayConfig, EvalConfig,
+)}
+
+
+def _closest(key: str) -> str:
+    valid = _all_keys(Config)
+    leaf = key.split(".")[-1]
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5) or [
+        k for k in valid if k.split(".")[-1] == leaf
+    ][:1] or difflib.get_close_matches(leaf, [k.split(".")[-1] for k in valid], n=1, cutoff=0.6)
+    if not match:
+        return ""
+    best = match[0]
+    if "." not in best:  # a leaf name matched; report its full key
+        best = next(k for k in valid if k.split(".")[-1] == best)
+    return f" (did you mean '{best}'?)"
+
+
+def _translate(err: OmegaConfBaseException) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    msg = str(err).splitlines()[0]
+    if isinstance(err, ConfigKeyError) or "not in" in msg:
+        return ConfigError(f"unknown config key '{key}'{_closest(key)}")
+    if isinstance(err, ValidationError):
+        m = re.search(r"Value '(.*)' (?:of type '(.*)' )?could not be converted to (\w+)", msg)
+        if m:
+            return ConfigError(f"config key '{key}' expects {m.group(3)}, got '{m.group(1)}'")
+        return ConfigError(f"config key '{key}': {msg}")
+    return ConfigError(f"config error at '{key}': {msg}")
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("now"):
+        from datetime import datetime
+
+        import warnings
+
+        with warnings.catch_warnings():  # omegaconf 2.4 renamed the API; this call works on 2.3 and 2.4
+            warnings.simplefilter("ignore")
+            OmegaConf.register_new_resolver("now", lambda fmt: datetime.now().strftime(fmt), use_cache=True)
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]] = None) -> Config:
+    """Schema defaults <- YAML file <- dotlist overrides, validated and resolved. Raises ConfigError."""
+    _register_resolvers()
+    schema = OmegaConf.structured(Config)
+    try:
+        layers = [schema]
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file not found: {p}")
+            loaded = OmegaConf.load(p)
+            if not isinstance(loaded, DictConfig):
+                raise ConfigError(f"config file {p} must hold a mapping at the top level")
+            layers.append(loaded)
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override '{item}' is not of the form key=value")
+        if overrides:
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        OmegaConf.resolve(merged)
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise _translate(err) from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks; each failure names the key."""
+    for key, choices in _CHOICES.items():
+        value = get_key(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {value!r}")
+    positive = ["rollout.num_workers", "rollout.problems_per_step", "rollout.samples_per_problem",
+                "rollout.max_new_tokens", "rollout.num_turns", "learner.num_ranks", "learner.micro_batch_size",
+                "trainer.steps"]
+    for key in positive:
+        if get_key(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {get_key(cfg, key)}")
+    if cfg.rollout.num_turns != 2:
+        raise ConfigError("config key 'rollout.num_turns': training supports exactly 2 turns (SCoRe's setting)")
+    if cfg.rollout.temperature <= 0:
+        raise ConfigError("config key 'rollout.temperature' must be > 0 for training (on-policy sampling)")
+    if cfg.algo.kl_in_reward != (cfg.algo.kl_estimator == "k1"):
+        raise ConfigError(
+            "config key 'algo.kl_estimator': k1 is unbiased only as a reward penalty (algo.kl_in_reward=true), and "
+            "the reward penalty is implemented with k1 only; use k1 with kl_in_reward=true, or k2/k3/full with false"
+        )
+    if cfg.algo.advantage in ("rloo",) and cfg.rollout.samples_per_problem < 2:
+        raise ConfigError("config key 'rollout.samples_per_problem' must be >= 2 for algo.advantage=rloo")
+    if not cfg.ray.enabled and (cfg.rollout.num_workers > 1 or cfg.learner.num_ranks > 1):
+        raise ConfigError("config key 'ray.enabled': more than one rollout worker or learner rank needs Ray")
+    if "{problem}" not in cfg.prompt.first_attempt:
+        raise ConfigError("config key 'prompt.first_attempt' must contain '{problem}'")
+    if cfg.shaping.stage1_steps < 0:
+        raise ConfigError("config key 'shaping.stage1_steps' must be >= 0")
+
+
+def get_key(cfg: Any, dotted: str) -> Any:
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(to_yaml(cfg))
+
+
+def config_reference() -> str:
+    """Markdown table of every key, its default and its help; docs/config.md embeds it."""
+    lines = ["| key | default | description |", "|---|---|---|"]
+
+    def walk(schema: type, prefix: str) -> None:
+        defaults = schema()
+        for f in fields(schema):
+            key = f"{prefix}{f.name}"
+            value = getattr(defaults, f.name)
+            if is_dataclass(value):
+                lines.append(f"| **{key}** | | {f.metadata['help']} |")
+                walk(type(value), key + ".")
+            else:
+                shown = "null" if value is None else repr(value).replace("\n", "\\n").replace("|", "\\|")
+                lines.append(f"| `{key}` | `{shown}` | {f.metadata['help']} |")
+
+    walk(Config, "")
+    return "\n".join(lines) + "\n"

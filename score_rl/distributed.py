@@ -1,0 +1,100 @@
+"""Plain classes first, Ray second: a group of N instances of a plain class, as Ray actors or in-process."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, List, Optional, Sequence
+
+
+def init_ray(address: Optional[str], num_cpus_needed: float, num_gpus_needed: float = 0.0,
+             num_cpus: Optional[int] = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    cpus = num_cpus if num_cpus is not None else max(os.cpu_count() or 1, math.ceil(num_cpus_needed))
+    ray.init(num_cpus=cpus, num_gpus=int(math.ceil(num_gpus_needed)) or None, include_dashboard=False,
+             log_to_driver=True, logging_level="ERROR",
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": os.environ.get(
+                 "DS_ACCELERATOR", "cpu" if num_gpus_needed == 0 else "cuda")}})
+
+
+class ActorGroup:
+    """Members constructed from ``cls(*args)``; ``call`` runs a method on every member and returns the results."""
+
+    def __init__(self, cls: type, member_args: Sequence[tuple], use_ray: bool, resources: Optional[dict] = None,
+                 placement_group: Any = None, bundle_offset: int = 0):
+        self.use_ray = use_ray
+        if not use_ray:
+            self.members = [cls(*args) for args in member_args]
+            return
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        remote_cls = ray.remote(cls)
+        resources = resources or {}
+        self.members = []
+        for i, args in enumerate(member_args):
+            options = dict(num_cpus=resources.get("CPU", 1), num_gpus=resources.get("GPU", 0))
+            if placement_group is not None:
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=placement_group, placement_group_bundle_index=bundle_offset + i
+                )
+            self.members.append(remote_cls.options(**options).remote(*args))
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def call(self, method: str, per_member_args: Optional[Sequence[tuple]] = None, *args: Any) -> List[Any]:
+        """Run ``method`` on every member (concurrently with Ray); per-member args or the same args for all."""
+        arg_list = per_member_args if per_member_args is not None else [args] * len(self.members)
+        if len(arg_list) != len(self.members):
+            raise ValueError(f"{len(arg_list)} argument tuples for {len(self.members)} members")
+        if not self.use_ray:
+            return [getattr(m, method)(*a) for m, a in zip(self.members, arg_list)]
+        import ray
+
+        return ray.get([getattr(m, method).remote(*a) for m, a in zip(self.members, arg_list)])
+
+    def call_one(self, index: int, method: str, *args: Any) -> Any:
+        member = self.members[index]
+        if not self.use_ray:
+            return getattr(member, method)(*args)
+        import ray
+
+        return ray.get(getattr(member, method).remote(*args))
+
+    def remote_ref(self, index: int, method: str, *args: Any) -> Any:
+        """An object ref (Ray) or the value (in-process) of a method call on one member."""
+        member = self.members[index]
+        if not self.use_ray:
+            return getattr(member, method)(*args)
+        return getattr(member, method).remote(*args)
+
+
+def make_placement_group(bundles: List[dict]):
+    import ray
+    from ray.util.placement_group import placement_group
+
+    pg = placement_group(bundles, strategy="PACK")
+    ready, _ = ray.wait([pg.ready()], timeout=300)
+    if not ready:
+        raise RuntimeError(f"Ray could not reserve the placement group {bundles} within 300 s; "
+                           "check the cluster's free CPUs/GPUs (ray status)")
+    return pg
+
+
+def shard(items: Sequence[Any], n: int) -> List[List[Any]]:
+    """Split into n contiguous shards whose sizes differ by at most one."""
+    k, r = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + k + (1 if i < r else 0)
+        out.append(list(items[start:end]))
+        start = end
+    return out

@@ -1,0 +1,52 @@
+"""Episode / Turn: the typed currency between rollout, shaping, advantages and the learner.
+
+Everything is per turn: token ids, sampling log-probs, reward, verifier info, shaped reward, KL coefficient and
+advantage. Turn t's prompt ids are exactly the ids the model was conditioned on when it sampled turn t, so the
+learner scores the same tokens in the same context (no re-tokenisation between rollout and training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class Turn:
+    prompt_ids: List[int]  # full context of this turn (turn 2: turn-1 prompt + attempt 1 + correction instruction)
+    response_ids: List[int]  # sampled tokens, including EOS when the model produced it
+    sampling_logprobs: List[float]  # log-probs of response_ids under the sampling distribution
+    response_text: str
+    reward: float  # the verifier's raw reward r(y_t, y*)
+    reason: str = ""
+    info: Dict[str, Any] = field(default_factory=dict)
+    truncated: bool = False  # hit max_new_tokens without EOS
+    # filled by the reward shaper and the advantage estimator:
+    shaped_reward: Optional[float] = None
+    kl_coef: Optional[float] = None
+    advantage: Optional[float] = None
+
+
+@dataclass
+class Episode:
+    problem_id: str
+    sample_index: int  # which of the problem's samples (the baseline's group is one problem)
+    turns: List[Turn]
+    reference: Any = None
+
+    @property
+    def rewards(self) -> List[float]:
+        return [t.reward for t in self.turns]
+
+    def full_ids(self) -> List[int]:
+        """The last turn's prompt + response: contains every earlier turn as a prefix."""
+        last = self.turns[-1]
+        return last.prompt_ids + last.response_ids
+
+    def response_spans(self) -> List[tuple]:
+        """(start, end) of each turn's response inside full_ids()."""
+        spans = []
+        for turn in self.turns:
+            start = len(turn.prompt_ids)
+            spans.append((start, start + len(turn.response_ids)))
+        return spans

@@ -1,0 +1,1 @@
+"""Rollout: a generation engine and the RolloutWorker that runs two-turn episodes."""

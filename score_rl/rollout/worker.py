@@ -1,0 +1,70 @@
+"""RolloutWorker: a plain class holding a policy copy that runs batched two-turn episodes.
+
+Ray wraps it at the call site (``ray.remote(RolloutWorker)``); tests and debugging use it directly.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import torch
+
+from score_rl.config import Config
+from score_rl.envs import Problem, make_env
+from score_rl.episode import Episode, Turn
+from score_rl.prompting import PromptBuilder
+from score_rl.rollout.engine import HFGenerator
+from score_rl.utils import load_model, load_tokenizer, quiet_libraries, set_threads
+
+
+class RolloutWorker:
+    def __init__(self, cfg: Config, model_path: str, worker_index: int = 0):
+        set_threads(cfg.learner.torch_threads or cfg.rollout.cpus_per_worker)
+        quiet_libraries()
+        self.cfg = cfg
+        self.worker_index = worker_index
+        self.tokenizer = load_tokenizer(model_path)
+        self.device = "cuda" if cfg.rollout.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
+        self.model = load_model(model_path, cfg.model.dtype).to(self.device).eval()
+        self.env = make_env(cfg.env, cfg.prompt)
+        self.prompts = PromptBuilder(
+            self.tokenizer, self.env, cfg.prompt.use_chat_template, cfg.rollout.max_prompt_tokens
+        )
+        self.generator = HFGenerator(
+            self.model, self.tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.generation_batch_size
+        )
+
+    def ping(self) -> int:
+        return self.worker_index
+
+    def run_episodes(
+        self, problems: Sequence[Problem], samples_per_problem: int, temperature: float, seed: int,
+        num_turns: int = 2,
+    ) -> List[Episode]:
+        """``samples_per_problem`` independent episodes of ``num_turns`` attempts for each problem."""
+        torch.manual_seed(seed)
+        episodes = [
+            Episode(problem_id=p.id, sample_index=k, turns=[], reference=p.reference)
+            for p in problems for k in range(samples_per_problem)
+        ]
+        owners = [p for p in problems for _ in range(samples_per_problem)]
+        contexts = [self.prompts.first_attempt(p) for p in owners]
+        for turn_index in range(num_turns):
+            if turn_index > 0:
+                contexts = [
+                    self.prompts.correction(ep.turns[-1].prompt_ids, ep.turns[-1].response_ids, ep.problem_id)
+                    for ep in episodes
+                ]
+            generations = self.generator.generate(contexts, temperature)
+            for ep, ctx, gen in zip(episodes, contexts, generations):
+                text = self.tokenizer.decode(gen.response_ids, skip_special_tokens=True)
+                verdict = self.env.verify(text, ep.reference)
+                ep.turns.append(Turn(
+                    prompt_ids=ctx, response_ids=gen.response_ids, sampling_logprobs=gen.logprobs,
+                    response_text=text, reward=verdict.reward, reason=verdict.reason, info=verdict.info,
+                    truncated=gen.truncated,
+                ))
+        return episodes
+
+    def load_weights(self, state_dict: Dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state_dict, strict=True)

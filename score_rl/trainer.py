@@ -1,0 +1,203 @@
+"""The SCoRe training loop: rollout → shape → advantages → learn → sync → log → checkpoint."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from score_rl.algos.advantages import compute_advantages
+from score_rl.base_model import resolve_model_path
+from score_rl.checkpoint import latest_checkpoint, save_checkpoint
+from score_rl.config import Config, ConfigError, save_config
+from score_rl.distributed import ActorGroup, init_ray, make_placement_group, shard
+from score_rl.envs import Problem, make_env
+from score_rl.episode import Episode
+from score_rl.evaluation import eval_problems, run_eval_episodes
+from score_rl.learner import Learner
+from score_rl.metrics import format_table, self_correction_metrics
+from score_rl.rollout.worker import RolloutWorker
+from score_rl.run_log import RunLogger
+from score_rl.shaping import shape_episodes, stage_at
+from score_rl.utils import seed_everything
+from score_rl.weight_sync import ObjectStoreSync
+
+
+class ProblemSampler:
+    """Shuffled passes over the train split; its position is part of the checkpoint (exact resume)."""
+
+    def __init__(self, problems: Sequence[Problem], seed: int):
+        self.problems, self.seed = list(problems), seed
+        self.epoch, self.position = 0, 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> List[int]:
+        order = list(range(len(self.problems)))
+        random.Random(self.seed * 100_003 + self.epoch).shuffle(order)
+        return order
+
+    def next(self, n: int) -> List[Problem]:
+        batch = []
+        while len(batch) < n:
+            if self.position == len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._shuffle()
+            batch.append(self.problems[self._order[self.position]])
+            self.position += 1
+        return batch
+
+    def state(self) -> Dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load(self, state: Dict[str, int]) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._shuffle()
+
+
+class Trainer:
+    def __init__(self, cfg: Config, log=print):
+        self.cfg, self.log = cfg, log
+        tc, rc, lc = cfg.trainer, cfg.rollout, cfg.learner
+        self.episodes_per_step = rc.problems_per_step * rc.samples_per_problem
+        if self.episodes_per_step % lc.num_ranks:
+            raise ConfigError(f"rollout.problems_per_step * rollout.samples_per_problem = {self.episodes_per_step} "
+                              f"must be divisible by learner.num_ranks = {lc.num_ranks}")
+        self.run_dir = Path(tc.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        seed_everything(tc.seed)
+        self.model_path = resolve_model_path(cfg, log=log)
+        self.env = make_env(cfg.env, cfg.prompt)
+        self.sampler = ProblemSampler(self.env.problems("train"), tc.seed)
+        self.eval_set = eval_problems(self.env.problems("test"), tc.eval_problems)
+        self.start_step = 0
+        self._start_actors()
+        self.weight_sync = ObjectStoreSync()
+
+    def _start_actors(self) -> None:
+        cfg, rc, lc = self.cfg, self.cfg.rollout, self.cfg.learner
+        use_ray = cfg.ray.enabled
+        pg = None
+        worker_res = {"CPU": rc.cpus_per_worker, "GPU": rc.gpus_per_worker}
+        learner_res = {"CPU": lc.cpus_per_rank, "GPU": lc.gpus_per_rank}
+        if use_ray:
+            init_ray(cfg.ray.address, rc.num_workers * rc.cpus_per_worker + lc.num_ranks * lc.cpus_per_rank,
+                     rc.num_workers * rc.gpus_per_worker + lc.num_ranks * lc.gpus_per_rank, cfg.ray.num_cpus)
+            bundles = [{k: v for k, v in worker_res.items() if v > 0}] * rc.num_workers + \
+                      [{k: v for k, v in learner_res.items() if v > 0}] * lc.num_ranks
+            pg = make_placement_group(bundles)
+        self.workers = ActorGroup(
+            RolloutWorker, [(cfg, self.model_path, i) for i in range(rc.num_workers)], use_ray, worker_res, pg, 0
+        )
+        per_rank = self.episodes_per_step // lc.num_ranks
+        self.learners = ActorGroup(
+            Learner, [(cfg, self.model_path, r, lc.num_ranks, per_rank) for r in range(lc.num_ranks)],
+            use_ray, learner_res, pg, rc.num_workers,
+        )
+        master_addr, master_port = self.learners.call_one(0, "address")
+        self.learners.call("setup", None, master_addr, master_port)
+
+    # --- the algorithm -------------------------------------------------------------------------------------------
+    def fit(self) -> Dict[str, Dict[str, float]]:
+        cfg = self.cfg
+        self._maybe_resume()
+        results: Dict[str, Dict[str, float]] = {}
+        if cfg.trainer.eval_before_after and self.start_step == 0:
+            results["base"] = self.evaluate()
+            self.log("base model (held-out, greedy):\n" + format_table({"base": results["base"]}))
+        logger = RunLogger(self.run_dir, cfg.trainer.steps, self.start_step, cfg.trainer.progress_bar)
+        for step in range(self.start_step, cfg.trainer.steps):
+            timings: Dict[str, float] = {}
+            with _timed(timings, "rollout"):
+                episodes = self.rollout(self.sampler.next(cfg.rollout.problems_per_step), step)
+            with _timed(timings, "shape"):
+                stage = stage_at(step, cfg.shaping)
+                shape_episodes(episodes, stage, cfg.shaping)  # Eq. 3 / Eq. 4: per-turn rewards and KL coefficients
+                kl_penalty = self.reward_kl(episodes) if cfg.algo.kl_in_reward else None
+                compute_advantages(episodes, cfg.algo.advantage, cfg.shaping.gamma, kl_penalty)
+            with _timed(timings, "learn"):
+                stats = self.learn(episodes)
+            with _timed(timings, "sync"):
+                self.weight_sync.push(self.learners, self.workers)
+            logger.log(step, self.step_metrics(episodes, stage, stats, timings))
+            if cfg.trainer.checkpoint_every and (step + 1) % cfg.trainer.checkpoint_every == 0:
+                self.save_checkpoint(step + 1)
+        logger.close()
+        self.save_final()
+        if cfg.trainer.eval_before_after:
+            results["trained"] = self.evaluate()
+            if "base" not in results:
+                results["base"] = self._base_results()
+            table = format_table({"base": results["base"], "trained": results["trained"]})
+            self.log(f"held-out problems: {len(self.eval_set)} (greedy)\n{table}")
+            (self.run_dir / "eval_before_after.json").write_text(json.dumps(results, indent=2))
+            (self.run_dir / "eval_before_after.md").write_text(table + "\n")
+        return results
+
+    # --- the steps -----------------------------------------------------------------------------------------------
+    def rollout(self, problems: Sequence[Problem], step: int) -> List[Episode]:
+        rc = self.cfg.rollout
+        shards = shard(problems, len(self.workers))
+        base = self.cfg.trainer.seed * 1_000_003 + step * 1_009
+        args = [(s, rc.samples_per_problem, rc.temperature, base + i, rc.num_turns) for i, s in enumerate(shards)]
+        return [ep for part in self.workers.call("run_episodes", args) for ep in part]
+
+    def reward_kl(self, episodes: Sequence[Episode]) -> List[List[float]]:
+        shards = shard(episodes, len(self.learners))
+        return [row for part in self.learners.call("reference_logprobs", [(s,) for s in shards]) for row in part]
+
+    def learn(self, episodes: Sequence[Episode]) -> Dict[str, float]:
+        per_rank = self.learners.call("train_step", [(s,) for s in shard(episodes, len(self.learners))])
+        return {k: sum(r[k] for r in per_rank) / len(per_rank) for k in per_rank[0]}
+
+    def step_metrics(self, episodes, stage, stats, timings) -> Dict[str, float]:
+        m = self_correction_metrics(episodes)
+        m["stage"] = stage
+        for t in (1, 2):
+            m[f"reward_t{t}"] = sum(ep.turns[t - 1].shaped_reward for ep in episodes) / len(episodes)
+            m[f"truncated_t{t}"] = sum(ep.turns[t - 1].truncated for ep in episodes) / len(episodes)
+        m.update(stats)
+        m.update({f"time/{k}": v for k, v in timings.items()})
+        return m
+
+    def evaluate(self) -> Dict[str, float]:
+        return self_correction_metrics(run_eval_episodes(self.workers, self.eval_set, self.cfg, self.cfg.trainer.seed))
+
+    def _base_results(self) -> Dict[str, float]:
+        from score_rl.evaluation import evaluate_models
+
+        return evaluate_models(self.cfg, [self.model_path], log=lambda *_: None)[self.model_path]
+
+    # --- persistence ---------------------------------------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> None:
+        state = {"step": step, "sampler": self.sampler.state(), "model_path": self.model_path}
+        save_checkpoint(self.run_dir / "checkpoints", step, state,
+                        lambda d, tag: self.learners.call("save_checkpoint", None, d, tag))
+
+    def _maybe_resume(self) -> None:
+        ckpt = latest_checkpoint(self.run_dir / "checkpoints")
+        if ckpt is None:
+            return
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        self.learners.call("load_checkpoint", None, str(ckpt), "learner")
+        self.sampler.load(state["sampler"])
+        self.start_step = state["step"]
+        self.weight_sync.push(self.learners, self.workers)
+        self.log(f"resumed from {ckpt} at step {self.start_step}")
+        if self.start_step >= self.cfg.trainer.steps:
+            self.log(f"checkpoint step {self.start_step} >= trainer.steps={self.cfg.trainer.steps}: nothing to train")
+
+    def save_final(self) -> None:
+        out = self.run_dir / "final"
+        self.learners.call_one(0, "save_pretrained", str(out))
+        self.log(f"final policy saved to {out}")
+
+
+@contextmanager
+def _timed(timings: Dict[str, float], name: str):
+    start = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - start
