@@ -204,9 +204,10 @@ def _translate(err: OmegaConfBaseException) -> ConfigError:
     if isinstance(err, ConfigKeyError) or "not in" in msg:
         return ConfigError(f"unknown config key '{key}'{_closest(key)}")
     if isinstance(err, ValidationError):
-        m = re.search(r"Value '(.*)' (?:of type '(.*)' )?could not be converted to (\w+)", msg)
+        m = re.search(r"Value '(.*?)' (?:of type '(.*?)' )?could not be converted to (\w+)", msg)
         if m:
-            return ConfigError(f"config key '{key}' expects {m.group(3)}, got '{m.group(1)}'")
+            expected = {"Integer": "int", "Float": "float", "Boolean": "bool", "String": "str"}.get(m.group(3), m.group(3))
+            return ConfigError(f"config key '{key}' expects {expected}, got '{m.group(1)}'")
         return ConfigError(f"config key '{key}': {msg}")
     return ConfigError(f"config error at '{key}': {msg}")
 

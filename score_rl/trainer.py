@@ -65,11 +65,11 @@ class Trainer:
         if self.episodes_per_step % lc.num_ranks:
             raise ConfigError(f"rollout.problems_per_step * rollout.samples_per_problem = {self.episodes_per_step} "
                               f"must be divisible by learner.num_ranks = {lc.num_ranks}")
+        self.model_path = resolve_model_path(cfg, log=log)
         self.run_dir = Path(tc.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
         seed_everything(tc.seed)
-        self.model_path = resolve_model_path(cfg, log=log)
         self.env = make_env(cfg.env, cfg.prompt)
         self.sampler = ProblemSampler(self.env.problems("train"), tc.seed)
         self.eval_set = eval_problems(self.env.problems("test"), tc.eval_problems)
