@@ -6,6 +6,7 @@ The verifier's reward is a binary oracle used for training and evaluation only; 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Type
 
@@ -43,10 +44,22 @@ class Env:
     @classmethod
     def _parse_params(cls, params: Dict[str, Any]):
         valid = {f.name: f for f in dataclasses.fields(cls.Params)}
-        for key in params:
+        try:
+            types = typing.get_type_hints(cls.Params)
+        except Exception:  # annotations that cannot be resolved: no type check
+            types = {}
+        parsed = {}
+        for key, value in params.items():
             if key not in valid:
                 raise ConfigError(f"unknown config key 'env.params.{key}' for env '{cls.name}' (valid: {sorted(valid)})")
-        return cls.Params(**params)
+            expected = types.get(key)
+            if expected in (int, float, bool, str):  # scalar params: wrong types name the key (no TypeError later)
+                if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                    value = float(value)
+                if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+                    raise ConfigError(f"config key 'env.params.{key}' expects {expected.__name__}, got {value!r}")
+            parsed[key] = value
+        return cls.Params(**parsed)
 
     # --- dataset -------------------------------------------------------------------------------------------------
     def problems(self, split: str) -> List[Problem]:

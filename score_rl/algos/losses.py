@@ -34,7 +34,10 @@ def reinforce_kl_loss(
     """Loss of one micro-batch. ``denominator`` normalises across micro-batches (tokens or sequences of the rank)."""
     mask = mask.float()
     pg = -advantage * logp
-    kl = per_token_kl(kl_estimator, logp, ref_logp, logits, ref_logits)
+    # masked positions (prompt, padding) get logp = ref_logp before the estimator: their KL is exactly 0, so an
+    # extreme log-ratio there (k3's exp overflowing to inf) cannot turn the loss or its gradient into NaN via inf * 0
+    kl_logp = torch.where(mask > 0, logp, ref_logp.detach())
+    kl = per_token_kl(kl_estimator, kl_logp, ref_logp, logits, ref_logits)
     per_token = pg + (kl_coef * kl if kl_in_loss else 0.0)
     if loss_agg == "token-mean":
         total = (per_token * mask).sum()

@@ -1,0 +1,168 @@
+"""Config loading and validation (score_rl/config.py) on configs/quickstart.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from score_rl.config import Config, ConfigError, load_config, save_config, to_yaml
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+
+
+def _error(overrides, path=QUICKSTART) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    msg = str(info.value)
+    assert "\n" not in msg, f"a ConfigError message must be one line, got {msg!r}"
+    return msg
+
+
+# --- loading and overrides -------------------------------------------------------------------------------------
+def test_quickstart_loads_with_yaml_values():
+    cfg = load_config(QUICKSTART)
+    assert isinstance(cfg, Config)
+    # values from the YAML file win over the schema defaults
+    assert cfg.learner.lr == pytest.approx(1e-4) and cfg.rollout.max_new_tokens == 8
+    assert cfg.shaping.alpha == 10.0 and cfg.shaping.stage1_steps == 10
+    assert cfg.env.params == {"min_operand": 10, "max_operand": 99, "num_test": 500}
+    assert "${" not in cfg.trainer.run_dir, "interpolations such as ${now:...} are resolved at load time"
+
+
+def test_overrides_apply_with_the_schema_type():
+    cfg = load_config(QUICKSTART, ["shaping.alpha=5", "algo.advantage=group_norm", "trainer.progress_bar=false",
+                                   "rollout.samples_per_problem=8"])
+    assert cfg.shaping.alpha == 5.0 and isinstance(cfg.shaping.alpha, float), "shaping.alpha=5 must become 5.0"
+    assert cfg.algo.advantage == "group_norm"
+    assert cfg.trainer.progress_bar is False
+    assert cfg.rollout.samples_per_problem == 8
+
+
+def test_later_overrides_win():
+    assert load_config(QUICKSTART, ["shaping.alpha=5", "shaping.alpha=7"]).shaping.alpha == 7.0
+
+
+def test_missing_config_file():
+    msg = _error([], path="/nonexistent/dir/score.yaml")
+    assert "not found" in msg and "/nonexistent/dir/score.yaml" in msg
+
+
+def test_override_without_equals_sign():
+    assert "shaping.alpha" in _error(["shaping.alpha"])
+
+
+# --- unknown keys ----------------------------------------------------------------------------------------------
+def test_unknown_key_override_names_the_key_and_suggests_the_closest():
+    msg = _error(["shaping.alpah=3"])
+    assert "'shaping.alpah'" in msg, f"the error must name the unknown key: {msg}"
+    assert "shaping.alpha" in msg.replace("shaping.alpah", ""), f"the error must suggest 'shaping.alpha': {msg}"
+
+
+@pytest.mark.parametrize("typo,named,suggestion", [
+    ("algo.advantge=rloo", "algo.advantge", "algo.advantage"),
+    ("rollout.temprature=0.5", "rollout.temprature", "rollout.temperature"),
+    ("shapng.alpha=3", "shapng", "shaping"),  # a misspelt section is reported as the section
+    ("beta1=0.1", "beta1", "shaping.beta1"),  # a leaf without its section
+])
+def test_unknown_key_suggestions(typo, named, suggestion):
+    msg = _error([typo])
+    assert f"'{named}'" in msg and f"'{suggestion}'" in msg, msg
+
+
+def test_unknown_top_level_section():
+    msg = _error(["foo.bar=1"])
+    assert "'foo'" in msg and "unknown" in msg
+
+
+def test_unknown_key_in_the_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(QUICKSTART.read_text() + "\nshaping_extra:\n  x: 1\n")
+    assert "shaping_extra" in _error([], path=path)
+    path.write_text("algo:\n  kl_estimater: k2\n")
+    msg = _error([], path=path)
+    assert "algo.kl_estimater" in msg and "'algo.kl_estimator'" in msg
+
+
+# --- wrong types and invalid values ----------------------------------------------------------------------------
+def test_wrong_type_names_the_key_and_expected_type():
+    assert _error(["rollout.num_workers=abc"]) == "config key 'rollout.num_workers' expects int, got 'abc'"
+
+
+def test_wrong_float_and_bool():
+    assert _error(["learner.lr=abc"]) == "config key 'learner.lr' expects float, got 'abc'"
+    assert _error(["shaping.alpha=ten"]) == "config key 'shaping.alpha' expects float, got 'ten'"
+    assert "trainer.progress_bar" in _error(["trainer.progress_bar=maybe"])
+
+
+@pytest.mark.parametrize("override,key", [
+    ("algo.advantage=foo", "algo.advantage"),
+    ("algo.kl_estimator=k4", "algo.kl_estimator"),
+    ("algo.loss_agg=sum", "algo.loss_agg"),
+    ("model.dtype=int8", "model.dtype"),
+    ("learner.zero_stage=3", "learner.zero_stage"),
+])
+def test_invalid_choices_name_the_key_and_the_choices(override, key):
+    msg = _error([override])
+    assert key in msg and override.split("=")[1] in msg, msg
+
+
+def test_invalid_advantage_lists_the_valid_ones():
+    msg = _error(["algo.advantage=foo"])
+    for choice in ("rloo", "group_mean", "group_norm", "none"):
+        assert choice in msg
+
+
+def test_k1_without_kl_in_reward_is_rejected():
+    msg = _error(["algo.kl_estimator=k1"])
+    assert "algo.kl_estimator" in msg and "kl_in_reward" in msg
+
+
+def test_kl_in_reward_requires_k1():
+    assert "algo.kl_estimator" in _error(["algo.kl_in_reward=true"])
+    assert "algo.kl_estimator" in _error(["algo.kl_in_reward=true", "algo.kl_estimator=k2"])
+
+
+@pytest.mark.parametrize("estimator", ["k2", "k3", "full"])
+def test_loss_side_estimators_are_accepted(estimator):
+    assert load_config(QUICKSTART, [f"algo.kl_estimator={estimator}"]).algo.kl_estimator == estimator
+
+
+def test_k1_in_reward_is_accepted():
+    cfg = load_config(QUICKSTART, ["algo.kl_estimator=k1", "algo.kl_in_reward=true"])
+    assert cfg.algo.kl_in_reward is True and cfg.algo.kl_estimator == "k1"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("rollout.samples_per_problem=1", "rollout.samples_per_problem"),  # RLOO needs >= 2 samples
+    ("rollout.num_turns=3", "rollout.num_turns"),
+    ("rollout.temperature=0", "rollout.temperature"),
+    ("shaping.stage1_steps=-1", "shaping.stage1_steps"),
+    ("trainer.steps=0", "trainer.steps"),
+    ("prompt.first_attempt=no placeholder", "prompt.first_attempt"),
+])
+def test_cross_field_checks_name_the_key(override, key):
+    assert key in _error([override])
+
+
+def test_one_sample_is_fine_without_rloo():
+    cfg = load_config(QUICKSTART, ["rollout.samples_per_problem=1", "algo.advantage=none"])
+    assert cfg.rollout.samples_per_problem == 1
+
+
+# --- save / reload ---------------------------------------------------------------------------------------------
+def test_save_config_round_trips_through_load_config(tmp_path):
+    cfg = load_config(QUICKSTART, ["shaping.alpha=5", "algo.advantage=group_norm", "eval.model_paths=[a,b]",
+                                   "env.params.num_test=20", "algo.kl_estimator=k1", "algo.kl_in_reward=true"])
+    path = tmp_path / "config.yaml"
+    save_config(cfg, path)
+    again = load_config(path)
+    assert again == cfg, "a saved config must load back identically (prompts, nulls, lists, env params)"
+    assert to_yaml(again) == to_yaml(cfg) == path.read_text()
+
+
+def test_saved_config_keeps_the_resolved_run_dir(tmp_path):
+    cfg = load_config(QUICKSTART)
+    path = tmp_path / "config.yaml"
+    save_config(cfg, path)
+    assert load_config(path).trainer.run_dir == cfg.trainer.run_dir, "reloading must not re-resolve ${now:...}"

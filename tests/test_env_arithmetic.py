@@ -1,0 +1,206 @@
+"""The arithmetic environment (envs/arithmetic.py, installed as score_rl.envs.arithmetic) and envs/base.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from score_rl.config import ConfigError, EnvConfig, PromptConfig
+from score_rl.envs import Problem, make_env
+from score_rl.envs.arithmetic import ArithmeticEnv, forgot_carry_sum
+
+
+@pytest.fixture(scope="module")
+def env() -> ArithmeticEnv:
+    return ArithmeticEnv({}, PromptConfig(), seed=0)
+
+
+def _operands(problem: Problem):
+    a, b = (int(x) for x in problem.text.split(" + "))
+    return a, b
+
+
+# --- verifier --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("response,reference,reward,reason", [
+    ("42", 42, 1.0, "correct"),
+    (" 42", 42, 1.0, "correct"),
+    ("The answer is 42.", 42, 1.0, "correct"),
+    ("42 is my final answer\nAnswer: 42", 42, 1.0, "correct"),
+    ("41", 42, 0.0, "wrong answer"),
+    (" 24", 42, 0.0, "wrong answer"),
+    ("4 2", 42, 0.0, "wrong answer"),  # the first integer counts
+    ("", 42, 0.0, "no answer extracted"),
+    ("I do not know.", 42, 0.0, "no answer extracted"),
+    ("-5", -5, 1.0, "correct"),
+    ("it is -5 apples", -5, 1.0, "correct"),
+    ("5", -5, 0.0, "wrong answer"),
+    ("-42", 42, 0.0, "wrong answer"),
+])
+def test_verifier(env, response, reference, reward, reason):
+    verdict = env.verify(response, reference)
+    assert verdict.reward == reward, f"verify({response!r}, {reference}) must give reward {reward}"
+    assert verdict.reason == reason
+
+
+def test_verifier_reports_what_it_extracted(env):
+    assert env.verify("sum: 75 (I think)", 85).info == {"extracted": 75}
+    assert env.verify("none", 85).info == {"extracted": None}
+
+
+def test_verifier_on_every_test_problem(env):
+    for p in env.problems("test")[:50]:
+        a, b = _operands(p)
+        assert env.verify(f" {a + b}", p.reference).reward == 1.0
+        assert env.verify(f" {a + b + 1}", p.reference).reward == 0.0
+
+
+# --- splits ----------------------------------------------------------------------------------------------------
+def test_splits_are_disjoint_and_cover_every_pair(env):
+    train, test = env.problems("train"), env.problems("test")
+    assert len(test) == 500, "num_test default is 500"
+    train_ids, test_ids = {p.id for p in train}, {p.id for p in test}
+    assert not train_ids & test_ids, "train and test problems must be disjoint"
+    pairs = {_operands(p) for p in train} | {_operands(p) for p in test}
+    assert pairs == {(a, b) for a in range(10, 100) for b in range(10, 100)}
+    assert len(train) + len(test) == 90 * 90, "no duplicates"
+
+
+def test_problem_reference_is_the_sum(env):
+    for p in env.problems("train")[:100]:
+        a, b = _operands(p)
+        assert p.reference == a + b
+
+
+def test_splits_are_seeded(env):
+    same = ArithmeticEnv({}, PromptConfig(), seed=0)
+    other = ArithmeticEnv({}, PromptConfig(), seed=1)
+    assert [p.id for p in same.problems("test")] == [p.id for p in env.problems("test")], "same seed, same split"
+    assert [p.id for p in same.problems("train")] == [p.id for p in env.problems("train")]
+    assert {p.id for p in other.problems("test")} != {p.id for p in env.problems("test")}, "other seed, other split"
+
+
+def test_num_test_param_and_small_ranges():
+    small = ArithmeticEnv({"min_operand": 1, "max_operand": 4, "num_test": 100})
+    assert len(small.problems("test")) == 8, "num_test is capped at half the pairs"
+    assert len(small.problems("train")) == 8
+    assert len(ArithmeticEnv({"num_test": 7}).problems("test")) == 7
+
+
+def test_unknown_split_is_a_config_error(env):
+    with pytest.raises(ConfigError, match="validation"):
+        env.problems("validation")
+
+
+def test_invalid_operand_range_is_a_config_error():
+    with pytest.raises(ConfigError, match="min_operand"):
+        ArithmeticEnv({"min_operand": 50, "max_operand": 10})
+
+
+# --- the teacher's systematic slip -----------------------------------------------------------------------------
+@pytest.mark.parametrize("a,b,expected", [
+    (37, 48, 75),  # 7 + 8 = 15: the carry is dropped
+    (12, 34, 46),  # no carry: the right sum
+    (55, 55, 100),  # 110 without the carry
+    (99, 99, 188),
+    (10, 90, 100),  # no carry from the ones place
+])
+def test_forgot_carry_sum(a, b, expected):
+    assert forgot_carry_sum(a, b) == expected
+
+
+# --- demonstrations --------------------------------------------------------------------------------------------
+N_DEMOS = 4000
+
+
+@pytest.fixture(scope="module")
+def demos(env):
+    return env.demonstrations(N_DEMOS, seed=123)
+
+
+def test_demonstrations_attempt1_is_always_the_forgot_carry_sum(demos):
+    assert len(demos) == N_DEMOS
+    for problem, (first, _) in demos:
+        a, b = _operands(problem)
+        assert first == f" {forgot_carry_sum(a, b)}", f"attempt 1 of {problem.text} must forget the carry"
+
+
+def test_demonstrations_come_from_the_train_split_only(env, demos):
+    test_ids = {p.id for p in env.problems("test")}
+    assert not {p.id for p, _ in demos} & test_ids, "warm-up demonstrations must never use test problems"
+
+
+def test_demonstrations_attempt2_mix_matches_demo_copy_and_demo_fix(env, demos):
+    counts = {"copy": 0, "fix": 0, "other": 0}
+    for problem, (first, second) in demos:
+        a, b = _operands(problem)
+        if forgot_carry_sum(a, b) == a + b:
+            continue  # without a carry, copy and fix give the same text
+        value = int(second)
+        kind = "copy" if second == first else "fix" if value == a + b else "other"
+        counts[kind] += 1
+        if kind == "other":
+            assert value != a + b and value >= 0 and abs(value - (a + b)) <= 20, "a different wrong answer near a+b"
+    total = sum(counts.values())
+    assert total > 1000, "sanity: about 45% of two-digit pairs carry"
+    p = env.params
+    assert counts["copy"] / total == pytest.approx(p.demo_copy, abs=0.05), f"copy share vs demo_copy: {counts}"
+    assert counts["fix"] / total == pytest.approx(p.demo_fix, abs=0.05), f"fix share vs demo_fix: {counts}"
+    assert counts["other"] / total == pytest.approx(1 - p.demo_copy - p.demo_fix, abs=0.05), counts
+
+
+def test_demonstrations_respect_the_teacher_params():
+    always_fix = ArithmeticEnv({"demo_copy": 0.0, "demo_fix": 1.0}, seed=0)
+    for problem, (_, second) in always_fix.demonstrations(300, seed=0):
+        assert int(second) == problem.reference, "demo_fix=1 must make every second attempt correct"
+    always_copy = ArithmeticEnv({"demo_copy": 1.0, "demo_fix": 0.0}, seed=0)
+    assert all(first == second for _, (first, second) in always_copy.demonstrations(300, seed=0))
+
+
+def test_demonstrations_are_seeded(env):
+    assert env.demonstrations(50, seed=7) == env.demonstrations(50, seed=7)
+    assert env.demonstrations(50, seed=7) != env.demonstrations(50, seed=8)
+
+
+# --- params and registry (envs/base.py) ------------------------------------------------------------------------
+def test_unknown_env_param_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"env\.params\.max_operandd"):
+        ArithmeticEnv({"max_operandd": 50})
+
+
+@pytest.mark.parametrize("params,key,expected", [
+    ({"num_test": "abc"}, "num_test", "int"),
+    ({"max_operand": 50.5}, "max_operand", "int"),
+    ({"num_test": True}, "num_test", "int"),
+    ({"demo_copy": "high"}, "demo_copy", "float"),
+])
+def test_wrongly_typed_env_param_is_a_config_error_naming_the_key(params, key, expected):
+    with pytest.raises(ConfigError, match=rf"'env\.params\.{key}' expects {expected}"):
+        make_env(EnvConfig(name="arithmetic", params=params), PromptConfig())
+
+
+def test_int_env_param_is_accepted_for_a_float():
+    env = ArithmeticEnv({"demo_copy": 1, "demo_fix": 0})
+    assert env.params.demo_copy == 1.0 and isinstance(env.params.demo_copy, float)
+
+
+def test_unknown_env_param_via_make_env():
+    with pytest.raises(ConfigError, match=r"env\.params\.demo_coppy"):
+        make_env(EnvConfig(name="arithmetic", params={"demo_coppy": 0.5}), PromptConfig())
+
+
+def test_make_env_unknown_name_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"env\.name.*'mathh'"):
+        make_env(EnvConfig(name="mathh"), PromptConfig())
+
+
+def test_make_env_builds_the_arithmetic_env_with_params_prompt_and_seed():
+    prompt = PromptConfig(first_attempt="Q: {problem} =", correction="\nTry again:")
+    env = make_env(EnvConfig(name="arithmetic", params={"num_test": 20, "max_operand": 30}, seed=3), prompt)
+    assert isinstance(env, ArithmeticEnv)
+    assert env.seed == 3 and env.params.num_test == 20 and env.params.max_operand == 30
+    assert len(env.problems("test")) == 20
+    assert [p.id for p in env.problems("test")] == [
+        p.id for p in ArithmeticEnv({"num_test": 20, "max_operand": 30}, seed=3).problems("test")
+    ]
+    problem = env.problems("test")[0]
+    assert env.first_attempt_prompt(problem) == f"Q: {problem.text} ="
+    assert env.correction_instruction() == "\nTry again:"
