@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type
 
 from score_rl.config import ConfigError, EnvConfig, PromptConfig
 
@@ -31,6 +31,7 @@ class Env:
     """Base class of every environment. Subclasses set ``Params`` (a dataclass) and implement the abstract parts."""
 
     name: str = "base"
+    split_names: tuple = ("train", "test")
 
     @dataclass
     class Params:
@@ -65,6 +66,14 @@ class Env:
     def problems(self, split: str) -> List[Problem]:
         raise NotImplementedError
 
+    def get_problem(self, problem_id: str) -> Problem:
+        """Look a problem up by id in any split (``score-rl score`` uses it)."""
+        if not hasattr(self, "_by_id"):
+            self._by_id = {p.id: p for split in self.split_names for p in self.problems(split)}
+        if problem_id not in self._by_id:
+            raise KeyError(f"env '{self.name}' has no problem with id '{problem_id}'")
+        return self._by_id[problem_id]
+
     # --- prompts (templates come from the config, never from code) -------------------------------------------------
     def first_attempt_prompt(self, problem: Problem) -> str:
         return self.prompt.first_attempt.replace("{problem}", problem.text)
@@ -76,6 +85,13 @@ class Env:
     def verify(self, response: str, reference: Any) -> Verdict:
         raise NotImplementedError
 
+    def verify_batch(self, responses: Sequence[str], references: Sequence[Any]) -> List[Verdict]:
+        """Verify many responses; environments with slow verifiers override this with a process pool."""
+        return [self.verify(r, ref) for r, ref in zip(responses, references)]
+
+    def close(self) -> None:
+        """Release pools or other resources held by the environment."""
+
 
 _REGISTRY: Dict[str, Callable[[], Type[Env]]] = {}
 
@@ -84,7 +100,27 @@ def register_env(name: str, loader: Callable[[], Type[Env]]) -> None:
     _REGISTRY[name] = loader
 
 
+def load_target(target: str) -> Type[Env]:
+    """'package.module:ClassName' → the class (a custom environment implementing the Env protocol)."""
+    import importlib
+
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"config key 'env.target' must look like 'package.module:ClassName', got '{target}'")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"config key 'env.target': cannot import '{target}' ({err})") from None
+    missing = [m for m in ("problems", "verify", "first_attempt_prompt", "correction_instruction")
+               if not callable(getattr(obj, m, None))]
+    if not isinstance(obj, type) or missing:
+        raise ConfigError(f"config key 'env.target': '{target}' does not implement the Env protocol (missing {missing})")
+    return obj
+
+
 def make_env(cfg: EnvConfig, prompt: PromptConfig) -> Env:
+    if cfg.target:
+        return load_target(cfg.target)(dict(cfg.params), prompt, cfg.seed)
     if cfg.name not in _REGISTRY:
         raise ConfigError(f"config key 'env.name': unknown environment '{cfg.name}' (known: {sorted(_REGISTRY)})")
     return _REGISTRY[cfg.name]()(dict(cfg.params), prompt, cfg.seed)
@@ -96,4 +132,18 @@ def _arithmetic() -> Type[Env]:
     return ArithmeticEnv
 
 
+def _math() -> Type[Env]:
+    from score_rl.envs.math import MathEnv
+
+    return MathEnv
+
+
+def _code() -> Type[Env]:
+    from score_rl.envs.code import CodeEnv
+
+    return CodeEnv
+
+
 register_env("arithmetic", _arithmetic)
+register_env("math", _math)
+register_env("code", _code)

@@ -16,12 +16,15 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a policy (SCoRe Stage I then Stage II)")
     train.add_argument("config", help="YAML config file, e.g. configs/quickstart.yaml")
     train.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. shaping.alpha=5 rollout.num_workers=2")
-    ev = sub.add_parser("eval", help="two-turn evaluation of one or more model directories, side by side")
+    ev = sub.add_parser("eval", help="K-turn evaluation of one or more model directories, side by side")
     ev.add_argument("config", help="YAML config naming the env and prompts, e.g. configs/quickstart.yaml")
-    ev.add_argument("overrides", nargs="*", help="dotlist overrides")
-    ev.add_argument("--model", action="append", default=[], metavar="DIR",
-                    help="model directory to evaluate (repeatable); default: eval.model_paths")
-    ev.add_argument("--output", metavar="DIR", help="write per-problem JSONL and summaries here")
+    ev.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. eval.num_turns=3 eval.scaling_samples=32")
+    ev.add_argument("--model", action="append", default=[], metavar="[LABEL=]DIR",
+                    help="model directory to evaluate (repeatable); default: eval.model_paths, else model.path")
+    ev.add_argument("--output", metavar="DIR", help="write per-problem JSONL, summaries, CSVs and plots here")
+    plot = sub.add_parser("plot", help="draw a run's training curves (Acc@t1/t2, Δ, Δi→c, Δc→i, KL per turn)")
+    plot.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
+    plot.add_argument("--output", metavar="PNG", help="output file (default: RUN_DIR/training_curves.png)")
     return p
 
 
@@ -33,11 +36,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     from score_rl.config import ConfigError, load_config
 
     try:
+        if args.command == "plot":
+            return _plot(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "train":
             return _train(cfg)
         return _eval(cfg, args)
-    except ConfigError as err:
+    except (ConfigError, FileNotFoundError) as err:
         print(f"score-rl: error: {err}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
@@ -56,21 +61,24 @@ def _train(cfg) -> int:
 
 def _eval(cfg, args) -> int:
     from score_rl.base_model import resolve_model_path
-    from score_rl.config import ConfigError
-    from score_rl.evaluation import evaluate_models
-    from score_rl.metrics import HEADLINE, format_table
+    from score_rl.evaluation import evaluate_models, parse_model_args
 
-    paths = args.model or list(cfg.eval.model_paths)
-    if not paths:
-        cfg.model.path = cfg.model.path  # evaluate the configured model (or the cached tiny base)
-        paths = [resolve_model_path(cfg)]
-    for path in paths:
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ConfigError(f"--model '{path}' is not a Hugging Face model directory (no config.json)")
+    specs = args.model or list(cfg.eval.model_paths)
+    models = parse_model_args(specs) if specs else [("base", resolve_model_path(cfg))]
     if args.output:
         cfg.eval.output_dir = args.output
-    results = evaluate_models(cfg, paths)
-    print(format_table(results, HEADLINE + ("fix_rate", "break_rate", "unchanged")))
+    report = evaluate_models(cfg, models)
+    print(report.table())
+    if cfg.eval.output_dir:
+        print(f"outputs written to {cfg.eval.output_dir}")
+    return 0
+
+
+def _plot(args) -> int:
+    from score_rl.plots import plot_training_curves
+
+    out = plot_training_curves(args.run_dir, args.output)
+    print(f"wrote {out}")
     return 0
 
 

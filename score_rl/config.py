@@ -67,7 +67,8 @@ class PromptConfig:
 
 @dataclass
 class EnvConfig:
-    name: str = doc("arithmetic", "Registered environment name (arithmetic).")
+    name: str = doc("arithmetic", "Registered environment name (arithmetic, math, code).")
+    target: Optional[str] = doc(None, "Custom environment class 'package.module:ClassName' (overrides env.name).")
     params: Dict[str, Any] = doc({}, "Environment-specific parameters, validated by the environment.")
     seed: int = doc(0, "Seed of the generated dataset splits.")
 
@@ -84,7 +85,6 @@ class RolloutConfig:
     max_new_tokens: int = doc(32, "Maximum tokens per attempt.")
     max_prompt_tokens: int = doc(1024, "Longest allowed prompt of any turn; longer prompts are an error, never silently cut.")
     generation_batch_size: int = doc(256, "Sequences per generate() call inside a worker.")
-    eval_temperature: float = doc(0.0, "Decoding temperature of evaluation (0 = greedy).")
 
 
 @dataclass
@@ -138,9 +138,13 @@ class RayConfig:
 
 @dataclass
 class EvalConfig:
-    model_paths: List[str] = doc([], "Model directories to evaluate side by side (score-rl eval).")
+    model_paths: List[str] = doc([], "Model directories to evaluate side by side (score-rl eval; LABEL=DIR allowed).")
     split: str = doc("test", "Dataset split to evaluate on.")
     num_problems: int = doc(200, "Number of problems evaluated (0 = the whole split).")
+    num_turns: int = doc(2, "Attempts per episode in evaluation (any K >= 1; turn k>1 repeats the correction).")
+    temperature: float = doc(0.0, "Decoding temperature of evaluation and of training's before/after eval (0 = greedy).")
+    scaling_samples: int = doc(0, "Samples per problem for inference-time scaling curves (0 = off; e.g. 32).")
+    scaling_temperature: float = doc(0.7, "Sampling temperature of the inference-time scaling study (paper: 0.7).")
     output_dir: Optional[str] = doc(None, "Where eval writes its outputs (null = print only).")
 
 
@@ -278,6 +282,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'ray.enabled': more than one rollout worker or learner rank needs Ray")
     if "{problem}" not in cfg.prompt.first_attempt:
         raise ConfigError("config key 'prompt.first_attempt' must contain '{problem}'")
+    if cfg.eval.num_turns < 1:
+        raise ConfigError(f"config key 'eval.num_turns' must be >= 1, got {cfg.eval.num_turns}")
+    if cfg.eval.scaling_samples and cfg.eval.scaling_samples < 2:
+        raise ConfigError("config key 'eval.scaling_samples' must be 0 (off) or >= 2")
     if cfg.shaping.stage1_steps < 0:
         raise ConfigError("config key 'shaping.stage1_steps' must be >= 0")
 

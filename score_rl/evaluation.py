@@ -1,60 +1,175 @@
-"""Two-turn evaluation: greedy (or sampled) episodes on a held-out split → self-correction metrics."""
+"""Evaluation: K-turn episodes on a held-out split → self-correction metrics, per-problem records, scaling curves.
+
+An untrained model evaluated this way *is* the Self-Refine baseline (prompting only: the same correction
+instruction, no training); reports label such models "(Self-Refine)".
+"""
 
 from __future__ import annotations
 
+import csv
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from score_rl.config import Config
-from score_rl.distributed import ActorGroup, shard
+from score_rl.config import Config, ConfigError
+from score_rl.distributed import ActorGroup, init_ray, shard
 from score_rl.envs import Problem
 from score_rl.episode import Episode
-from score_rl.metrics import HEADLINE, format_table, self_correction_metrics
+from score_rl.metrics import format_table, self_correction_metrics
+
+TRAINED_MARKER = "score_rl_run.json"  # written next to a trained policy by the trainer
 
 
-def run_eval_episodes(workers: ActorGroup, problems: Sequence[Problem], cfg: Config, seed: int) -> List[Episode]:
-    shards = shard(problems, len(workers))
-    args = [(s, 1, cfg.rollout.eval_temperature, seed + i, cfg.rollout.num_turns) for i, s in enumerate(shards)]
-    return [ep for part in workers.call("run_episodes", args) for ep in part]
+def run_eval_episodes(
+    workers: ActorGroup, problems: Sequence[Problem], seed: int, num_turns: int, temperature: float,
+    samples_per_problem: int = 1, progress: Optional[str] = None,
+) -> List[Episode]:
+    """Episodes for every problem, in problem order, sharded over the workers in chunks (with a progress bar)."""
+    from tqdm.auto import tqdm
+
+    chunk = 64 * len(workers)
+    out: List[Episode] = []
+    bar = tqdm(total=len(problems), desc=progress, disable=progress is None, leave=False)
+    for start in range(0, len(problems), chunk):
+        shards = shard(problems[start:start + chunk], len(workers))
+        args = [(s, samples_per_problem, temperature, seed + 7919 * start + i, num_turns) for i, s in enumerate(shards)]
+        out += [ep for part in workers.call("run_episodes", args) for ep in part]
+        bar.update(min(chunk, len(problems) - start))
+    bar.close()
+    return out
 
 
 def eval_problems(problems: Sequence[Problem], limit: int) -> List[Problem]:
     return list(problems[:limit]) if limit > 0 else list(problems)
 
 
+def model_label(label: str, path: str) -> str:
+    return label if (Path(path) / TRAINED_MARKER).is_file() else f"{label} (Self-Refine)"
+
+
+def parse_model_args(specs: Sequence[str]) -> List[Tuple[str, str]]:
+    """'LABEL=DIR' or 'DIR' (labelled by its directory name) → [(label, dir)]."""
+    out = []
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep:
+            label, path = Path(spec.rstrip("/")).name or spec, spec
+        if not (Path(path) / "config.json").is_file():
+            raise ConfigError(f"--model '{path}' is not a Hugging Face model directory (no config.json)")
+        out.append((label, path))
+    labels = [label for label, _ in out]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"--model labels must be unique, got {labels}; use LABEL=DIR")
+    return out
+
+
+@dataclass
+class EvalReport:
+    metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    episodes: Dict[str, List[Episode]] = field(default_factory=dict)
+    scaling: Dict[str, Dict[str, list]] = field(default_factory=dict)
+
+    def table(self) -> str:
+        num_turns = min(len(eps[0].turns) for eps in self.episodes.values())
+        keys = tuple(f"acc_t{k}" for k in range(1, num_turns + 1))
+        if num_turns >= 2:
+            keys += ("delta", "delta_i2c", "delta_c2i", "fix_rate", "break_rate", "unchanged")
+        return format_table(self.metrics, keys)
+
+
+def make_workers(cfg: Config, model_path: str) -> ActorGroup:
+    rc = cfg.rollout
+    if cfg.ray.enabled:
+        init_ray(cfg.ray.address, rc.num_workers * rc.cpus_per_worker, rc.num_workers * rc.gpus_per_worker,
+                 cfg.ray.num_cpus)
+    from score_rl.rollout.worker import RolloutWorker
+
+    n = rc.num_workers if cfg.ray.enabled else 1
+    return ActorGroup(RolloutWorker, [(cfg, model_path, i) for i in range(n)], cfg.ray.enabled,
+                      {"CPU": rc.cpus_per_worker, "GPU": rc.gpus_per_worker})
+
+
+def release(workers: ActorGroup) -> None:
+    if workers.use_ray:
+        import ray
+
+        for member in workers.members:
+            ray.kill(member)
+
+
+def evaluate_models(cfg: Config, models: Sequence[Tuple[str, str]], log=print) -> EvalReport:
+    """``score-rl eval``: every model on the same problems, side by side; optional inference-time scaling."""
+    from score_rl.envs import make_env
+
+    ec = cfg.eval
+    if ec.num_turns < 1:
+        raise ConfigError(f"config key 'eval.num_turns' must be >= 1, got {ec.num_turns}")
+    env = make_env(cfg.env, cfg.prompt)
+    problems = eval_problems(env.problems(ec.split), ec.num_problems)
+    report = EvalReport()
+    for label, path in models:
+        name = model_label(label, path)
+        workers = make_workers(cfg, path)
+        try:
+            eps = run_eval_episodes(workers, problems, cfg.trainer.seed, ec.num_turns, ec.temperature,
+                                    progress=f"eval {label}")
+            report.metrics[name], report.episodes[name] = self_correction_metrics(eps), eps
+            if ec.scaling_samples:
+                sampled = run_eval_episodes(workers, problems, cfg.trainer.seed + 1, 2, ec.scaling_temperature,
+                                            samples_per_problem=ec.scaling_samples, progress=f"scaling {label}")
+                from score_rl.scaling import scaling_tables
+
+                report.scaling[name] = scaling_tables(sampled)
+        finally:
+            release(workers)
+        log(f"evaluated {name}: {path} on {len(problems)} '{ec.split}' problems")
+    if ec.output_dir:
+        write_eval_outputs(Path(ec.output_dir), report, cfg)
+    return report
+
+
 def episode_record(model: str, ep: Episode) -> Dict:
     return {
-        "model": model, "problem_id": ep.problem_id, "reference": ep.reference,
+        "model": model, "problem_id": ep.problem_id, "sample_index": ep.sample_index, "reference": ep.reference,
         "attempts": [t.response_text for t in ep.turns], "rewards": [t.reward for t in ep.turns],
         "reasons": [t.reason for t in ep.turns],
     }
 
 
-def write_eval_outputs(out_dir: Path, results: Dict[str, Dict[str, float]], episodes: Dict[str, List[Episode]]) -> None:
+def write_eval_outputs(out_dir: Path, report: EvalReport, cfg: Config) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "episodes.jsonl", "w") as f:
-        for name, eps in episodes.items():
+        for name, eps in report.episodes.items():
             for ep in eps:
-                f.write(json.dumps(episode_record(name, ep)) + "\n")
-    (out_dir / "summary.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "summary.md").write_text(format_table(results, HEADLINE + ("fix_rate", "break_rate", "unchanged")) + "\n")
+                f.write(json.dumps(episode_record(name, ep), default=str) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(
+        {"metrics": report.metrics, "scaling": report.scaling, "split": cfg.eval.split,
+         "num_problems": len(next(iter(report.episodes.values()))), "num_turns": cfg.eval.num_turns,
+         "temperature": cfg.eval.temperature}, indent=2, default=str))
+    note = ("Models marked (Self-Refine) are untrained: their turn-2 numbers are the Self-Refine baseline "
+            "(the same correction instruction, prompting only).")
+    (out_dir / "summary.md").write_text(f"# score-rl eval ({cfg.env.name}, split '{cfg.eval.split}', "
+                                        f"temperature {cfg.eval.temperature})\n\n{report.table()}\n\n{note}\n")
+    if report.scaling:
+        _write_scaling(out_dir, report, cfg)
 
 
-def evaluate_models(cfg: Config, model_paths: Sequence[str], log=print) -> Dict[str, Dict[str, float]]:
-    """``score-rl eval``: each model on the same problems, side by side."""
-    from score_rl.envs import make_env
-    from score_rl.rollout.worker import RolloutWorker
+def _write_scaling(out_dir: Path, report: EvalReport, cfg: Config) -> None:
+    from score_rl.plots import plot_majority_vote, plot_pass_at_k
 
-    env = make_env(cfg.env, cfg.prompt)
-    problems = eval_problems(env.problems(cfg.eval.split), cfg.eval.num_problems)
-    results, episodes = {}, {}
-    for path in model_paths:
-        worker = ActorGroup(RolloutWorker, [(cfg, path, 0)], use_ray=False)
-        eps = run_eval_episodes(worker, problems, cfg, cfg.trainer.seed)
-        results[path] = self_correction_metrics(eps)
-        episodes[path] = eps
-        log(f"evaluated {path} on {len(problems)} {cfg.eval.split} problems")
-    if cfg.eval.output_dir:
-        write_eval_outputs(Path(cfg.eval.output_dir), results, episodes)
-    return results
+    with open(out_dir / "pass_at_k.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "k", "pass_at_k"])
+        for name, s in report.scaling.items():
+            w.writerows([name, k, v] for k, v in enumerate(s["pass_at_k"], start=1))
+    with open(out_dir / "majority_vote.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "budget", "parallel", "sequential"])
+        for name, s in report.scaling.items():
+            w.writerows([name, *row] for row in s["majority"])
+    n, t = cfg.eval.scaling_samples, cfg.eval.scaling_temperature
+    plot_pass_at_k({k: v["pass_at_k"] for k, v in report.scaling.items()}, out_dir / "pass_at_k.png",
+                   f"Coverage vs samples ({cfg.env.name}, n={n}, T={t})")
+    plot_majority_vote({k: v["majority"] for k, v in report.scaling.items()}, out_dir / "majority_vote.png",
+                       f"Majority vote at equal budget ({cfg.env.name}, T={t})")

@@ -54,9 +54,15 @@ LABELS = {"acc_t1": "Acc@t1", "acc_t2": "Acc@t2", "delta": "Δ(t1,t2)", "delta_i
           "fix_rate": "fix rate", "break_rate": "break rate", "unchanged": "unchanged", "edit_ratio": "edit sim."}
 
 
+def label(key: str) -> str:
+    if key.startswith("acc_t") and key[5:].isdigit():
+        return f"Acc@t{key[5:]}"
+    return LABELS.get(key, key)
+
+
 def format_table(rows: Dict[str, Dict[str, float]], keys: Sequence[str] = HEADLINE) -> str:
     """Markdown table: one row per model / run, metrics in percent."""
-    head = "| model | " + " | ".join(LABELS.get(k, k) for k in keys) + " |"
+    head = "| model | " + " | ".join(label(k) for k in keys) + " |"
     sep = "|---|" + "---:|" * len(keys)
     lines = [head, sep]
     for name, m in rows.items():

@@ -16,7 +16,7 @@ from score_rl.config import Config, ConfigError, save_config
 from score_rl.distributed import ActorGroup, init_ray, make_placement_group, shard
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode
-from score_rl.evaluation import eval_problems, run_eval_episodes
+from score_rl.evaluation import TRAINED_MARKER, eval_problems, run_eval_episodes
 from score_rl.learner import Learner
 from score_rl.metrics import format_table, self_correction_metrics
 from score_rl.rollout.worker import RolloutWorker
@@ -107,6 +107,7 @@ class Trainer:
         results: Dict[str, Dict[str, float]] = {}
         if cfg.trainer.eval_before_after and self.start_step == 0:
             results["base"] = self.evaluate()
+            (self.run_dir / "eval_base.json").write_text(json.dumps(results["base"], indent=2))
             self.log("base model (held-out, greedy):\n" + format_table({"base": results["base"]}))
         logger = RunLogger(self.run_dir, cfg.trainer.steps, self.start_step, cfg.trainer.progress_bar)
         for step in range(self.start_step, cfg.trainer.steps):
@@ -164,12 +165,19 @@ class Trainer:
         return m
 
     def evaluate(self) -> Dict[str, float]:
-        return self_correction_metrics(run_eval_episodes(self.workers, self.eval_set, self.cfg, self.cfg.trainer.seed))
+        episodes = run_eval_episodes(self.workers, self.eval_set, self.cfg.trainer.seed, self.cfg.rollout.num_turns,
+                                     self.cfg.eval.temperature)
+        return self_correction_metrics(episodes)
 
     def _base_results(self) -> Dict[str, float]:
+        """Base-model metrics when the start-of-run evaluation happened in an earlier (resumed) process."""
         from score_rl.evaluation import evaluate_models
 
-        return evaluate_models(self.cfg, [self.model_path], log=lambda *_: None)[self.model_path]
+        saved = self.run_dir / "eval_base.json"
+        if saved.is_file():
+            return json.loads(saved.read_text())
+        report = evaluate_models(self.cfg, [("base", self.model_path)], log=lambda *_: None)
+        return next(iter(report.metrics.values()))
 
     # --- persistence ---------------------------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
@@ -193,6 +201,8 @@ class Trainer:
     def save_final(self) -> None:
         out = self.run_dir / "final"
         self.learners.call_one(0, "save_pretrained", str(out))
+        (out / TRAINED_MARKER).write_text(json.dumps(
+            {"base_model": self.model_path, "run_dir": str(self.run_dir), "steps": self.cfg.trainer.steps}, indent=2))
         self.log(f"final policy saved to {out}")
 
 

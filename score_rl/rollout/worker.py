@@ -56,9 +56,9 @@ class RolloutWorker:
                     for ep in episodes
                 ]
             generations = self.generator.generate(contexts, temperature)
-            for ep, ctx, gen in zip(episodes, contexts, generations):
-                text = self.tokenizer.decode(gen.response_ids, skip_special_tokens=True)
-                verdict = self.env.verify(text, ep.reference)
+            texts = [self.tokenizer.decode(gen.response_ids, skip_special_tokens=True) for gen in generations]
+            verdicts = self.env.verify_batch(texts, [ep.reference for ep in episodes])
+            for ep, ctx, gen, text, verdict in zip(episodes, contexts, generations, texts, verdicts):
                 ep.turns.append(Turn(
                     prompt_ids=ctx, response_ids=gen.response_ids, sampling_logprobs=gen.logprobs,
                     response_text=text, reward=verdict.reward, reason=verdict.reason, info=verdict.info,
