@@ -76,7 +76,7 @@ class EnvConfig:
 @dataclass
 class RolloutConfig:
     num_workers: int = doc(1, "Number of rollout workers (Ray actors, one placement-group bundle each).")
-    cpus_per_worker: float = doc(1.0, "CPUs reserved per rollout worker.")
+    cpus_per_worker: float = doc(1.0, "CPUs reserved per rollout worker (also its torch thread count, at least 1).")
     gpus_per_worker: float = doc(0.0, "GPUs reserved per rollout worker.")
     problems_per_step: int = doc(32, "Problems sampled from the train split per training step.")
     samples_per_problem: int = doc(4, "Independent episodes per problem (the group of the baseline).")
@@ -115,7 +115,7 @@ class LearnerConfig:
     adam_betas: List[float] = doc([0.9, 0.999], "AdamW betas.")
     grad_clip: float = doc(1.0, "Gradient-norm clipping threshold.")
     micro_batch_size: int = doc(64, "Episodes per forward/backward pass on one rank (gradients accumulate).")
-    torch_threads: int = doc(0, "torch intra-op threads per actor (0 = cpus reserved for it).")
+    torch_threads: int = doc(0, "torch intra-op threads per learner rank (0 = learner.cpus_per_rank).")
 
 
 @dataclass
@@ -123,7 +123,7 @@ class TrainerConfig:
     steps: int = doc(100, "Training steps (one rollout batch and one optimizer step each).")
     seed: int = doc(0, "Seed of problem order, sampling and initialisation.")
     run_dir: str = doc("runs/${now:%Y%m%d-%H%M%S}", "Directory of logs, checkpoints and the final policy.")
-    checkpoint_every: int = doc(0, "Save an atomic checkpoint every N steps (0 = only at the end).")
+    checkpoint_every: int = doc(0, "Save an atomic checkpoint every N steps; one is always saved after the last step.")
     eval_before_after: bool = doc(True, "Evaluate base and trained policy on held-out problems at start and end.")
     eval_problems: int = doc(200, "Held-out problems in the before/after evaluation.")
     progress_bar: bool = doc(True, "Show a tqdm progress bar.")

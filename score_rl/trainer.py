@@ -124,7 +124,8 @@ class Trainer:
             with _timed(timings, "sync"):
                 self.weight_sync.push(self.learners, self.workers)
             logger.log(step, self.step_metrics(episodes, stage, stats, timings))
-            if cfg.trainer.checkpoint_every and (step + 1) % cfg.trainer.checkpoint_every == 0:
+            every = cfg.trainer.checkpoint_every
+            if (every and (step + 1) % every == 0) or step + 1 == cfg.trainer.steps:
                 self.save_checkpoint(step + 1)
         logger.close()
         self.save_final()

@@ -64,3 +64,21 @@ def test_overlong_prompt_is_an_error_not_a_silent_cut(cfg, tiny_model_path):
     with pytest.raises(ValueError, match="max_prompt_tokens"):
         RolloutWorker(cfg, tiny_model_path).run_episodes(RolloutWorker(cfg, tiny_model_path).env.problems("train")[:1],
                                                          1, 1.0, seed=0)
+
+
+def test_a_model_generation_config_cannot_change_the_sampled_distribution(cfg, tiny_model_path, tmp_path):
+    """generation_config.json with top_k / repetition_penalty must not leak into sampling (sampled = trained)."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    path = tmp_path / "model"
+    shutil.copytree(tiny_model_path, path)
+    GenerationConfig(do_sample=True, top_k=2, top_p=0.5, repetition_penalty=1.5, min_p=0.2).save_pretrained(path)
+    worker = RolloutWorker(cfg, str(path))
+    episodes = worker.run_episodes(worker.env.problems("train")[:4], 2, 1.0, seed=3)
+    batch = collate(episodes, worker.tokenizer.pad_token_id)
+    with torch.no_grad():
+        logp, _ = token_logprobs(worker.model, batch["input_ids"], batch["attention_mask"], 1.0)
+    mask = batch["turn"] > 0
+    assert torch.allclose(logp[mask], batch["sampling_logprobs"][mask], atol=1e-4)

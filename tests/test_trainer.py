@@ -47,14 +47,16 @@ def test_same_seed_identical_metrics_different_seed_different_samples(tmp_path, 
 def test_resume_continues_from_the_latest_checkpoint(tmp_path, tiny_model_path):
     run = ["trainer.checkpoint_every=2", f"trainer.run_dir={tmp_path / 'resume'}"]
     _run(tmp_path, tiny_model_path, "r", run + ["trainer.steps=3"])
-    assert (tmp_path / "resume" / "checkpoints" / "latest").read_text() == "step_0000002"
-    cfg = tiny_config(tmp_path / "r2", [f"model.path={tiny_model_path}", "ray.enabled=false", "trainer.steps=4",
+    ckpts = tmp_path / "resume" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_0000002", "step_0000003"]
+    assert (ckpts / "latest").read_text() == "step_0000003", "the last step is always checkpointed"
+    cfg = tiny_config(tmp_path / "r2", [f"model.path={tiny_model_path}", "ray.enabled=false", "trainer.steps=5",
                                         "trainer.eval_before_after=false", *run])
     trainer = Trainer(cfg, log=lambda *_: None)
     trainer.fit()
-    assert trainer.start_step == 2
+    assert trainer.start_step == 3
     steps = [json.loads(line)["step"] for line in (tmp_path / "resume" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [0, 1, 2, 2, 3]  # the first run's step 2 was not checkpointed, so it is redone
+    assert steps == [0, 1, 2, 3, 4]
 
 
 def test_batch_not_divisible_by_ranks_is_a_config_error(tmp_path, tiny_model_path):

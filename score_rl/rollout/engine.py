@@ -22,6 +22,15 @@ class Generation:
 
 class HFGenerator:
     def __init__(self, model, tokenizer, max_new_tokens: int, batch_size: int = 256):
+        from transformers import GenerationConfig
+
+        # A model directory's generation_config.json may carry top_k, min_p, repetition_penalty, ...: any of them
+        # would make the sampled distribution differ from log_softmax(logits / T), which is what the learner trains
+        # on. Start from a neutral config so only the settings passed below are in effect.
+        model.generation_config = GenerationConfig(
+            eos_token_id=tokenizer.eos_token_id, bos_token_id=model.generation_config.bos_token_id,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        )
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -46,7 +55,7 @@ class HFGenerator:
         result = self.model.generate(
             input_ids=input_ids, attention_mask=mask, max_new_tokens=self.max_new_tokens, min_new_tokens=0,
             eos_token_id=self.eos_id, pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True,
-            repetition_penalty=None, num_beams=1, **sampling,
+            num_beams=1, **sampling,
         )
         new_tokens = result.sequences[:, width:]
         steps = len(result.scores)

@@ -1,0 +1,276 @@
+"""The docs and the SLURM launcher keep their promises: the config reference matches the schema, and the sbatch
+script parses, reads `ray status`, passes arguments through untouched, tears Ray down and requeues on SIGUSR1.
+
+The launcher runs here against stand-ins for srun, scontrol, ray and score-rl (no SLURM, no Ray started).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from score_rl.config import Config, config_reference
+from score_rl.config_docs import BEGIN, END, extract_reference, main as config_docs_main, with_reference
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DOC = REPO / "docs" / "config.md"
+SBATCH = REPO / "slurm" / "score_rl.sbatch"
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+BASH = shutil.which("bash")
+
+# `ray status` of Ray 2.60 (captured) for two nodes of 2 GPUs each, started with --resources='{"score_rl_node": 1}'
+RAY_STATUS_2_NODES = """\
+======== Autoscaler status: 2026-11-22 04:15:50.005208 ========
+Node status
+---------------------------------------------------------------
+Active:
+ 1 node_28e684898007290285247f51fc9e486aaf74977c097a3e85249c24f9
+ 1 node_1b40f331638ec02a780fb1e0c785975c25d0b6cde03da7b46f13f346
+Pending:
+ (no pending nodes)
+Recent failures:
+ (no failures)
+
+Resources
+---------------------------------------------------------------
+Total Usage:
+ 0.0/2.0 CPU
+ 0.0/4.0 GPU
+ 0B/32.46GiB memory
+ 0B/13.91GiB object_store_memory
+ 0.0/2.0 score_rl_node
+
+From request_resources:
+ (none)
+Pending Demands:
+ (no resource demands)
+"""
+
+
+def _all_keys(schema: type, prefix: str = "") -> list:
+    keys = []
+    defaults = schema()
+    for f in dataclasses.fields(schema):
+        key = prefix + f.name
+        keys.append(key)
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _all_keys(type(value), key + ".")
+    return keys
+
+
+# --- docs/config.md ----------------------------------------------------------------------------------------------
+def test_config_reference_in_docs_is_current():
+    assert extract_reference(CONFIG_DOC.read_text()) == config_reference(), (
+        "docs/config.md is out of date: run python -m score_rl.config_docs"
+    )
+
+
+def test_every_config_key_is_in_the_reference():
+    block = extract_reference(CONFIG_DOC.read_text())
+    missing = [k for k in _all_keys(Config) if f"`{k}`" not in block and f"**{k}**" not in block]
+    assert not missing, f"config keys missing from docs/config.md: {missing}"
+
+
+# Dotted names in the docs that look like config keys but are not: Ray API calls and the deliberate typo example.
+NOT_CONFIG_KEYS = {"ray.get", "ray.init", "ray.remote", "shaping.alpah"}
+HAND_WRITTEN_DOCS = ["docs/architecture.md", "docs/cluster.md", "docs/config.md", "slurm/README.md",
+                     "slurm/score_rl.sbatch"]
+
+
+def test_docs_mention_only_existing_config_keys():
+    valid = set(_all_keys(Config))
+    sections = "|".join(f.name for f in dataclasses.fields(Config))
+    # `section.key` in backticks or section.key= in a command line
+    mention = re.compile(r"(?<![\w/.])((?:%s)\.[a-z_0-9]+(?:\.[a-z_0-9]+)*)(?==|`)" % sections)
+    stale = {}
+    for name in HAND_WRITTEN_DOCS:
+        text = (REPO / name).read_text().split(BEGIN)[0]
+        found = {m.group(1) for m in mention.finditer(text)} - NOT_CONFIG_KEYS
+        bad = sorted(k for k in found if k not in valid and not k.endswith(".py"))
+        if bad:
+            stale[name] = bad
+    assert not stale, f"the docs name config keys that do not exist (renamed or removed?): {stale}"
+
+
+def test_config_docs_rewrites_only_the_block(tmp_path):
+    doc = tmp_path / "config.md"
+    doc.write_text(f"# intro\n\n{BEGIN}\n| stale |\n{END}\n\nafter\n")
+    assert config_docs_main([str(doc), "--check"]) == 1
+    assert config_docs_main([str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("# intro\n\n") and text.endswith(f"{END}\n\nafter\n")
+    assert extract_reference(text) == config_reference()
+    assert config_docs_main([str(doc), "--check"]) == 0
+    assert with_reference(text, config_reference()) == text
+
+
+# --- slurm/score_rl.sbatch ---------------------------------------------------------------------------------------
+def test_sbatch_script_parses():
+    result = subprocess.run([BASH, "-n", str(SBATCH)], capture_output=True, text=True)
+    assert result.returncode == 0, f"bash -n slurm/score_rl.sbatch: {result.stderr}"
+
+
+@pytest.mark.parametrize("status, expected", [
+    (RAY_STATUS_2_NODES, "2 4"),
+    ("", "0 0"),  # head not up yet
+    ("Error: could not connect to the GCS\n", "0 0"),
+])
+def test_sbatch_reads_nodes_and_gpus_from_ray_status(status, expected):
+    result = subprocess.run([BASH, "-c", f'source "{SBATCH}"; ray_status_counts'], input=status,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
+STUBS = {
+    # srun [options] -w NODE [options] CMD...: log the call, run CMD here
+    "srun": r"""
+        node="" out=""
+        while (( $# )); do
+          case "$1" in
+            -w) node=$2; shift 2 ;;
+            --output=*) out=${1#--output=}; shift ;;
+            -*) shift ;;
+            *) break ;;
+          esac
+        done
+        echo "srun $node $1 $2" >> "$STUB_DIR/calls"
+        export STUB_NODE=$node
+        if [[ -n "$out" ]]; then exec "$@" >>"$out" 2>&1; else exec "$@"; fi
+    """,
+    "scontrol": r"""
+        if [[ "$1 $2" == "show hostnames" ]]; then printf '%s\n' $STUB_NODES; exit 0; fi
+        echo "scontrol $*" >> "$STUB_DIR/calls"
+    """,
+    # ray start --block: join (fail once on STUB_FAIL_ONCE), then block; ray status: count who joined
+    "ray": r"""
+        case "$1" in
+          start)
+            echo "$STUB_NODE RAY_ADDRESS=$RAY_ADDRESS $*" >> "$STUB_DIR/ray_start"
+            if [[ "$STUB_NODE" == "$STUB_FAIL_ONCE" && ! -e "$STUB_DIR/failed" ]]; then
+              touch "$STUB_DIR/failed"; exit 1
+            fi
+            echo "$STUB_NODE" >> "$STUB_DIR/joined"
+            exec sleep 120 ;;
+          status)
+            [[ -e "$STUB_DIR/joined" ]] || { echo "no cluster" >&2; exit 1; }
+            n=$(sort -u "$STUB_DIR/joined" | wc -l)
+            printf 'Resources\nTotal Usage:\n 0.0/%d.0 GPU\n 0.0/%d.0 score_rl_node\n' $((n * 2)) "$n" ;;
+          stop) echo "$STUB_NODE" >> "$STUB_DIR/ray_stop" ;;
+        esac
+    """,
+    # the driver: record argv (NUL-separated) and the Ray environment; optionally run until TERMed
+    "score-rl": r"""
+        printf '%s\0' "$@" > "$STUB_DIR/argv"
+        echo "$RAY_ADDRESS $RAY_AUTH_MODE ${#RAY_AUTH_TOKEN}" > "$STUB_DIR/driver_env"
+        if [[ -n "$STUB_TRAIN_SECONDS" ]]; then
+          sleep "$STUB_TRAIN_SECONDS" >/dev/null 2>&1 &
+          sleeper=$!
+          trap 'kill $sleeper; echo TERM > "$STUB_DIR/driver_signal"; exit 143' TERM
+          touch "$STUB_DIR/driver_ready"
+          wait
+        fi
+        exit "${STUB_TRAIN_RC:-0}"
+    """,
+}
+
+
+def _simulated_job(tmp_path: Path, nodes: list, extra_env: dict = None) -> tuple:
+    stub_bin = tmp_path / "bin"
+    stub_bin.mkdir()
+    for name, body in STUBS.items():
+        path = stub_bin / name
+        path.write_text("#!/bin/bash\n" + textwrap.dedent(body))
+        path.chmod(0o755)
+    submit = tmp_path / "submit"
+    submit.mkdir()
+    env = {
+        "PATH": os.pathsep.join([str(stub_bin), str(Path(sys.executable).parent), "/usr/bin", "/bin"]),
+        "HOME": str(tmp_path), "STUB_DIR": str(tmp_path), "STUB_NODES": " ".join(nodes),
+        "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "score-rl", "SLURM_JOB_NODELIST": "stub[1-9]",
+        "SLURM_SUBMIT_DIR": str(submit), "SLURM_CPUS_ON_NODE": "4", "SLURM_GPUS_ON_NODE": "2",
+        "SCORE_RL_HEAD_IP": "10.1.2.3", "SCORE_RL_POLL_INTERVAL": "0.05", "SCORE_RL_JOIN_TIMEOUT": "20",
+    }
+    env.update(extra_env or {})
+    return env, submit
+
+
+def _read(path: Path) -> list:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+USER_ARGS = ["shaping.alpha=5", "prompt.correction=Check it  again, *carefully*.", "rollout.temperature=0.7"]
+
+
+def test_sbatch_starts_ray_on_every_node_and_passes_arguments_unchanged(tmp_path):
+    nodes = ["n1", "n2", "n3"]
+    env, submit = _simulated_job(tmp_path, nodes, {"STUB_FAIL_ONCE": "n3"})
+    result = subprocess.run([BASH, str(SBATCH), str(QUICKSTART), *USER_ARGS], env=env, cwd=submit,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    run_dir = submit / "runs" / "score-rl-4242"
+    argv = (tmp_path / "argv").read_bytes().decode().split("\0")[:-1]
+    assert argv == ["train", str(QUICKSTART), "trainer.progress_bar=false", f"trainer.run_dir={run_dir}",
+                    *USER_ARGS, "ray.address=auto"]
+    assert (tmp_path / "driver_env").read_text().split() == ["10.1.2.3:6379", "token", "64"]
+    starts = _read(tmp_path / "ray_start")
+    assert starts[0].startswith("n1 ")  # the head first, then the workers in parallel
+    assert sorted(s.split()[0] for s in starts) == ["n1", "n2", "n3", "n3"]  # n3 failed once and was started again
+    assert "--head" in starts[0] and "--port=6379" in starts[0] and "--num-cpus=4" in starts[0]
+    assert all("--address=10.1.2.3:6379" in s for s in starts[1:])
+    assert sorted(_read(tmp_path / "ray_stop")) == nodes  # teardown ran `ray stop` on every node
+    assert not any("requeue" in c for c in _read(tmp_path / "calls"))
+    assert (run_dir / "slurm" / "ray-head-n1.log").exists()
+
+
+def test_sbatch_rejects_a_bad_config_before_starting_ray(tmp_path):
+    env, submit = _simulated_job(tmp_path, ["n1", "n2"])
+    result = subprocess.run([BASH, str(SBATCH), str(QUICKSTART), "shaping.alpah=5"], env=env, cwd=submit,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "did you mean 'shaping.alpha'" in result.stderr
+    assert not (tmp_path / "ray_start").exists()
+
+
+def test_sbatch_fails_fast_when_ray_sees_fewer_gpus_than_the_allocation(tmp_path):
+    env, submit = _simulated_job(tmp_path, ["n1", "n2"], {"SLURM_GPUS_ON_NODE": "8"})  # the stub nodes show 2 each
+    result = subprocess.run([BASH, str(SBATCH), str(QUICKSTART)], env=env, cwd=submit,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "Ray sees 4 of 16 GPUs" in result.stderr and "SCORE_RL_SRUN_ARGS=--gres=gpu:8" in result.stderr
+    assert not (tmp_path / "argv").exists()  # the driver never started
+    assert sorted(_read(tmp_path / "ray_stop")) == ["n1", "n2"]
+
+
+def test_sbatch_returns_the_driver_exit_status_and_still_tears_down(tmp_path):
+    env, submit = _simulated_job(tmp_path, ["n1", "n2"], {"STUB_TRAIN_RC": "3"})
+    result = subprocess.run([BASH, str(SBATCH), str(QUICKSTART)], env=env, cwd=submit,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert sorted(_read(tmp_path / "ray_stop")) == ["n1", "n2"]
+
+
+def test_sbatch_stops_tears_down_and_requeues_on_sigusr1(tmp_path):
+    env, submit = _simulated_job(tmp_path, ["n1", "n2"], {"STUB_TRAIN_SECONDS": "60"})
+    proc = subprocess.Popen([BASH, str(SBATCH), str(QUICKSTART)], env=env, cwd=submit,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "driver_ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert (tmp_path / "driver_signal").read_text().strip() == "TERM"
+    assert sorted(_read(tmp_path / "ray_stop")) == ["n1", "n2"]
+    assert "scontrol requeue 4242" in _read(tmp_path / "calls")
