@@ -22,6 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", action="append", default=[], metavar="[LABEL=]DIR",
                     help="model directory to evaluate (repeatable); default: eval.model_paths, else model.path")
     ev.add_argument("--output", metavar="DIR", help="write per-problem JSONL, summaries, CSVs and plots here")
+    sc = sub.add_parser("score", help="score model responses offline with an environment's verifier")
+    sc.add_argument("file", help="JSONL with problem_id and response per row")
+    sc.add_argument("--env", required=True, help="environment name (arithmetic, math, code) or package.module:Class")
+    sc.add_argument("--output", metavar="OUT.jsonl", help="write scored rows here (default: stdout)")
+    sc.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment parameter, e.g. --param timeout_s=10 (repeatable)")
     plot = sub.add_parser("plot", help="draw a run's training curves (Acc@t1/t2, Δ, Δi→c, Δc→i, KL per turn)")
     plot.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
     plot.add_argument("--output", metavar="PNG", help="output file (default: RUN_DIR/training_curves.png)")
@@ -38,6 +44,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "plot":
             return _plot(args)
+        if args.command == "score":
+            return _score(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "train":
             return _train(cfg)
@@ -72,6 +80,22 @@ def _eval(cfg, args) -> int:
     if cfg.eval.output_dir:
         print(f"outputs written to {cfg.eval.output_dir}")
     return 0
+
+
+def _score(args) -> int:
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from score_rl.config import ConfigError
+    from score_rl.scoring import run_score
+
+    for item in args.param:
+        if "=" not in item:
+            raise ConfigError(f"--param '{item}' is not of the form KEY=VALUE")
+    params = OmegaConf.to_container(OmegaConf.from_dotlist(args.param)) if args.param else {}
+    return run_score(args.env, Path(args.file), Path(args.output) if args.output else None, params,
+                     sys.stdout, sys.stderr)
 
 
 def _plot(args) -> int:
