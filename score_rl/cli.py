@@ -63,7 +63,10 @@ def _train(cfg) -> int:
 
     trainer = Trainer(cfg)
     print(f"run directory: {trainer.run_dir}")
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
     return 0
 
 

@@ -180,6 +180,13 @@ class Trainer:
         report = evaluate_models(self.cfg, [("base", self.model_path)], log=lambda *_: None)
         return next(iter(report.metrics.values()))
 
+    def close(self) -> None:
+        """Release environment pools held by in-process workers (Ray actors release theirs when they exit)."""
+        if not self.workers.use_ray:
+            for worker in self.workers.members:
+                worker.env.close()
+        self.env.close()
+
     # --- persistence ---------------------------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
         state = {"step": step, "sampler": self.sampler.state(), "model_path": self.model_path}

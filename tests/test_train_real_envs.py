@@ -1,0 +1,28 @@
+"""Two training steps on the real-task environments with the tiny model (plumbing, not learning)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from score_rl.trainer import Trainer
+from tests.conftest import tiny_config
+
+
+@pytest.mark.parametrize("env_name, params", [
+    ("math", {"num_test": 4, "workers": 1}),
+], ids=["math"])
+def test_two_training_steps(tmp_path, tiny_model_path, env_name, params):
+    cfg = tiny_config(tmp_path, [f"model.path={tiny_model_path}", "ray.enabled=false", "trainer.steps=2",
+                                 "trainer.eval_problems=2", "rollout.max_new_tokens=12", f"env.name={env_name}"])
+    cfg.env.params = params  # replace (not merge with) the quickstart's arithmetic parameters
+    trainer = Trainer(cfg, log=lambda *_: None)
+    try:
+        results = trainer.fit()
+    finally:
+        trainer.close()
+    rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    assert all(0.0 <= r["acc_t1"] <= 1.0 and r["tokens"] > 0 for r in rows)
+    assert set(results) == {"base", "trained"}
