@@ -156,10 +156,7 @@ def _response(i: int, answer: str) -> str:
 @pytest.fixture(scope="module")
 def equivalence_verdicts(env):
     cases = [(g, p) for g, p, _ in EQUIVALENCE] + [tuple(c.values[:2]) for c in KNOWN_LIMITATIONS]
-    start = time.monotonic()
     verdicts = env.verify_batch([_response(i, p) for i, (_, p) in enumerate(cases)], [g for g, _ in cases])
-    elapsed = time.monotonic() - start
-    assert elapsed < 20, f"{len(cases)} equivalence checks took {elapsed:.1f} s"
     return {case: v for case, v in zip(cases, verdicts)}
 
 

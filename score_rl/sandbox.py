@@ -1,0 +1,459 @@
+"""Run untrusted Python (model-written code) against trusted tests, isolated from the scoring process.
+
+This module is the project's security boundary: an RL policy is rewarded by what happens here and will exploit any
+hole. Each execution is one subprocess (``score_rl/_sandbox_child.py``) in its own session, driven by a thread of a
+pool, and it passes only with *positive proof*: exit status 0 **and** a random per-execution nonce on stdout, which
+the harness prints only after the tests returned. An early ``sys.exit(0)`` / ``os._exit(0)`` therefore fails.
+
+What is isolated (as root, on Linux with namespaces; ``ExecResult.isolation`` records what was actually active):
+
+- processes: own session / process group; own PID namespace whose init is the solution, so every process it
+  started dies with it, double forks and ``setsid`` included; afterwards the scoring process SIGKILLs the whole
+  group and sweeps the machine for any process still carrying the execution's tags (dedicated uid, PID namespace,
+  marker environment variable; see ``_sandbox_procs``), never the scoring process, its ancestors or PID 1.
+  A wall-clock timeout kills everything.
+- identity: a random dedicated uid/gid per execution (no supplementary groups, no capabilities, no_new_privs), so
+  the solution cannot signal, ptrace or read the files of the scoring process or anything else it does not own.
+  With that uid, RLIMIT_NPROC becomes meaningful (it counts per real uid; root ignores it): fork bombs hit it.
+- network: a new network namespace with no interface up; connecting anywhere, 127.0.0.1 included, fails.
+  Abstract unix sockets are per namespace too; path-based unix sockets are hidden or read-only (below).
+- filesystem: a private mount namespace; the whole tree is read-only; /tmp, /var/tmp and /dev/shm are fresh
+  size-limited tmpfs owned by the execution (the working directory is /tmp and HOME=TMPDIR=/tmp); /run is replaced;
+  /proc shows only the sandbox's processes; ``hide_paths`` (by default the project directory and the scoring
+  user's home; the code env adds its dataset) are covered by empty tmpfs so tests and reference solutions cannot be
+  read from disk. The standard library is re-exposed read-only under /run/score_rl_python.
+- resources: RLIMIT_AS (memory_mb), RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE, no core files, captured output
+  capped (``capture_bytes`` kept per stream) and the run killed once it wrote ``max_output_bytes``.
+- environment: only PATH, LANG/LC_ALL, HOME, TMPDIR and the marker; stdin is /dev/null; ``python -I -S``.
+- the job: solution and tests are compiled separately (an unterminated string cannot swallow the tests) and run as
+  module ``solution`` (``if __name__ == "__main__":`` demo blocks are skipped, as in HumanEval's harness); the
+  builtins are restored before the tests run; guarded functions must return plain data (an object whose ``__eq__``
+  always holds raises ``ForbiddenReturnValue``). The job file is unlinked before the solution runs.
+
+What is NOT isolated (or only partly):
+
+- the tests run in the same interpreter as the solution, so a *deliberate* in-process attack can still fake a pass:
+  patching a module the tests import (``math.isclose``), frame / gc introspection to find the nonce or the tests,
+  a thread racing the tests. Only the common hacks above are closed.
+- no seccomp filter: the whole syscall surface of the kernel is reachable (a kernel exploit escapes everything).
+- the read-only host filesystem outside the hidden paths stays readable (e.g. /etc, /usr, /sys); CPU time is shared
+  with the scoring process, bounded by the timeout and the worker count; RLIMIT_AS bounds address space, not RSS,
+  and the private tmpfs (3 x ``tmpfs_mb`` at most) is RAM on top of it.
+- hash randomisation is not pinned (``-I`` ignores PYTHONHASHSEED): set-order-dependent output may vary per run.
+- without root, an unprivileged user namespace is used when the kernel allows it: the same namespaces, but the
+  processes keep the scoring user's uid (capabilities are dropped), so RLIMIT_NPROC is not set (it would count the
+  scoring user's own processes): a fork bomb is bounded only by the timeout, the PID namespace teardown and the
+  kernel's per-user limit, and the sweep relies on the PID namespace and the marker.
+- with no namespaces at all (``namespaces=False`` or refused by the OS): only the session, rlimits, the dedicated
+  uid (root only), the scrubbed environment, the private working directory and the sweep remain; files can be
+  written wherever that uid may write, the network is reachable, and as root with a dedicated uid the standard
+  library must be world-readable for lazy imports to work. ``ExecResult.isolation`` always says what was active.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from score_rl import _sandbox_procs as procs
+
+CHILD_SCRIPT = str(Path(__file__).resolve().with_name("_sandbox_child.py"))
+PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+_UID_BASE, _UID_SPAN = 1 << 30, 1 << 29  # dedicated uids: far above any real account
+
+
+@dataclass
+class SandboxConfig:
+    timeout_s: float = 5.0  # wall clock, from spawn to the end of the solution's main process
+    memory_mb: int = 1024  # RLIMIT_AS of the sandboxed interpreter
+    workers: int = 2  # concurrent executions in run_many
+    max_processes: int = 64  # RLIMIT_NPROC (with a dedicated uid only)
+    max_file_mb: int = 16  # RLIMIT_FSIZE
+    tmpfs_mb: int = 64  # size of the private /tmp (and /var/tmp, /dev/shm)
+    max_output_bytes: int = 1 << 20  # stdout + stderr; more kills the run ("output limit")
+    capture_bytes: int = 16384  # kept per stream (head and tail halves)
+    namespaces: bool = True  # try mount/network/PID namespaces (fall back if the OS refuses)
+    drop_privileges: bool = True  # as root: run as a dedicated per-execution uid
+    user_namespace: bool = False  # as root too, isolate the way non-root scoring does (a user namespace); tests
+    hide_paths: Tuple[str, ...] = ()  # extra directories to hide (default ones: see default_hide_paths)
+    python: str = sys.executable
+    sweep_timeout_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.memory_mb < 64 or self.workers < 1 or self.max_processes < 1:
+            raise ValueError(f"invalid sandbox config: {self}")
+
+
+@dataclass
+class ExecResult:
+    passed: bool
+    reason: str  # passed, failed test, syntax error, runtime error, memory limit, timeout, output limit, ...
+    exit_code: Optional[int]
+    signal: Optional[int]
+    timed_out: bool
+    duration_s: float
+    stdout: str
+    stderr: str
+    exception: Optional[str] = None  # last line of the traceback, e.g. "AssertionError" or "MemoryError"
+    output_bytes: int = 0
+    swept: int = 0  # processes killed after the main process ended (or at the timeout)
+    survivors: List[int] = field(default_factory=list)  # tagged pids still alive after the sweep (should be empty)
+    isolation: Dict[str, Any] = field(default_factory=dict)
+    marker: str = ""  # SCORE_RL_SANDBOX=<marker> was in the environment of every process of this execution
+
+    def info(self, stderr_chars: int = 600) -> Dict[str, Any]:
+        """A compact, JSON-friendly summary for ``Verdict.info``."""
+        return {"exit_code": self.exit_code, "signal": self.signal, "timed_out": self.timed_out,
+                "duration_s": round(self.duration_s, 3), "exception": self.exception,
+                "stderr_tail": self.stderr[-stderr_chars:], "output_bytes": self.output_bytes, "swept": self.swept,
+                "network_isolated": self.isolation.get("network_isolated"), "uid": self.isolation.get("uid")}
+
+
+def default_hide_paths() -> Tuple[str, ...]:
+    """The project checkout (datasets, reference code, the venv) and the scoring user's home directory."""
+    paths = [PROJECT_ROOT, os.path.expanduser("~")]
+    return tuple(p for p in dict.fromkeys(os.path.realpath(p) for p in paths) if p not in ("/", ""))
+
+
+class _Capture:
+    """Keeps the first and the last ``limit // 2`` bytes of a stream, counting the rest."""
+
+    def __init__(self, limit: int):
+        self.half = max(limit // 2, 64)
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            del self.tail[:-self.half]
+
+    def contains_line(self, token: bytes) -> bool:
+        return token in self.head.splitlines() or token in self.tail.splitlines()
+
+    def text(self) -> str:
+        omitted = self.total - len(self.head) - len(self.tail)
+        gap = f"\n... [{omitted} bytes omitted] ...\n".encode() if omitted else b""
+        return bytes(self.head + gap + self.tail).decode("utf-8", "replace")
+
+
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::.*)?$")
+_SIGNAL_REASONS = {signal.SIGXCPU: "cpu limit", signal.SIGSEGV: "crashed", signal.SIGBUS: "crashed",
+                   signal.SIGABRT: "crashed", signal.SIGILL: "crashed", signal.SIGFPE: "crashed",
+                   signal.SIGXFSZ: "file size limit"}
+
+
+_OTHER_EXCEPTIONS = ("StopIteration", "StopAsyncIteration", "GeneratorExit", "ForbiddenReturnValue")
+
+
+def _exception_line(stderr: str) -> Optional[str]:
+    """The "Type: message" line closing a traceback, if one of the last lines of stderr looks like it."""
+    for line in reversed(stderr.strip().splitlines()[-3:]):
+        match = _EXC_LINE.match(line.strip())
+        name = match.group(1).rsplit(".", 1)[-1] if match else ""
+        if name.endswith(("Error", "Exception", "Exit", "Interrupt", "Warning")) or name in _OTHER_EXCEPTIONS:
+            return line.strip()[:300]
+    return None
+
+
+def classify(exit_code: Optional[int], sig: Optional[int], timed_out: bool, output_limited: bool,
+             nonce_seen: bool, exception: Optional[str], ready: bool = True) -> str:
+    """The verdict reason of one execution (the only reason that passes is "passed").
+
+    ``ready``: the sandbox reported its setup complete (the job started); otherwise "sandbox error".
+    """
+    if output_limited:
+        return "output limit"
+    if timed_out:
+        return "timeout"
+    if not ready:
+        return "sandbox error"
+    if sig is not None:
+        return _SIGNAL_REASONS.get(sig, "killed")
+    if exit_code == 0:
+        return "passed" if nonce_seen else "exited early"
+    name = (exception or "").split(":")[0].rsplit(".", 1)[-1]
+    if name in ("SyntaxError", "IndentationError", "TabError"):
+        return "syntax error"
+    if name == "MemoryError" or "Cannot allocate memory" in (exception or ""):
+        return "memory limit"
+    if name == "AssertionError":
+        return "failed test"
+    if name == "ForbiddenReturnValue":
+        return "forbidden return value"
+    return "runtime error"
+
+
+class _UidAllocator:
+    """Random dedicated uids, never two alike among this process's running executions."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._used: set = set()
+        self._rng = random.SystemRandom()
+
+    def acquire(self) -> int:
+        with self._lock:
+            while True:
+                uid = _UID_BASE + self._rng.randrange(_UID_SPAN)
+                if uid not in self._used:
+                    self._used.add(uid)
+                    return uid
+
+    def release(self, uid: int) -> None:
+        with self._lock:
+            self._used.discard(uid)
+
+
+_UIDS = _UidAllocator()
+
+
+class _Execution:
+    """One run: spawn, pump output until exit / timeout / output limit, kill and sweep, classify."""
+
+    def __init__(self, config: SandboxConfig, hide: Tuple[str, ...], solution: str, tests: str,
+                 guard: Sequence[str]):
+        self.cfg = config
+        self.hide = hide
+        self.job = {"solution": solution, "tests": tests, "guard": list(guard), "nonce": secrets.token_hex(16)}
+        self.marker = secrets.token_hex(16)
+        self.uid = _UIDS.acquire() if (config.drop_privileges and os.geteuid() == 0) else None
+        self.out = _Capture(config.capture_bytes)
+        self.err = _Capture(config.capture_bytes)
+        self.status = bytearray()
+
+    # --- spawning ------------------------------------------------------------------------------------------------
+    def _prepare_dir(self) -> Tuple[str, str, str]:
+        private = tempfile.mkdtemp(prefix="score_rl_sandbox_")
+        workdir = os.path.join(private, "work")
+        os.mkdir(workdir, 0o700)
+        if self.uid is not None:  # used only without namespaces; the job file itself stays root-only
+            os.chmod(private, 0o711)
+            os.chown(workdir, self.uid, self.uid)
+        job_path = os.path.join(private, "job.json")
+        fd = os.open(job_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.job, f)
+        return private, workdir, job_path
+
+    def _spawn(self, workdir: str, job_path: str, status_w: int) -> subprocess.Popen:
+        cfg = self.cfg
+        child_cfg = {"job": job_path, "status_fd": status_w, "workdir": workdir, "uid": self.uid,
+                     "namespaces": cfg.namespaces, "user_namespace": cfg.user_namespace, "hide": list(self.hide),
+                     "tmpfs_mb": cfg.tmpfs_mb, "memory_bytes": cfg.memory_mb << 20, "cpu_s": int(cfg.timeout_s) + 1,
+                     "file_bytes": cfg.max_file_mb << 20, "max_processes": cfg.max_processes}
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": workdir,
+               "TMPDIR": workdir, procs.MARKER_VAR: self.marker}
+        return subprocess.Popen([cfg.python, "-I", "-S", "-B", CHILD_SCRIPT, json.dumps(child_cfg)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                cwd=workdir, start_new_session=True, pass_fds=(status_w,), close_fds=True)
+
+    # --- reading -------------------------------------------------------------------------------------------------
+    def _read_into(self, fd: int, sink) -> bool:
+        """Read what is available; False on EOF."""
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        if isinstance(sink, bytearray):
+            sink.extend(chunk)
+        else:
+            sink.add(chunk)
+        return True
+
+    def _pump(self, proc: subprocess.Popen, status_r: int, deadline: float) -> str:
+        """Forward output until the sandbox's main process exits ("exited"), "timeout" or "output limit"."""
+        sel = selectors.DefaultSelector()
+        streams = {proc.stdout.fileno(): self.out, proc.stderr.fileno(): self.err, status_r: self.status}
+        for fd in streams:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+            sel.register(pidfd, selectors.EVENT_READ)
+        except (AttributeError, OSError):
+            pidfd = None
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return "timeout"
+                events = sel.select(remaining if pidfd is not None else min(remaining, 0.01))
+                for key, _ in events:
+                    if key.fd == pidfd:
+                        return "exited"
+                    if not self._read_into(key.fd, streams[key.fd]):
+                        sel.unregister(key.fd)
+                    if self.out.total + self.err.total > self.cfg.max_output_bytes:
+                        return "output limit"
+                if pidfd is None and os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                    return "exited"
+        finally:
+            sel.close()
+            if pidfd is not None:
+                os.close(pidfd)
+
+    def _drain(self, proc: subprocess.Popen, status_r: int, wait_s: float) -> None:
+        """Read the pipes to EOF (all writers are dead by now) within ``wait_s``."""
+        fds = {proc.stdout.fileno(): self.out, proc.stderr.fileno(): self.err, status_r: self.status}
+        deadline = time.monotonic() + wait_s
+        with selectors.DefaultSelector() as sel:
+            for fd in fds:
+                sel.register(fd, selectors.EVENT_READ)
+            while sel.get_map() and time.monotonic() < deadline:
+                for key, _ in sel.select(max(deadline - time.monotonic(), 0)):
+                    if not self._read_into(key.fd, fds[key.fd]) or (
+                            key.fd != status_r and self.out.total + self.err.total > self.cfg.max_output_bytes):
+                        sel.unregister(key.fd)
+
+    def _report(self) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        setup: Dict[str, Any] = {}
+        exit_info: Dict[str, Any] = {}
+        for line in bytes(self.status).splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if "exit_code" in item:
+                exit_info = item
+            else:
+                setup = item
+        return setup, exit_info
+
+    # --- the whole run -------------------------------------------------------------------------------------------
+    def run(self) -> ExecResult:
+        start = time.monotonic()
+        private, workdir, job_path = self._prepare_dir()
+        status_r, status_w = os.pipe()
+        proc = None
+        try:
+            proc = self._spawn(workdir, job_path, status_w)
+            os.close(status_w)
+            status_w = -1
+            outcome = self._pump(proc, status_r, start + self.cfg.timeout_s)
+            # the group first, while the unreaped leader still pins the group id; then every tagged process
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self._drain_status(status_r)
+            setup, _ = self._report()
+            pidns = setup.get("pidns") if setup.get("pid_namespace") else None
+            if pidns is not None and pidns == procs.own_pidns():
+                pidns = None  # a confused report must never turn the sweep against the scoring process
+            tags = procs.Tags(marker=self.marker, uid=self.uid, pidns=pidns)
+            swept, survivors = procs.sweep(tags, self.cfg.sweep_timeout_s)
+            proc.wait()
+            self._drain(proc, status_r, 0.5)
+        finally:
+            if status_w >= 0:
+                os.close(status_w)
+            os.close(status_r)
+            if proc is not None:
+                for stream in (proc.stdout, proc.stderr):
+                    stream.close()
+                if proc.returncode is None:
+                    proc.kill()
+                    proc.wait()
+            shutil.rmtree(private, ignore_errors=True)
+            if self.uid is not None:
+                _UIDS.release(self.uid)
+        return self._result(proc, outcome, time.monotonic() - start, swept, survivors)
+
+    def _drain_status(self, status_r: int) -> None:
+        """Non-blocking: whatever the sandbox reported so far (its setup report names the PID namespace)."""
+        while True:
+            try:
+                chunk = os.read(status_r, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            self.status.extend(chunk)
+
+    def _result(self, proc: subprocess.Popen, outcome: str, duration: float, swept: int,
+                survivors: List[int]) -> ExecResult:
+        setup, exit_info = self._report()
+        timed_out, limited = outcome == "timeout", outcome == "output limit"
+        if exit_info:
+            exit_code, sig = exit_info["exit_code"], exit_info["signal"]
+        elif proc.returncode is not None and proc.returncode < 0:  # the supervisor itself was killed
+            exit_code, sig = None, -proc.returncode
+        else:
+            exit_code, sig = proc.returncode, None
+        stdout, stderr = self.out.text(), self.err.text()
+        exception = _exception_line(stderr) if exit_code not in (0, None) else None
+        nonce_seen = self.out.contains_line(self.job["nonce"].encode())
+        reason = classify(exit_code, sig, timed_out, limited, nonce_seen, exception, bool(setup.get("ready")))
+        if reason == "sandbox error":
+            stderr += "\n[sandbox] " + "; ".join(setup.get("errors", []))
+        isolation = {k: setup.get(k) for k in ("namespaces", "user_namespace", "network_isolated", "pid_namespace",
+                                               "private_proc", "readonly_root", "private_tmp", "hidden", "uid",
+                                               "errors", "workdir")}
+        return ExecResult(passed=reason == "passed", reason=reason, exit_code=exit_code, signal=sig,
+                          timed_out=timed_out, duration_s=duration, stdout=stdout, stderr=stderr, exception=exception,
+                          output_bytes=self.out.total + self.err.total, swept=swept, survivors=survivors,
+                          isolation=isolation, marker=self.marker)
+
+
+class Sandbox:
+    """Runs jobs (untrusted solution + trusted tests) one by one or concurrently on ``config.workers`` threads."""
+
+    def __init__(self, config: Optional[SandboxConfig] = None):
+        self.config = config or SandboxConfig()
+        hide = default_hide_paths() + tuple(os.path.realpath(p) for p in self.config.hide_paths)
+        self._hide = tuple(dict.fromkeys(p for p in hide if os.path.isdir(p)))
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._lock = threading.Lock()
+
+    def run(self, solution: str, tests: str = "", guard: Sequence[str] = ()) -> ExecResult:
+        """Execute ``solution`` (untrusted), then ``tests`` (trusted) in the same globals; see module docstring.
+
+        ``guard`` names functions whose outermost calls must return plain data; the tests may also wrap a function
+        themselves with ``__score_rl_guard__(fn)``.
+        """
+        return _Execution(self.config, self._hide, solution, tests, guard).run()
+
+    def run_many(self, jobs: Sequence[Tuple[str, str, Sequence[str]]]) -> List[ExecResult]:
+        """Run ``(solution, tests, guard)`` jobs on the worker pool; results in input order."""
+        if not jobs:
+            return []
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="sandbox")
+        return list(self._pool.map(lambda job: self.run(*job), jobs))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,369 @@
+"""The sandbox that runs model-written code: positive proof of passing, reasons, and hostile programs.
+
+Hostile programs run concurrently on the pool (one fixture); each must fail with a specific reason within
+timeout + 2 s, leave no process and no file behind, and leave the scoring process (and a canary process) alive.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from score_rl import _sandbox_procs as procs
+from score_rl.sandbox import ExecResult, Sandbox, SandboxConfig, _Capture
+
+TIMEOUT = 2.0
+IS_ROOT = os.geteuid() == 0
+LINUX = sys.platform.startswith("linux")
+pytestmark = pytest.mark.skipif(not LINUX, reason="the sandbox needs Linux")
+
+
+def processes_with_marker(marker: str) -> list:
+    """Independent of the code under test: every live process whose environment carries the marker."""
+    needle = f"{procs.MARKER_VAR}={marker}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(name))
+        except OSError:
+            pass
+    return found
+
+
+def processes_with_uid(uid: int) -> list:
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{name}/status").read_text()
+        except OSError:
+            continue
+        uids = next((line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")), [])
+        state = next((line.split()[1] for line in status.splitlines() if line.startswith("State:")), "")
+        if str(uid) in uids and state not in ("Z", "X"):
+            found.append(int(name))
+    return found
+
+
+def assert_nothing_left(result: ExecResult) -> None:
+    assert result.survivors == []
+    assert processes_with_marker(result.marker) == []
+    uid = result.isolation.get("uid")
+    if uid not in (None, 0, os.getuid()):
+        assert processes_with_uid(uid) == []
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox(SandboxConfig(timeout_s=TIMEOUT, workers=2)) as box:
+        yield box
+
+
+# --- positive proof ------------------------------------------------------------------------------------------------
+def test_pass_needs_exit_zero_and_the_nonce(sandbox):
+    jobs = [
+        ("def f(x):\n    return x + 1\n", "assert f(1) == 2\n", []),
+        ("def f(x):\n    return x + 1\nimport sys\nsys.exit(0)\n", "assert f(1) == 2\n", []),
+        ("def f(x):\n    return x + 1\nimport os\nos._exit(0)\n", "assert f(1) == 2\n", []),
+        ("def f(x):\n    return x + 1\nraise SystemExit\n", "assert f(1) == 2\n", []),
+        ("def f(x):\n    return 0\n", "assert f(1) == 2\n", []),
+        ("def f(x):\n    return 0\nprint('0' * 32)\n", "import sys\nsys.exit(0)\n", []),  # tests exiting early
+    ]
+    ok, sys_exit, os_exit, raise_exit, wrong, tests_exit = sandbox.run_many(jobs)
+    assert ok.passed and ok.reason == "passed" and ok.exit_code == 0
+    for early in (sys_exit, os_exit, raise_exit, tests_exit):
+        assert not early.passed and early.reason == "exited early" and early.exit_code == 0
+    assert not wrong.passed and wrong.reason == "failed test" and wrong.exception == "AssertionError"
+
+
+def test_reasons_are_specific(sandbox):
+    jobs = [
+        ("def f(x) return x\n", "assert f(1) == 1\n", []),
+        ("def f(x):\n  return x\n   y = 1\n", "", []),
+        ("def f(x):\n    return 1\nx = '''\n", "assert f(1) == 2\n'''\n", []),  # may not swallow the tests
+        ("def f(x):\n    return x[5]\n", "assert f([]) == 1\n", []),
+        ("import sys\nsys.exit(3)\n", "", []),
+        ("import ctypes\nctypes.string_at(0)\n", "", []),  # a real segmentation fault
+    ]
+    syntax, indent, swallow, runtime, exit3, segv = sandbox.run_many(jobs)
+    assert syntax.reason == indent.reason == swallow.reason == "syntax error"
+    assert runtime.reason == "runtime error" and runtime.exception.startswith("IndexError")
+    assert exit3.reason == "runtime error" and exit3.exit_code == 3
+    assert segv.reason in ("crashed", "killed") and not segv.passed
+
+
+def test_return_guard_and_builtins_restored(sandbox):
+    always_equal = "class A:\n    def __eq__(self, other):\n        return True\ndef f(x):\n    return A()\n"
+    int_subclass = "class I(int):\n    def __eq__(self, other):\n        return True\ndef f(x):\n    return I(0)\n"
+    nested = "class A:\n    __eq__ = lambda s, o: True\ndef f(x):\n    return [1, {'k': (A(),)}]\n"
+    patched = "import builtins\nbuiltins.abs = lambda x: 0\ndef f(x):\n    return 0.0\n"
+    plain = "import collections\ndef f(x):\n    return [collections.Counter('ab'), {1: (2.0, None, 'x', b'y')}]\n"
+    guarded, subclass, deep, abs_patch, fine, explicit = sandbox.run_many([
+        (always_equal, "assert f(1) == 2\n", ["f"]),
+        (int_subclass, "assert f(1) == 2\n", ["f"]),
+        (nested, "assert f(1) == [1, {'k': (2,)}]\n", ["f"]),
+        (patched, "assert abs(f(1) - 0.5) < 1e-6\n", ["f"]),
+        (plain, "assert f(1) == [{'a': 1, 'b': 1}, {1: (2.0, None, 'x', b'y')}]\n", ["f"]),
+        (always_equal, "def check(c):\n    assert c(1) == 2\ncheck(__score_rl_guard__(f))\n", []),
+    ])
+    for r in (guarded, subclass, deep, explicit):
+        assert r.reason == "forbidden return value", r.stderr
+    assert abs_patch.reason == "failed test"
+    assert fine.passed, fine.stderr
+
+
+def test_recursion_through_a_guarded_name_is_not_rechecked(sandbox):
+    solution = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+    result = sandbox.run(solution, "assert fib(20) == 6765\n", guard=["fib"])
+    assert result.passed, result.stderr
+
+
+def test_isolation_is_recorded(sandbox):
+    result = sandbox.run("import os\nprint(os.getuid(), os.getcwd(), os.environ['HOME'], sorted(os.environ))\n")
+    assert result.passed
+    iso = result.isolation
+    assert set(iso) >= {"network_isolated", "pid_namespace", "readonly_root", "uid"}
+    if IS_ROOT and iso["namespaces"]:
+        assert iso["network_isolated"] and iso["pid_namespace"] and iso["readonly_root"] and iso["private_tmp"]
+        assert iso["uid"] not in (0, os.getuid())
+        assert iso["errors"] == []
+        uid, cwd, home, env = result.stdout.splitlines()[0].split(" ", 3)
+        assert int(uid) == iso["uid"] and cwd == home == "/tmp"
+        assert eval(env) == ["HOME", "LANG", "LC_ALL", "PATH", procs.MARKER_VAR, "TMPDIR"]
+
+
+def test_hidden_paths_and_scrubbed_environment(sandbox, monkeypatch):
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    box = Sandbox(SandboxConfig(timeout_s=TIMEOUT))
+    project = str(Path(__file__).resolve().parents[1])
+    result = box.run(f"import os\nprint(sorted(os.listdir({project!r})), 'SECRET_TOKEN' in os.environ)\n")
+    assert result.passed
+    if result.isolation["namespaces"]:
+        assert result.stdout.split("\n")[0] == "[] False"
+    else:
+        assert "False" in result.stdout
+
+
+def test_output_capture_keeps_head_and_tail():
+    cap = _Capture(100)
+    for i in range(1000):
+        cap.add(f"{i:04d}\n".encode())
+    text = cap.text()
+    assert text.startswith("0000\n") and text.endswith("0999\n") and "bytes omitted" in text
+    assert len(text) < 200 and cap.total == 5000
+    assert cap.contains_line(b"0999") and not cap.contains_line(b"0500")
+
+
+def test_sweep_tags_refuse_to_match_the_scoring_process():
+    with pytest.raises(ValueError):
+        procs.Tags(marker="a" * 32, pidns=procs.own_pidns())
+    with pytest.raises(ValueError):
+        procs.Tags(marker="a" * 32, uid=os.getuid())
+    with pytest.raises(ValueError):
+        procs.Tags(marker="short")
+    assert os.getpid() not in procs.find(procs.Tags(marker=uuid.uuid4().hex))
+
+
+def test_pool_runs_concurrently_in_order():
+    with Sandbox(SandboxConfig(timeout_s=TIMEOUT, workers=2)) as box:
+        start = time.monotonic()
+        results = box.run_many([(f"import time\ntime.sleep(1.5)\nprint({i})\n", "", []) for i in range(4)])
+        elapsed = time.monotonic() - start
+    assert [r.stdout.split()[0] for r in results] == ["0", "1", "2", "3"]
+    assert all(r.passed for r in results)
+    # one at a time would take >= 6 s of sleeping; two at a time ~3 s plus start-up (a behaviour, not a benchmark)
+    assert elapsed < 5.0, f"4 x 1.5 s sleeps on 2 workers took {elapsed:.2f} s: the pool does not run concurrently"
+
+
+# --- hostile programs ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hostile(sandbox):
+    """Run every hostile program once, concurrently; yield {name: (result, context)}."""
+    tag = uuid.uuid4().hex
+    home = os.path.expanduser("~")
+    project = str(Path(__file__).resolve().parents[1])
+    outside = [f"/tmp/score_rl_escape_{tag}", f"{home}/score_rl_escape_{tag}", f"{project}/score_rl_escape_{tag}",
+               f"/var/tmp/score_rl_escape_{tag}", f"/dev/shm/score_rl_escape_{tag}"]
+    detached_file = f"/tmp/score_rl_detached_{tag}"
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.05)
+    port = server.getsockname()[1]
+    canary = subprocess.Popen(["sleep", "60"])
+    wrong = "\ndef f():\n    return None\n"
+    programs = {
+        "fork_bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+        "memory_10gb": "x = bytearray(10 * 1024 ** 3)\n" + wrong,
+        "infinite_loop": "while True:\n    pass\n",
+        "ignore_sigterm": "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(100)\n",
+        "write_outside": "import os\nfor p in %r:\n    try:\n        open(p, 'w').write('pwned')\n    except OSError:\n"
+                         "        pass\nopen(os.path.join(os.environ['HOME'], 'ok'), 'w').write('inside is fine')\n"
+                         "open(%r, 'w').write('pwned')\n" % (outside, outside[2]),
+        "socket": f"import socket\ns = socket.socket()\ns.settimeout(1)\ns.connect(('127.0.0.1', {port}))\n"
+                  "s.sendall(b'hello')\n" + wrong,
+        "read_stdin": "import sys\ndata = sys.stdin.read()\nline = input()\n" + wrong,
+        "kill_parent": "import os\ntry:\n    os.kill(os.getppid(), 9)\nexcept OSError:\n    pass\n"
+                       "try:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n" + wrong,
+        "detached_child": "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+                          "        time.sleep(1.5)\n        open(%r, 'w').write('survived')\n        print('survived')\n"
+                          "    os._exit(0)\n" % detached_file + wrong,
+        "output_flood": "while True:\n    print('x' * 10000)\n",
+    }
+    names = list(programs)
+    started = time.monotonic()
+    results = sandbox.run_many([(programs[n], "assert f() == 1\n", []) for n in names])
+    finished = time.monotonic()
+    try:
+        server.accept()
+        connected = True
+    except OSError:
+        connected = False
+    context = {"outside": outside, "detached_file": detached_file, "connected": connected, "canary": canary,
+               "finished": finished, "started": started}
+    yield {n: (r, context) for n, r in zip(names, results)}
+    canary.kill()
+    canary.wait()
+    server.close()
+
+
+def _check_common(result: ExecResult, reasons: tuple) -> None:
+    assert not result.passed
+    assert result.reason in reasons, (result.reason, result.exception, result.stderr[-500:])
+    assert result.duration_s <= TIMEOUT + 2.0, result.duration_s
+    assert_nothing_left(result)
+
+
+def test_fork_bomb(hostile):
+    result, ctx = hostile["fork_bomb"]
+    _check_common(result, ("timeout", "runtime error", "memory limit"))
+    assert ctx["canary"].poll() is None
+
+
+def test_allocating_10gb(hostile):
+    result, _ = hostile["memory_10gb"]
+    _check_common(result, ("memory limit",))
+    assert result.exception.startswith("MemoryError")
+
+
+def test_infinite_loop(hostile):
+    result, _ = hostile["infinite_loop"]
+    _check_common(result, ("timeout",))
+    assert result.timed_out and result.duration_s >= TIMEOUT
+
+
+def test_ignoring_sigterm(hostile):
+    result, _ = hostile["ignore_sigterm"]
+    _check_common(result, ("timeout",))
+
+
+def test_writing_outside_the_working_directory(hostile):
+    result, ctx = hostile["write_outside"]
+    _check_common(result, ("runtime error",))
+    assert "Read-only file system" in result.exception or "Permission denied" in result.exception
+    for path in ctx["outside"]:
+        assert not os.path.exists(path), path
+
+
+def test_network(hostile):
+    result, ctx = hostile["socket"]
+    _check_common(result, ("runtime error", "failed test"))
+    if result.isolation.get("network_isolated"):
+        assert result.reason == "runtime error" and "Network is unreachable" in result.exception
+        assert not ctx["connected"]
+    else:  # no network namespace on this OS: at least the attempt is visible
+        assert result.isolation.get("network_isolated") is False
+
+
+def test_reading_stdin(hostile):
+    result, _ = hostile["read_stdin"]
+    _check_common(result, ("runtime error",))
+    assert result.exception.startswith("EOFError") and result.duration_s < TIMEOUT
+
+
+def test_killing_the_parent(hostile):
+    result, ctx = hostile["kill_parent"]
+    _check_common(result, ("failed test", "killed"))
+    assert ctx["canary"].poll() is None  # kill(-1, 9) reached nothing outside the sandbox
+    os.kill(os.getpid(), 0)  # the scoring process is alive (we are running)
+
+
+def test_detached_child_does_not_outlive_the_execution(hostile):
+    result, ctx = hostile["detached_child"]
+    _check_common(result, ("failed test",))
+    time.sleep(max(0.0, ctx["finished"] + 2.5 - time.monotonic()))  # past the grandchild's 1.5 s sleep
+    assert not os.path.exists(ctx["detached_file"])
+    assert "survived" not in result.stdout
+    assert_nothing_left(result)
+
+
+def test_output_flood_is_capped(hostile):
+    result, _ = hostile["output_flood"]
+    _check_common(result, ("output limit",))
+    assert len(result.stdout) < SandboxConfig().capture_bytes + 200
+    assert result.duration_s < TIMEOUT
+
+
+# --- weaker isolation modes: the sweep alone must catch what the PID namespace would have -------------------------
+def _detached_writer(path: str, clean_exec: bool) -> str:
+    if clean_exec:  # sheds the marker variable: only the dedicated uid identifies it
+        body = f"os.execve('/bin/sh', ['sh', '-c', 'sleep 1; echo escaped > {path}'], {{}})"
+    else:
+        body = f"time.sleep(1)\n        open({path!r}, 'w').write('escaped')"
+    return ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+            f"        {body}\n    os._exit(0)\n")
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="a dedicated uid needs root")
+def test_uid_sweep_without_namespaces_kills_detached_exec():
+    path = f"/tmp/score_rl_uid_sweep_{uuid.uuid4().hex}"
+    box = Sandbox(SandboxConfig(timeout_s=TIMEOUT, namespaces=False, drop_privileges=True))
+    result = box.run(_detached_writer(path, clean_exec=True))
+    assert result.isolation["namespaces"] is False and result.isolation["uid"] not in (0, None)
+    assert result.swept >= 1
+    time.sleep(1.6)
+    assert not os.path.exists(path)
+    assert_nothing_left(result)
+
+
+def test_marker_sweep_without_namespaces_or_uid():
+    path = f"/tmp/score_rl_marker_sweep_{uuid.uuid4().hex}"
+    box = Sandbox(SandboxConfig(timeout_s=TIMEOUT, namespaces=False, drop_privileges=False))
+    result = box.run(_detached_writer(path, clean_exec=False))
+    assert result.isolation["network_isolated"] is False  # recorded, not hidden
+    assert result.swept >= 1
+    time.sleep(1.6)
+    assert not os.path.exists(path)
+    assert_nothing_left(result)
+
+
+def test_user_namespace_mode():
+    """What non-root scoring gets: user + mount + network + PID namespaces, capabilities dropped."""
+    path = f"/tmp/score_rl_userns_{uuid.uuid4().hex}"
+    box = Sandbox(SandboxConfig(timeout_s=TIMEOUT, user_namespace=True))
+    program = ("import ctypes, socket\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+               "assert libc.mount(b'none', b'/', None, 0x20 | 0x1000 | 0x4000, None) != 0  # no remount rw\n"
+               "assert libc.umount2(b'/tmp', 2) != 0\n"
+               "try:\n    socket.socket().connect(('127.0.0.1', 1))\nexcept OSError as e:\n    print(e.errno)\n"
+               + _detached_writer(path, clean_exec=False))
+    result = box.run(program)
+    if not result.isolation["namespaces"]:
+        pytest.skip("user namespaces are not available here: " + "; ".join(result.isolation["errors"]))
+    assert result.passed, result.stderr
+    assert result.isolation["user_namespace"] and result.isolation["network_isolated"]
+    assert result.stdout.split()[0] == "101"  # ENETUNREACH
+    time.sleep(1.6)
+    assert not os.path.exists(path)
+    assert_nothing_left(result)
