@@ -40,6 +40,9 @@ class TinyModelConfig:
     warmup_epochs: int = doc(5, "Epochs of supervised warm-up.")
     warmup_batch_size: int = doc(64, "Batch size of the supervised warm-up.")
     warmup_lr: float = doc(2e-3, "Peak learning rate of the supervised warm-up (cosine decay).")
+    warmup_weight_decay: float = doc(
+        0.1, "AdamW weight decay of the warm-up (without it some seeds stay on the addition plateau)."
+    )
     seed: int = doc(0, "Seed of the tokenizer corpus, demonstrations and initial weights.")
 
 

@@ -39,7 +39,8 @@ def test_missing_config_file(tmp_path):
 def test_eval_prints_the_metrics_table(tmp_path, tiny_model_path):
     from tests.conftest import TINY_OVERRIDES
 
-    proc = _cli("eval", str(QUICKSTART), *TINY_OVERRIDES, "eval.num_problems=6", "--model", tiny_model_path,
+    proc = _cli("eval", str(QUICKSTART), *TINY_OVERRIDES, "eval.num_problems=6", "ray.enabled=false", "--model",
+                tiny_model_path,
                 "--output", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     assert "Acc@t1" in proc.stdout and "Δi→c" in proc.stdout
