@@ -37,7 +37,7 @@ class TinyModelConfig:
     intermediate_size: int = doc(512, "MLP width.")
     vocab_size: int = doc(512, "Target vocabulary size of the locally trained BPE tokenizer.")
     warmup_examples: int = doc(20000, "Number of demonstration episodes in the supervised warm-up.")
-    warmup_epochs: int = doc(5, "Epochs of supervised warm-up.")
+    warmup_epochs: int = doc(8, "Epochs of supervised warm-up.")
     warmup_batch_size: int = doc(64, "Batch size of the supervised warm-up.")
     warmup_lr: float = doc(2e-3, "Peak learning rate of the supervised warm-up (cosine decay).")
     warmup_weight_decay: float = doc(
