@@ -87,10 +87,23 @@ class Env:
 
     def verify_batch(self, responses: Sequence[str], references: Sequence[Any]) -> List[Verdict]:
         """Verify many responses; environments with slow verifiers override this with a process pool."""
+        check_batch(responses, references)
         return [self.verify(r, ref) for r, ref in zip(responses, references)]
 
     def close(self) -> None:
         """Release pools or other resources held by the environment."""
+
+
+class PooledEnv(Env):
+    """An environment whose verifier runs batches in a pool: verify() is a batch of one."""
+
+    def verify(self, response: str, reference: Any) -> Verdict:
+        return self.verify_batch([response], [reference])[0]
+
+
+def check_batch(responses: Sequence[str], references: Sequence[Any]) -> None:
+    if len(responses) != len(references):
+        raise ValueError(f"verify_batch: {len(responses)} responses but {len(references)} references")
 
 
 _REGISTRY: Dict[str, Callable[[], Type[Env]]] = {}

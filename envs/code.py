@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from score_rl.config import ConfigError
-from score_rl.envs.base import Env, Problem, Verdict
+from score_rl.envs.base import PooledEnv, Problem, Verdict, check_batch
 from score_rl.envs.code_extraction import extract_code
 from score_rl.sandbox import ExecResult, Sandbox, SandboxConfig
 
@@ -121,7 +121,7 @@ def build_job(response: str, reference: Dict[str, Any], guard_returns: bool = Tr
     return None if solution is None else (solution, tests, reference["functions"] if guard_returns else [])
 
 
-class CodeEnv(Env):
+class CodeEnv(PooledEnv):
     name = "code"
     split_names = ("train", "test")  # HumanEval: ("test",), set per instance
 
@@ -171,12 +171,8 @@ class CodeEnv(Env):
                 self._sandbox = Sandbox(self._sandbox_config)
             return self._sandbox
 
-    def verify(self, response: str, reference: Any) -> Verdict:
-        return self.verify_batch([response], [reference])[0]
-
     def verify_batch(self, responses: Sequence[str], references: Sequence[Any]) -> List[Verdict]:
-        if len(responses) != len(references):
-            raise ValueError(f"verify_batch: {len(responses)} responses but {len(references)} references")
+        check_batch(responses, references)
         verdicts: List[Optional[Verdict]] = [None] * len(responses)
         pending, jobs = [], []
         for i, (response, reference) in enumerate(zip(responses, references)):

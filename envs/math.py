@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from score_rl.config import ConfigError
-from score_rl.envs.base import Env, Problem, Verdict
+from score_rl.envs.base import PooledEnv, Problem, Verdict, check_batch
 
 SAMPLE_PATH = Path(__file__).resolve().parent / "data" / "math_sample.jsonl"
 MAX_ANSWER_CHARS = 2000  # longer extracted answers never reach sympy (string comparison only)
@@ -526,18 +526,9 @@ def _read_records(path: Path) -> List[Dict[str, Any]]:
         return pd.read_parquet(path).to_dict(orient="records")
     if path.suffix not in (".jsonl", ".json"):
         raise ConfigError(f"math data file '{path}' must be .jsonl (one JSON object a line) or .parquet")
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}:{line_no}: not a JSON object ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise ConfigError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
+    from score_rl.utils import read_jsonl_objects
+
+    records = [record for _, record in read_jsonl_objects(path)]
     return records
 
 
@@ -587,7 +578,7 @@ def load_problems(path, split: str) -> List[Tuple[Problem, Dict[str, Any]]]:
 # ================================================================================================================
 # The environment
 # ================================================================================================================
-class MathEnv(Env):
+class MathEnv(PooledEnv):
     name = "math"
     split_names = ("train", "test")
 
@@ -652,12 +643,8 @@ class MathEnv(Env):
         return list(self._splits[split])
 
     # --- verifier ------------------------------------------------------------------------------------------------
-    def verify(self, response: str, reference: Any) -> Verdict:
-        return self.verify_batch([response], [reference])[0]
-
     def verify_batch(self, responses: Sequence[str], references: Sequence[Any]) -> List[Verdict]:
-        if len(responses) != len(references):
-            raise ValueError(f"verify_batch: {len(responses)} responses but {len(references)} references")
+        check_batch(responses, references)
         verdicts: List[Optional[Verdict]] = [None] * len(responses)
         jobs, job_index = [], []
         for i, (response, reference) in enumerate(zip(responses, references)):

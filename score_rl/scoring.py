@@ -17,16 +17,10 @@ from score_rl.config import ConfigError, EnvConfig, PromptConfig
 def read_rows(path: Path) -> List[Dict]:
     if not path.is_file():
         raise FileNotFoundError(f"responses file not found: {path}")
+    from score_rl.utils import read_jsonl_objects
+
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise ConfigError(f"{path}:{lineno}: each line must be a JSON object")
+    for lineno, row in read_jsonl_objects(path):
         for key in ("problem_id", "response"):
             if not isinstance(row.get(key), str):
                 raise ConfigError(f"{path}:{lineno}: field '{key}' missing or not a string")

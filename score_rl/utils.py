@@ -54,3 +54,24 @@ def quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except Exception:  # pragma: no cover
         pass
+
+
+def read_jsonl_objects(path):
+    """[(line number, object)] of a JSONL file; a bad line is a ConfigError naming file and line."""
+    import json
+
+    from score_rl.config import ConfigError
+
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise ConfigError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+            out.append((line_no, record))
+    return out
