@@ -51,7 +51,6 @@ Conventions and known limitations (see tests/test_env_math.py)
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os

@@ -175,24 +175,23 @@ _CHOICES = {
 }
 
 
-def _all_keys(schema: type, prefix: str = "") -> List[str]:
-    keys = []
+def schema_fields(schema: type = None, prefix: str = ""):
+    """(dotted key, dataclass field, default value) of every key of the schema, sections before their keys."""
+    schema = schema or Config
+    defaults = schema()
     for f in fields(schema):
-        key = f"{prefix}{f.name}"
-        keys.append(key)
-        if is_dataclass(f.type) or (isinstance(f.type, str) and f.type in _SECTIONS):
-            keys += _all_keys(_SECTIONS[f.type] if isinstance(f.type, str) else f.type, key + ".")
-    return keys
+        key, value = f"{prefix}{f.name}", getattr(defaults, f.name)
+        yield key, f, value
+        if is_dataclass(value):
+            yield from schema_fields(type(value), key + ".")
 
 
-_SECTIONS = {cls.__name__: cls for cls in (
-    TinyModelConfig, ModelConfig, PromptConfig, EnvConfig, RolloutConfig, ShapingConfig, AlgoConfig,
-    LearnerConfig, TrainerConfig, RayConfig, EvalConfig,
-)}
+def config_keys() -> List[str]:
+    return [key for key, _, _ in schema_fields()]
 
 
 def _closest(key: str) -> str:
-    valid = _all_keys(Config)
+    valid = config_keys()
     leaf = key.split(".")[-1]
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5) or [
         k for k in valid if k.split(".")[-1] == leaf
@@ -311,18 +310,10 @@ def save_config(cfg: Config, path: str | Path) -> None:
 def config_reference() -> str:
     """Markdown table of every key, its default and its help; docs/config.md embeds it."""
     lines = ["| key | default | description |", "|---|---|---|"]
-
-    def walk(schema: type, prefix: str) -> None:
-        defaults = schema()
-        for f in fields(schema):
-            key = f"{prefix}{f.name}"
-            value = getattr(defaults, f.name)
-            if is_dataclass(value):
-                lines.append(f"| **{key}** | | {f.metadata['help']} |")
-                walk(type(value), key + ".")
-            else:
-                shown = "null" if value is None else repr(value).replace("\n", "\\n").replace("|", "\\|")
-                lines.append(f"| `{key}` | `{shown}` | {f.metadata['help']} |")
-
-    walk(Config, "")
+    for key, f, value in schema_fields():
+        if is_dataclass(value):
+            lines.append(f"| **{key}** | | {f.metadata['help']} |")
+        else:
+            shown = "null" if value is None else repr(value).replace("\n", "\\n").replace("|", "\\|")
+            lines.append(f"| `{key}` | `{shown}` | {f.metadata['help']} |")
     return "\n".join(lines) + "\n"

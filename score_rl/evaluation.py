@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from score_rl.config import Config, ConfigError
-from score_rl.distributed import ActorGroup, init_ray, shard
+from score_rl.distributed import ActorGroup, init_ray
 from score_rl.envs import Problem
 from score_rl.episode import Episode
 from score_rl.metrics import format_table, self_correction_metrics
@@ -28,13 +28,14 @@ def run_eval_episodes(
     """Episodes for every problem, in problem order, sharded over the workers in chunks (with a progress bar)."""
     from tqdm.auto import tqdm
 
+    from score_rl.rollout.worker import run_sharded
+
     chunk = 64 * len(workers)
     out: List[Episode] = []
     bar = tqdm(total=len(problems), desc=progress, disable=progress is None, leave=False)
     for start in range(0, len(problems), chunk):
-        shards = shard(problems[start:start + chunk], len(workers))
-        args = [(s, samples_per_problem, temperature, seed + 7919 * start + i, num_turns) for i, s in enumerate(shards)]
-        out += [ep for part in workers.call("run_episodes", args) for ep in part]
+        out += run_sharded(workers, problems[start:start + chunk], samples_per_problem, temperature,
+                           seed + 7919 * start, num_turns)
         bar.update(min(chunk, len(problems) - start))
     bar.close()
     return out

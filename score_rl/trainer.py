@@ -19,7 +19,7 @@ from score_rl.episode import Episode
 from score_rl.evaluation import TRAINED_MARKER, eval_problems, run_eval_episodes
 from score_rl.learner import Learner
 from score_rl.metrics import format_table, self_correction_metrics
-from score_rl.rollout.worker import RolloutWorker
+from score_rl.rollout.worker import RolloutWorker, run_sharded
 from score_rl.run_log import RunLogger
 from score_rl.shaping import shape_episodes, stage_at
 from score_rl.utils import seed_everything
@@ -142,10 +142,8 @@ class Trainer:
     # --- the steps -----------------------------------------------------------------------------------------------
     def rollout(self, problems: Sequence[Problem], step: int) -> List[Episode]:
         rc = self.cfg.rollout
-        shards = shard(problems, len(self.workers))
-        base = self.cfg.trainer.seed * 1_000_003 + step * 1_009
-        args = [(s, rc.samples_per_problem, rc.temperature, base + i, rc.num_turns) for i, s in enumerate(shards)]
-        return [ep for part in self.workers.call("run_episodes", args) for ep in part]
+        seed = self.cfg.trainer.seed * 1_000_003 + step * 1_009
+        return run_sharded(self.workers, problems, rc.samples_per_problem, rc.temperature, seed, rc.num_turns)
 
     def reward_kl(self, episodes: Sequence[Episode]) -> List[List[float]]:
         shards = shard(episodes, len(self.learners))

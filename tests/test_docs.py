@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from score_rl.config import Config, config_reference
+from score_rl.config import Config, config_keys, config_reference
 from score_rl.config_docs import BEGIN, END, extract_reference, main as config_docs_main, with_reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,18 +57,6 @@ Pending Demands:
 """
 
 
-def _all_keys(schema: type, prefix: str = "") -> list:
-    keys = []
-    defaults = schema()
-    for f in dataclasses.fields(schema):
-        key = prefix + f.name
-        keys.append(key)
-        value = getattr(defaults, f.name)
-        if dataclasses.is_dataclass(value):
-            keys += _all_keys(type(value), key + ".")
-    return keys
-
-
 # --- docs/config.md ----------------------------------------------------------------------------------------------
 def test_config_reference_in_docs_is_current():
     assert extract_reference(CONFIG_DOC.read_text()) == config_reference(), (
@@ -78,7 +66,7 @@ def test_config_reference_in_docs_is_current():
 
 def test_every_config_key_is_in_the_reference():
     block = extract_reference(CONFIG_DOC.read_text())
-    missing = [k for k in _all_keys(Config) if f"`{k}`" not in block and f"**{k}**" not in block]
+    missing = [k for k in config_keys() if f"`{k}`" not in block and f"**{k}**" not in block]
     assert not missing, f"config keys missing from docs/config.md: {missing}"
 
 
@@ -89,7 +77,7 @@ HAND_WRITTEN_DOCS = ["docs/architecture.md", "docs/cluster.md", "docs/config.md"
 
 
 def test_docs_mention_only_existing_config_keys():
-    valid = set(_all_keys(Config))
+    valid = set(config_keys())
     sections = "|".join(f.name for f in dataclasses.fields(Config))
     # `section.key` in backticks or section.key= in a command line
     mention = re.compile(r"(?<![\w/.])((?:%s)\.[a-z_0-9]+(?:\.[a-z_0-9]+)*)(?==|`)" % sections)

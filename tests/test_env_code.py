@@ -6,7 +6,6 @@ import collections
 import gzip
 import json
 import sys
-import time
 
 import pytest
 

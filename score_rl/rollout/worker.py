@@ -10,6 +10,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from score_rl.config import Config
+from score_rl.distributed import shard
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode, Turn
 from score_rl.prompting import PromptBuilder
@@ -68,3 +69,11 @@ class RolloutWorker:
 
     def load_weights(self, state_dict: Dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict, strict=True)
+
+
+def run_sharded(workers, problems: Sequence[Problem], samples_per_problem: int, temperature: float, seed: int,
+                num_turns: int) -> List[Episode]:
+    """Episodes for the problems, in order, sharded over an ActorGroup of workers (worker i seeds with seed + i)."""
+    shards = shard(problems, len(workers))
+    args = [(s, samples_per_problem, temperature, seed + i, num_turns) for i, s in enumerate(shards)]
+    return [ep for part in workers.call("run_episodes", args) for ep in part]
