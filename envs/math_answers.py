@@ -1,0 +1,238 @@
+"""Math answers: extraction from a model's attempt and MATH-style string normalisation (see envs/math.py)."""
+
+from __future__ import annotations
+
+import re
+from typing import Optional, Tuple
+
+# ================================================================================================================
+# Answer extraction
+# ================================================================================================================
+_FINAL_ANSWER = re.compile(r"final answer is", re.IGNORECASE)
+_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
+_I_HOPE = re.compile(r"\s*I hope\b", re.IGNORECASE)
+
+
+def _braced(text: str, open_pos: int) -> Optional[Tuple[str, int]]:
+    """The content of the brace group opening at text[open_pos] == '{' and the index after it; None if unbalanced.
+
+    Escaped braces (``\\{``, ``\\}``) are literal characters, not grouping."""
+    depth, i = 0, open_pos
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_pos + 1:i], i + 1
+        i += 1
+    return None
+
+
+def _balanced(text: str) -> bool:
+    depth, i = 0, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        depth += (ch == "{") - (ch == "}")
+        if depth < 0:
+            return False
+        i += 1
+    return depth == 0
+
+
+def last_boxed(text: str) -> Optional[str]:
+    """Content of the last well-formed ``\\boxed{...}`` / ``\\fbox{...}`` (or ``\\boxed X``) in text, else None."""
+    for match in reversed(list(_BOX_COMMAND.finditer(text))):
+        i = match.end()
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            group = _braced(text, i)
+            if group is not None:
+                return group[0].strip()
+        elif i > match.end():  # "\boxed 5": one token
+            token = re.match(r"[^\s$]+", text[i:])
+            if token:
+                return token.group().rstrip(".,;")
+    return None
+
+
+def _dollar_delimited(text: str, start: int) -> Optional[str]:
+    """``$X$`` or ``$$X$$`` starting at text[start]; escaped dollars (``\\$``) inside X are kept."""
+    n = 2 if text.startswith("$$", start) else 1
+    i = start + n
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text.startswith("$" * n, i):
+            return text[start + n:i]
+        i += 1
+    return None
+
+
+def _unwrap_box(answer: str) -> str:
+    """``\\boxed{X}`` (the whole answer) → X."""
+    s = answer.strip()
+    m = _BOX_COMMAND.match(s)
+    if m:
+        rest = s[m.end():].lstrip()
+        if rest.startswith("{"):
+            group = _braced(rest, 0)
+            if group is not None and group[1] == len(rest):
+                return group[0].strip()
+    return s
+
+
+def extract_answer_with_source(text: str) -> Tuple[Optional[str], Optional[str]]:
+    """(answer, "final_answer" | "boxed") or (None, None); see the module docstring for the rules."""
+    finals = list(_FINAL_ANSWER.finditer(text))
+    if finals:
+        rest = text[finals[-1].end():]
+        stripped = rest.lstrip(" \t:")
+        offset = len(rest) - len(stripped)
+        answer = None
+        if stripped.startswith("$"):
+            answer = _dollar_delimited(rest, offset)
+        else:
+            line = stripped.split("\n", 1)[0]
+            hope = _I_HOPE.search(line)
+            if hope:
+                line = line[:hope.start()]
+            line = line.strip()
+            if line.endswith("."):
+                line = line[:-1]
+            answer = line
+        if answer is not None:
+            answer = _unwrap_box(answer).strip()
+            if answer:
+                return answer, "final_answer"
+    boxed = last_boxed(text)
+    if boxed:
+        return boxed, "boxed"
+    return None, None
+
+
+def extract_answer(text: str) -> Optional[str]:
+    """The final answer of a response: the paper's "The final answer is $X$" line, else the last \\boxed{X}."""
+    return extract_answer_with_source(text)[0]
+
+
+# ================================================================================================================
+# String normalisation (MATH style) and unit stripping
+# ================================================================================================================
+# Units written without \text{} ("5 cm"): a whitelist, as a bare letter after a number is usually a variable
+_BARE_UNITS = [
+    "millimeter", "millimetre", "centimeter", "centimetre", "meter", "metre", "kilometer", "kilometre", "mm", "cm",
+    "km", "inch", "inches", "foot", "feet", "ft", "yard", "yd", "mile", "unit", "liter", "litre", "milliliter",
+    "millilitre", "ml", "gallon", "quart", "pint", "acre", "hectare", "milligram", "gram", "kilogram", "mg", "kg",
+    "pound", "lb", "lbs", "ounce", "oz", "ton", "tonne", "second", "sec", "minute", "min", "hour", "hr", "day",
+    "week", "month", "year", "yr", "mph", "kph", "degree", "deg", "radian", "dollar", "cent", "cents", "euro",
+]
+_BARE_ALT = "|".join(sorted((re.escape(u) for u in _BARE_UNITS), key=len, reverse=True))
+_POWER = r"(?:\s*\^\s*(?:\{\s*[23]\s*\}|[23]))?"
+_TEXT_CMD = r"\\(?:text|textrm|textnormal|textit|mbox|mathrm|rm)"
+# a trailing \text{...} group of a few words: a unit or a counted noun ("5 \text{ cm}^2", "12 \text{ students}")
+_TEXT_TAIL = re.compile(rf"\s*{_TEXT_CMD}\s*\{{(?:[\s~]|\\[ ,;])*([A-Za-z][A-Za-z.\-/ ]{{0,40}}?)(?:[\s~]|\\[ ,;])*\}}{_POWER}\s*$")
+_BARE_TAIL = re.compile(rf"(?<=[\d}}\s])\s*(?:(?:square|cubic)\s+)?(?:{_BARE_ALT})(?:e?s)?\.?{_POWER}\s*$")
+# Words that turn a trailing text into a statement about the answer ("4 \text{ or 3}", "4 \text{ is wrong}"): such
+# a text is not stripped (math-verify's own unit rule would drop any trailing \text{...}; it is switched off).
+_HEDGE_WORDS = frozenset(
+    "or and not nor no yes either neither maybe perhaps possibly probably approximately approx about roughly nearly "
+    "almost wrong incorrect false true correct except but unless if otherwise else than is are was be".split()
+)
+_PERCENT_WORD = re.compile(rf"\s*(?:{_TEXT_CMD}\s*\{{\s*percent\s*\}}|\bpercent)\s*$")
+_DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree(?![a-zA-Z])")
+
+
+def _strip_tail_once(s: str) -> str:
+    m = _TEXT_TAIL.search(s)
+    if m and not (set(re.split(r"[\s.\-/]+", m.group(1).lower())) & _HEDGE_WORDS):
+        return s[:m.start()].strip()
+    return _BARE_TAIL.sub("", s).strip()
+
+
+def strip_units(answer: str) -> str:
+    """Remove trailing units and counted nouns (``5 \\text{ cm}^2``, ``12 \\text{ students}``, ``5 cm``,
+    ``30^\\circ``); a trailing "percent" becomes ``\\%``. Never returns an empty string."""
+    s = _DEGREES.sub("", answer).strip()
+    s = _PERCENT_WORD.sub(r"\\%", s)
+    for _ in range(2):
+        new = _strip_tail_once(s)
+        if not new or new == s:
+            break
+        s = new
+    return s or answer.strip()
+
+
+_SPACING = re.compile(r"(?<!\\)\\[,;:!> ]|\\q?quad(?![a-zA-Z])|~")
+_LEFT_RIGHT = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big|bigg|Bigg)(?![a-zA-Z])")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|textit|textnormal|mbox|mathrm|mathbf|mathit|rm|operatorname)\s*\{([^{}]*)\}")
+_ASSIGNMENT = re.compile(r"^[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?=(?!=)")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_DECIMAL = re.compile(r"-?\d+\.\d+")
+
+
+def normalize_answer(answer: str) -> str:
+    """A canonical string for MATH-style string comparison (see the module docstring)."""
+    s = _unwrap_box(str(answer)).replace("\n", " ")
+    s = _SPACING.sub(" ", s)
+    s = _LEFT_RIGHT.sub("", s)
+    s = re.sub(r"\\[dt]frac(?![a-zA-Z])", r"\\frac", s)
+    s = s.replace("\\displaystyle", "")
+    s = strip_units(s)
+    s = s.replace("\\$", "").replace("$", "")
+    s = s.replace("\\%", "").replace("%", "")  # a percent sign is optional (MATH convention)
+    for _ in range(3):  # nested wrappers
+        s = _TEXT_WRAPPER.sub(r"\1", s)
+    s = re.sub(r"\s+", "", s)
+    s = s.replace("\\varnothing", "\\emptyset").replace("\\infinity", "\\infty")
+    if s.endswith(".") and not s.endswith(".."):
+        s = s[:-1]
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    s = re.sub(r"(?<![\d.])\.(\d)", r"0.\1", s)  # .5 → 0.5
+    if _DECIMAL.fullmatch(s):
+        s = s.rstrip("0").rstrip(".")
+    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
+    s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
+    m = re.fullmatch(r"(-?)(\d+)/(\d+)", s)
+    if m:
+        s = f"{m.group(1)}\\frac{{{m.group(2)}}}{{{m.group(3)}}}"
+    m = re.fullmatch(r"\(([A-Za-z])\)", s)
+    if m:
+        s = m.group(1)
+    if re.fullmatch(r"[A-Za-z]{2,}", s):
+        s = s.lower()
+    return s
+
+
+def strings_equivalent(pred: str, gold: str) -> bool:
+    """MATH-style string equivalence; a leading ``x =`` is dropped when only one side has one."""
+    a, b = normalize_answer(pred), normalize_answer(gold)
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    a_assign, b_assign = _ASSIGNMENT.match(a), _ASSIGNMENT.match(b)
+    if bool(a_assign) != bool(b_assign):
+        if a_assign and a.count("=") == 1:
+            a = a[a_assign.end():]
+        if b_assign and b.count("=") == 1:
+            b = b[b_assign.end():]
+        return bool(a) and a == b
+    return False
+
+
+# ================================================================================================================
+# math-verify, run inside the pool's worker processes
+# ================================================================================================================
