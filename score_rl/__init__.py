@@ -1,0 +1,1 @@
+"""score-rl: SCoRe (multi-turn RL for self-correction). Package map: docs/architecture.md."""

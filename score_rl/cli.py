@@ -58,7 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _train(cfg) -> int:
-    from score_rl.trainer import Trainer
+    from score_rl.train.trainer import Trainer
 
     trainer = Trainer(cfg)
     print(f"run directory: {trainer.run_dir}")
@@ -70,8 +70,8 @@ def _train(cfg) -> int:
 
 
 def _eval(cfg, args) -> int:
-    from score_rl.base_model import resolve_model_path
-    from score_rl.evaluation import evaluate_models, parse_model_args
+    from score_rl.train.base_model import resolve_model_path
+    from score_rl.eval.evaluation import evaluate_models, parse_model_args
 
     specs = args.model or list(cfg.eval.model_paths)
     models = parse_model_args(specs) if specs else [("base", resolve_model_path(cfg))]
@@ -90,7 +90,7 @@ def _score(args) -> int:
     from omegaconf import OmegaConf
 
     from score_rl.config import ConfigError
-    from score_rl.scoring import run_score
+    from score_rl.eval.scoring import run_score
 
     for item in args.param:
         if "=" not in item:
@@ -101,7 +101,7 @@ def _score(args) -> int:
 
 
 def _plot(args) -> int:
-    from score_rl.plots import plot_training_curves
+    from score_rl.eval.plots import plot_training_curves
 
     out = plot_training_curves(args.run_dir, args.output)
     print(f"wrote {out}")

@@ -30,7 +30,7 @@ def tiny_config(tmp_path: Path, extra: List[str] = ()):
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> str:
     """A tiny base model (tokenizer + 1-layer Qwen2 + a few warm-up steps), built once per test session."""
-    from score_rl.base_model import resolve_model_path
+    from score_rl.train.base_model import resolve_model_path
     from score_rl.utils import quiet_libraries
 
     quiet_libraries()

@@ -10,11 +10,11 @@ from typing import Dict, List, Sequence
 import torch
 
 from score_rl.config import Config
-from score_rl.distributed import shard
+from score_rl.launch.distributed import shard
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode, Turn
 from score_rl.prompting import PromptBuilder
-from score_rl.rollout.engine import HFGenerator
+from score_rl.rollout.engines.hf import HFGenerator
 from score_rl.utils import load_model, load_tokenizer, quiet_libraries, set_threads
 
 

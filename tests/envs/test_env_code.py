@@ -151,7 +151,7 @@ def test_all_canonical_solutions_pass_and_stubs_fail_with_score_rl_score(canonic
     import io
     import json
 
-    from score_rl.scoring import run_score
+    from score_rl.eval.scoring import run_score
 
     rows = [{"problem_id": pid, "response": row["prompt"] + row["canonical_solution"], "kind": "canonical"}
             for pid, row in canonical.items()]

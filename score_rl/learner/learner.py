@@ -14,10 +14,10 @@ from typing import Dict, List, Sequence
 import torch
 
 from score_rl.algos.losses import reinforce_kl_loss
-from score_rl.batch import collate
+from score_rl.learner.batch import collate
 from score_rl.config import Config
 from score_rl.episode import Episode
-from score_rl.logprobs import token_logprobs
+from score_rl.learner.logprobs import token_logprobs
 from score_rl.utils import load_model, load_tokenizer, quiet_libraries, set_threads
 
 

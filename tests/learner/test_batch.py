@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from score_rl.batch import collate
+from score_rl.learner.batch import collate
 from score_rl.episode import Episode, Turn
 
 PAD = 0

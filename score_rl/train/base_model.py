@@ -122,7 +122,7 @@ def build_tiny_base(cfg: Config, out_dir: Path, log=print) -> None:
 @torch.no_grad()
 def imitation_rate(model, tokenizer, builder, demos) -> float:
     """Share of demonstrations whose greedy first attempt the model reproduces exactly (a convergence check)."""
-    from score_rl.rollout.engine import HFGenerator
+    from score_rl.rollout.engines.hf import HFGenerator
 
     model.eval()
     prompts = [builder.first_attempt(problem) for problem, _ in demos]

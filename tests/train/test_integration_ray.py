@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from score_rl.trainer import Trainer
+from score_rl.train.trainer import Trainer
 from tests.conftest import tiny_config
 
 

@@ -10,20 +10,20 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from score_rl.algos.advantages import compute_advantages
-from score_rl.base_model import resolve_model_path
-from score_rl.checkpoint import latest_checkpoint, save_checkpoint
+from score_rl.train.base_model import resolve_model_path
+from score_rl.train.checkpoint import latest_checkpoint, save_checkpoint
 from score_rl.config import Config, ConfigError, save_config
-from score_rl.distributed import ActorGroup, init_ray, make_placement_group, shard
+from score_rl.launch.distributed import ActorGroup, init_ray, make_placement_group, shard
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode
-from score_rl.evaluation import TRAINED_MARKER, eval_problems, run_eval_episodes
-from score_rl.learner import Learner
-from score_rl.metrics import format_table, self_correction_metrics
+from score_rl.eval.evaluation import TRAINED_MARKER, eval_problems, run_eval_episodes
+from score_rl.learner.learner import Learner
+from score_rl.eval.metrics import format_table, self_correction_metrics
 from score_rl.rollout.worker import RolloutWorker, run_sharded
-from score_rl.run_log import RunLogger
+from score_rl.train.run_log import RunLogger
 from score_rl.shaping import shape_episodes, stage_at
 from score_rl.utils import seed_everything
-from score_rl.weight_sync import ObjectStoreSync
+from score_rl.launch.weight_sync import ObjectStoreSync
 
 
 class ProblemSampler:
@@ -170,7 +170,7 @@ class Trainer:
 
     def _base_results(self) -> Dict[str, float]:
         """Base-model metrics when the start-of-run evaluation happened in an earlier (resumed) process."""
-        from score_rl.evaluation import evaluate_models
+        from score_rl.eval.evaluation import evaluate_models
 
         saved = self.run_dir / "eval_base.json"
         if saved.is_file():

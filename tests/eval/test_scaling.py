@@ -8,7 +8,7 @@ import random
 import pytest
 
 from score_rl.episode import Episode, Turn
-from score_rl.scaling import majority_vote, majority_vote_curves, pass_at_k, pass_at_k_curve, scaling_tables
+from score_rl.eval.scaling import majority_vote, majority_vote_curves, pass_at_k, pass_at_k_curve, scaling_tables
 
 
 def brute_force_pass_at_k(outcomes, k):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from score_rl import _sandbox_procs as procs
-from score_rl.sandbox import ExecResult, Sandbox, SandboxConfig, _Capture
+from score_rl.sandbox import procs
+from score_rl.sandbox.runner import ExecResult, Sandbox, SandboxConfig, _Capture
 
 TIMEOUT = 2.0
 IS_ROOT = os.geteuid() == 0
@@ -147,7 +147,7 @@ def test_isolation_is_recorded(sandbox):
 def test_hidden_paths_and_scrubbed_environment(sandbox, monkeypatch):
     monkeypatch.setenv("SECRET_TOKEN", "hunter2")
     box = Sandbox(SandboxConfig(timeout_s=TIMEOUT))
-    project = str(Path(__file__).resolve().parents[1])
+    project = str(Path(__file__).resolve().parents[2])
     # the project directory is hidden: empty, or absent when it lives under a path the sandbox replaces (/tmp)
     result = box.run(f"import os\np = {project!r}\nprint(sorted(os.listdir(p)) if os.path.isdir(p) else [], "
                      "'SECRET_TOKEN' in os.environ)\n")
@@ -195,7 +195,7 @@ def hostile(sandbox):
     """Run every hostile program once, concurrently; yield {name: (result, context)}."""
     tag = uuid.uuid4().hex
     home = os.path.expanduser("~")
-    project = str(Path(__file__).resolve().parents[1])
+    project = str(Path(__file__).resolve().parents[2])
     outside = [f"/tmp/score_rl_escape_{tag}", f"{home}/score_rl_escape_{tag}", f"{project}/score_rl_escape_{tag}",
                f"/var/tmp/score_rl_escape_{tag}", f"/dev/shm/score_rl_escape_{tag}"]
     detached_file = f"/tmp/score_rl_detached_{tag}"

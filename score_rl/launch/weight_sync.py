@@ -7,7 +7,7 @@ the same interface later.
 
 from __future__ import annotations
 
-from score_rl.distributed import ActorGroup
+from score_rl.launch.distributed import ActorGroup
 
 
 class WeightSync:

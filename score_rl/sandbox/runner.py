@@ -1,7 +1,7 @@
 """Run untrusted Python (model-written code) against trusted tests, isolated from the scoring process.
 
 This module is the project's security boundary: an RL policy is rewarded by what happens here and will exploit any
-hole. Each execution is one subprocess (``score_rl/_sandbox_child.py``) in its own session, driven by a thread of a
+hole. Each execution is one subprocess (``score_rl/sandbox/child.py``) in its own session, driven by a thread of a
 pool, and it passes only with *positive proof*: exit status 0 **and** a random per-execution nonce on stdout, which
 the harness prints only after the tests returned. An early ``sys.exit(0)`` / ``os._exit(0)`` therefore fails.
 
@@ -10,7 +10,7 @@ What is isolated (as root, on Linux with namespaces; ``ExecResult.isolation`` re
 - processes: own session / process group; own PID namespace whose init is the solution, so every process it
   started dies with it, double forks and ``setsid`` included; afterwards the scoring process SIGKILLs the whole
   group and sweeps the machine for any process still carrying the execution's tags (dedicated uid, PID namespace,
-  marker environment variable; see ``_sandbox_procs``), never the scoring process, its ancestors or PID 1.
+  marker environment variable; see ``score_rl.sandbox.procs``), never the scoring process, its ancestors or PID 1.
   A wall-clock timeout kills everything.
 - identity: a random dedicated uid/gid per execution (no supplementary groups, no capabilities, no_new_privs), so
   the solution cannot signal, ptrace or read the files of the scoring process or anything else it does not own.
@@ -70,10 +70,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from score_rl import _sandbox_procs as procs
+from score_rl.sandbox import procs
 
-CHILD_SCRIPT = str(Path(__file__).resolve().with_name("_sandbox_child.py"))
-PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+CHILD_SCRIPT = str(Path(__file__).resolve().with_name("child.py"))
+PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 _UID_BASE, _UID_SPAN = 1 << 30, 1 << 29  # dedicated uids: far above any real account
 
 

@@ -8,7 +8,7 @@ from typing import Sequence, Tuple
 import pytest
 
 from score_rl.episode import Episode, Turn
-from score_rl.metrics import format_table, self_correction_metrics
+from score_rl.eval.metrics import format_table, self_correction_metrics
 
 
 def _episode(rewards: Sequence[float], texts: Sequence[str], idx: int = 0) -> Episode:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from score_rl.config import ConfigError
-from score_rl.scoring import run_score
+from score_rl.eval.scoring import run_score
 
 
 def _write(path, rows):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from score_rl.batch import collate
-from score_rl.logprobs import token_logprobs
+from score_rl.learner.batch import collate
+from score_rl.learner.logprobs import token_logprobs
 from score_rl.rollout.worker import RolloutWorker
 
 

@@ -1,6 +1,6 @@
 """The in-sandbox half of ``score_rl.sandbox``: isolate, drop privileges, run the job, print the nonce.
 
-This file is executed as a script (``python -I -S -B _sandbox_child.py CONFIG_JSON``) by the scoring process; it
+This file is executed as a script (``python -I -S -B child.py CONFIG_JSON``) by the scoring process; it
 never runs inside the scoring process. It imports only the standard library. Steps:
 
 1. Read the job file (solution, trusted tests, nonce) and unlink it, so the untrusted code cannot read it from disk.

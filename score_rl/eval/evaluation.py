@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from score_rl.config import Config, ConfigError
-from score_rl.distributed import ActorGroup, init_ray
+from score_rl.launch.distributed import ActorGroup, init_ray
 from score_rl.envs import Problem
 from score_rl.episode import Episode
-from score_rl.metrics import format_table, self_correction_metrics
+from score_rl.eval.metrics import format_table, self_correction_metrics
 
 TRAINED_MARKER = "score_rl_run.json"  # written next to a trained policy by the trainer
 
@@ -119,7 +119,7 @@ def evaluate_models(cfg: Config, models: Sequence[Tuple[str, str]], log=print) -
             if ec.scaling_samples:
                 sampled = run_eval_episodes(workers, problems, cfg.trainer.seed + 1, 2, ec.scaling_temperature,
                                             samples_per_problem=ec.scaling_samples, progress=f"scaling {label}")
-                from score_rl.scaling import scaling_tables
+                from score_rl.eval.scaling import scaling_tables
 
                 report.scaling[name] = scaling_tables(sampled)
         finally:
@@ -157,7 +157,7 @@ def write_eval_outputs(out_dir: Path, report: EvalReport, cfg: Config) -> None:
 
 
 def _write_scaling(out_dir: Path, report: EvalReport, cfg: Config) -> None:
-    from score_rl.plots import plot_majority_vote, plot_pass_at_k
+    from score_rl.eval.plots import plot_majority_vote, plot_pass_at_k
 
     with open(out_dir / "pass_at_k.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from score_rl.evaluation import TRAINED_MARKER, evaluate_models, parse_model_args
-from score_rl.plots import plot_training_curves
+from score_rl.eval.evaluation import TRAINED_MARKER, evaluate_models, parse_model_args
+from score_rl.eval.plots import plot_training_curves
 
 
 def test_eval_writes_table_records_scaling_and_plots(cfg, tmp_path, tiny_model_path):
@@ -32,7 +32,7 @@ def test_trained_models_are_not_labelled_self_refine(tmp_path, tiny_model_path):
     trained = tmp_path / "trained"
     shutil.copytree(tiny_model_path, trained)
     (trained / TRAINED_MARKER).write_text("{}")
-    from score_rl.evaluation import model_label
+    from score_rl.eval.evaluation import model_label
 
     assert model_label("t", str(trained)) == "t"
     assert model_label("b", tiny_model_path) == "b (Self-Refine)"

@@ -1,0 +1,1 @@
+"""Evaluation: K-turn eval, self-correction metrics, inference-time scaling, plots and offline ``score-rl score``."""

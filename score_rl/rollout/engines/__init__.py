@@ -1,0 +1,1 @@
+"""Generation engines behind the rollout worker (Hugging Face ``generate`` today)."""
