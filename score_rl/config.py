@@ -102,9 +102,13 @@ class ShapingConfig:
 @dataclass
 class AlgoConfig:
     advantage: str = doc("rloo", "Per-turn baseline over a problem's samples: rloo, group_mean, group_norm or none.")
-    kl_estimator: str = doc("k2", "KL penalty: k1 (in the reward only), k2 or k3 (loss terms), or full (exact KL).")
-    kl_in_reward: bool = doc(False, "Put the KL penalty in the reward (detached) instead of the loss; requires k1.")
-    loss_agg: str = doc("token-mean", "Loss aggregation: token-mean or seq-mean-token-sum.")
+    kl_estimator: str = doc("k1", "KL penalty: k1 (a detached per-turn reward penalty: the gradient of the paper's "
+                            "sequence-level KL), k2 or k3 (per-token loss terms), or full (exact per-position KL). "
+                            "Which gradient each follows: docs/config.md.")
+    kl_in_reward: Optional[bool] = doc(None, "Where the KL sits: the reward (k1 only) or the loss (k2/k3/full); "
+                                       "null derives it from algo.kl_estimator.")
+    loss_agg: str = doc("token-mean", "Loss aggregation over the step's episodes on all ranks: token-mean (divide by "
+                        "the step's response tokens) or seq-mean-token-sum (divide by the step's turns).")
 
 
 @dataclass
@@ -113,11 +117,13 @@ class LearnerConfig:
     cpus_per_rank: float = doc(1.0, "CPUs reserved per learner rank.")
     gpus_per_rank: float = doc(0.0, "GPUs per learner rank (0 = CPU with gloo; 1 = GPU with nccl).")
     zero_stage: int = doc(0, "DeepSpeed ZeRO stage (0, 1 or 2).")
-    lr: float = doc(1e-5, "AdamW learning rate.")
-    weight_decay: float = doc(0.0, "AdamW weight decay.")
+    optimizer: str = doc("adamw", "adamw, or sgd (plain SGD: update = -lr * gradient; used to check gradients).")
+    lr: float = doc(1e-5, "Learning rate.")
+    weight_decay: float = doc(0.0, "Weight decay (decoupled for adamw).")
     adam_betas: List[float] = doc([0.9, 0.999], "AdamW betas.")
-    grad_clip: float = doc(1.0, "Gradient-norm clipping threshold.")
-    micro_batch_size: int = doc(64, "Episodes per forward/backward pass on one rank (gradients accumulate).")
+    grad_clip: float = doc(1.0, "Clip the global gradient norm of a step to this (0 = off).")
+    micro_batch_size: int = doc(64, "Episodes per forward/backward pass on one rank. Gradients accumulate over a "
+                                "step's micro-batches: one optimizer update per training step, whatever the size.")
     torch_threads: int = doc(0, "torch intra-op threads per learner rank (0 = learner.cpus_per_rank).")
 
 
@@ -169,6 +175,7 @@ _CHOICES = {
     "algo.advantage": ("rloo", "group_mean", "group_norm", "none"),
     "algo.kl_estimator": ("k1", "k2", "k3", "full"),
     "algo.loss_agg": ("token-mean", "seq-mean-token-sum"),
+    "learner.optimizer": ("adamw", "sgd"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.tiny.architecture": ("qwen2", "llama"),
     "learner.zero_stage": (0, 1, 2),
@@ -273,6 +280,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'rollout.num_turns': training supports exactly 2 turns (SCoRe's setting)")
     if cfg.rollout.temperature <= 0:
         raise ConfigError("config key 'rollout.temperature' must be > 0 for training (on-policy sampling)")
+    if cfg.algo.kl_in_reward is None:  # derived: k1 is a reward penalty, the others are loss terms
+        cfg.algo.kl_in_reward = cfg.algo.kl_estimator == "k1"
     if cfg.algo.kl_in_reward != (cfg.algo.kl_estimator == "k1"):
         raise ConfigError(
             "config key 'algo.kl_estimator': k1 is unbiased only as a reward penalty (algo.kl_in_reward=true), and "

@@ -21,6 +21,8 @@ class Turn:
     reason: str = ""
     info: Dict[str, Any] = field(default_factory=dict)
     truncated: bool = False  # hit max_new_tokens without EOS
+    # reference-model log-probs of response_ids (set when the KL sits in the reward, so the learner reuses them):
+    ref_logprobs: Optional[List[float]] = None
     # filled by the reward shaper and the advantage estimator:
     shaped_reward: Optional[float] = None
     kl_coef: Optional[float] = None

@@ -113,19 +113,30 @@ def test_invalid_advantage_lists_the_valid_ones():
         assert choice in msg
 
 
-def test_k1_without_kl_in_reward_is_rejected():
-    msg = _error(["algo.kl_estimator=k1"])
+def test_k1_in_the_loss_is_rejected():
+    msg = _error(["algo.kl_estimator=k1", "algo.kl_in_reward=false"])
     assert "algo.kl_estimator" in msg and "kl_in_reward" in msg
 
 
 def test_kl_in_reward_requires_k1():
-    assert "algo.kl_estimator" in _error(["algo.kl_in_reward=true"])
     assert "algo.kl_estimator" in _error(["algo.kl_in_reward=true", "algo.kl_estimator=k2"])
+    assert "algo.kl_estimator" in _error(["algo.kl_in_reward=true", "algo.kl_estimator=full"])
+
+
+def test_default_kl_is_k1_in_the_reward():
+    """The placement whose gradient is that of the paper's sequence-level KL (tests/algos/test_kl_gradients.py)."""
+    from score_rl.config import Config
+
+    assert Config().algo.kl_estimator == "k1"
+    cfg = load_config(QUICKSTART, [])
+    assert cfg.algo.kl_estimator == "k1" and cfg.algo.kl_in_reward is True
 
 
 @pytest.mark.parametrize("estimator", ["k2", "k3", "full"])
 def test_loss_side_estimators_are_accepted(estimator):
-    assert load_config(QUICKSTART, [f"algo.kl_estimator={estimator}"]).algo.kl_estimator == estimator
+    """Naming a loss-side estimator is enough: the placement follows from it (algo.kl_in_reward: null)."""
+    cfg = load_config(QUICKSTART, [f"algo.kl_estimator={estimator}"])
+    assert cfg.algo.kl_estimator == estimator and cfg.algo.kl_in_reward is False
 
 
 def test_k1_in_reward_is_accepted():

@@ -13,6 +13,7 @@ def collate(episodes: Sequence[Episode], pad_id: int) -> Dict[str, torch.Tensor]
     """Right-padded tensors. Per-token fields are aligned with targets input_ids[:, 1:] (length L-1).
 
     turn: 0 where the token is not a response token, else the 1-based turn index; advantage / kl_coef: that turn's.
+    ref_logprobs: present only when every turn of every episode carries its reference log-probs.
     """
     width = max(len(ep.full_ids()) for ep in episodes)
     n = len(episodes)
@@ -22,6 +23,8 @@ def collate(episodes: Sequence[Episode], pad_id: int) -> Dict[str, torch.Tensor]
     advantage = torch.zeros((n, width - 1))
     kl_coef = torch.zeros((n, width - 1))
     sampling_logprobs = torch.zeros((n, width - 1))
+    has_ref = all(tr.ref_logprobs is not None for ep in episodes for tr in ep.turns)
+    ref_logprobs = torch.zeros((n, width - 1)) if has_ref else None
     for i, ep in enumerate(episodes):
         ids = ep.full_ids()
         input_ids[i, : len(ids)] = torch.tensor(ids)
@@ -35,5 +38,10 @@ def collate(episodes: Sequence[Episode], pad_id: int) -> Dict[str, torch.Tensor]
             advantage[i, sl] = tr.advantage if tr.advantage is not None else 0.0
             kl_coef[i, sl] = tr.kl_coef if tr.kl_coef is not None else 0.0
             sampling_logprobs[i, sl] = torch.tensor(tr.sampling_logprobs, dtype=torch.float32)
-    return dict(input_ids=input_ids, attention_mask=attention_mask, turn=turn, advantage=advantage,
-                kl_coef=kl_coef, sampling_logprobs=sampling_logprobs)
+            if ref_logprobs is not None:
+                ref_logprobs[i, sl] = torch.tensor(tr.ref_logprobs, dtype=torch.float32)
+    out = dict(input_ids=input_ids, attention_mask=attention_mask, turn=turn, advantage=advantage,
+               kl_coef=kl_coef, sampling_logprobs=sampling_logprobs)
+    if ref_logprobs is not None:  # every turn carries its reference log-probs: the learner skips the reference pass
+        out["ref_logprobs"] = ref_logprobs
+    return out

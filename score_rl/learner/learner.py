@@ -1,8 +1,14 @@
 """Learner: a DeepSpeed engine (policy) + a frozen reference model, one data-parallel rank per instance.
 
 A plain class; Ray wraps it at the call site. ``setup()`` joins the process group (gloo on CPU, nccl on GPU) and
-builds the engine; ``train_step()`` runs one optimizer step over this rank's shard of episodes with gradient
-accumulation over micro-batches, normalising the loss over the whole shard.
+builds the engine; ``train_step()`` is exactly one optimizer update over the step's episodes:
+
+* every rank splits its shard into the same number k of micro-batches (DeepSpeed's ``gradient_accumulation_steps``)
+  and calls ``engine.backward`` + ``engine.step`` once per micro-batch, so DeepSpeed applies the update at its
+  accumulation boundary, the k-th micro-batch, on every training step;
+* the loss is normalised globally: each micro-batch's summed loss is divided by the step's token (or turn) count over
+  *all* ranks (``loss_denominator``), times the rank count because data parallelism averages gradients over ranks.
+  The update is therefore the same for any micro-batch size, rank count and ZeRO stage (tests/learner/).
 """
 
 from __future__ import annotations
@@ -75,15 +81,19 @@ class Learner:
         model = load_model(self.model_path, self.cfg.model.dtype)
         self.reference = load_model(self.model_path, self.cfg.model.dtype).to(device).eval().requires_grad_(False)
         self.grad_accum = max(1, -(-self.episodes_per_rank // cfg.micro_batch_size))
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
-        )
+        if cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(
+                model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
+            )
         ds_config = {
             "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
             "gradient_accumulation_steps": self.grad_accum,
             "train_batch_size": cfg.micro_batch_size * self.grad_accum * self.world_size,
-            "gradient_clipping": cfg.grad_clip,
+            "gradient_clipping": max(cfg.grad_clip, 0.0),
             "zero_optimization": {"stage": cfg.zero_stage},
+            "zero_allow_untested_optimizer": cfg.optimizer == "sgd",  # plain SGD is correct under ZeRO 1-2
             "bf16": {"enabled": self.cfg.model.dtype == "bfloat16"},
             "fp16": {"enabled": self.cfg.model.dtype == "float16"},
             "steps_per_print": 10**9,
@@ -94,68 +104,80 @@ class Learner:
 
     # ------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def reference_logprobs(self, episodes: Sequence[Episode]) -> List[List[float]]:
-        """Per-turn summed k1 = log π_old − log π_ref of each episode (for a KL penalty in the reward)."""
+    def reference_logprobs(self, episodes: Sequence[Episode]) -> List[List[List[float]]]:
+        """Reference log-probs of every response token: ``out[i][t]`` lists those of episode i's turn t+1.
+
+        Computed once per step when the KL sits in the reward: the trainer stores them on the turns
+        (``Turn.ref_logprobs``) for the penalty, and ``train_step`` reuses them instead of a second reference pass.
+        """
         out = []
         for start in range(0, len(episodes), self.cfg.learner.micro_batch_size):
             chunk = episodes[start:start + self.cfg.learner.micro_batch_size]
             b = self._to_device(collate(chunk, self.tokenizer.pad_token_id))
             ref, _ = token_logprobs(self.reference, b["input_ids"], b["attention_mask"], self.cfg.rollout.temperature)
-            k1 = (b["sampling_logprobs"] - ref)
+            ref = ref.cpu()
             for i, ep in enumerate(chunk):
-                out.append([float((k1[i] * (b["turn"][i] == t)).sum()) for t in range(1, len(ep.turns) + 1)])
+                out.append([ref[i, start_ - 1:end - 1].tolist() for start_, end in ep.response_spans()])
         return out
 
-    def train_step(self, episodes: Sequence[Episode]) -> Dict[str, float]:
+    def train_step(self, episodes: Sequence[Episode], denominator: float) -> Dict[str, float]:
+        """One optimizer update over this rank's episodes. ``denominator``: ``loss_denominator`` of the whole step.
+
+        Returns sums and counts (``reduce_rank_stats`` turns the ranks' results into the step's metrics).
+        """
         cfg, algo = self.cfg.learner, self.cfg.algo
         temperature = self.cfg.rollout.temperature
         micro = [episodes[i:i + cfg.micro_batch_size] for i in range(0, len(episodes), cfg.micro_batch_size)]
-        if len(micro) != self.grad_accum:
+        if len(episodes) != self.episodes_per_rank or len(micro) != self.grad_accum:
             raise ValueError(f"rank {self.rank} got {len(episodes)} episodes; expected {self.episodes_per_rank}")
-        batches = [self._to_device(collate(m, self.tokenizer.pad_token_id)) for m in micro]
-        n_tokens = sum(float((b["turn"] > 0).sum()) for b in batches)
-        n_seqs = sum(len(ep.turns) for ep in episodes)
-        denominator = max(1.0, n_tokens if algo.loss_agg == "token-mean" else float(n_seqs))
+        # DP averages gradients over ranks: scale each rank's share up so the applied gradient is Σ_ranks / denominator
+        rank_denominator = max(denominator, 1.0) / self.world_size
         full = algo.kl_estimator == "full"
-        stats = {f"kl_turn{t}": 0.0 for t in (1, 2)} | {"loss": 0.0, "pg_loss": 0.0, "logprob_mismatch": 0.0,
-                                                        "entropy_proxy": 0.0}
-        turn_tokens = {1: 0.0, 2: 0.0}
-        for b in batches:
+        stats = {"loss": 0.0, "pg_loss_sum": 0.0, "logprob_mismatch_sum": 0.0, "neg_logp_sum": 0.0, "tokens": 0.0,
+                 "kl_turn1_sum": 0.0, "kl_turn2_sum": 0.0, "tokens_turn1": 0.0, "tokens_turn2": 0.0}
+        pre_clip_norm = None
+        for i, chunk in enumerate(micro):
+            b = self._to_device(collate(chunk, self.tokenizer.pad_token_id))
             logp, logits = token_logprobs(self.engine, b["input_ids"], b["attention_mask"], temperature, full)
-            with torch.no_grad():
-                ref_logp, ref_logits = token_logprobs(
-                    self.reference, b["input_ids"], b["attention_mask"], temperature, full
-                )
+            ref_logits = None
+            if "ref_logprobs" in b and not full:  # computed once this step already (the reward's KL penalty)
+                ref_logp = b["ref_logprobs"]
+            else:
+                with torch.no_grad():
+                    ref_logp, ref_logits = token_logprobs(
+                        self.reference, b["input_ids"], b["attention_mask"], temperature, full
+                    )
             mask = b["turn"] > 0
             loss, parts = reinforce_kl_loss(
                 logp, ref_logp, b["advantage"], b["kl_coef"], mask, kl_estimator=algo.kl_estimator,
-                kl_in_loss=not algo.kl_in_reward, loss_agg=algo.loss_agg, denominator=denominator,
+                kl_in_loss=not algo.kl_in_reward, loss_agg=algo.loss_agg, denominator=rank_denominator,
                 logits=logits, ref_logits=ref_logits,
             )
             self.engine.backward(loss, scale_wrt_gas=False)
+            if i == len(micro) - 1:
+                if not self.engine.is_gradient_accumulation_boundary():  # never: k micro-batches, GAS = k
+                    raise RuntimeError("learner: the last micro-batch is not DeepSpeed's accumulation boundary")
+                if self.cfg.learner.zero_stage == 0:  # ZeRO 0: the all-reduced gradient sits on the parameters
+                    pre_clip_norm = self._grad_norm()
+            self.engine.step()  # applies the update at the boundary (the last micro-batch), else only counts
             with torch.no_grad():
                 k1 = (logp - ref_logp).detach()
                 for t in (1, 2):
                     m = b["turn"] == t
-                    stats[f"kl_turn{t}"] += float((k1 * m).sum())
-                    turn_tokens[t] += float(m.sum())
-                stats["loss"] += float(loss.detach())
-                stats["pg_loss"] += float(parts["pg"]) / denominator
-                stats["logprob_mismatch"] += float(((logp.detach() - b["sampling_logprobs"]).abs() * mask).sum())
-                stats["entropy_proxy"] += float((-logp.detach() * mask).sum())
-        pre_clip_norm = self._grad_norm() if self.cfg.learner.zero_stage == 0 else None
-        self.engine.step()
-        for t in (1, 2):  # mean per-token k1 estimate of KL(π_old ‖ π_ref) per turn
-            stats[f"kl_turn{t}"] /= max(turn_tokens[t], 1.0)
-        stats["logprob_mismatch"] /= max(n_tokens, 1.0)
-        stats["entropy_proxy"] /= max(n_tokens, 1.0)
+                    stats[f"kl_turn{t}_sum"] += float((k1 * m).sum())
+                    stats[f"tokens_turn{t}"] += float(m.sum())
+                stats["loss"] += float(loss.detach()) / self.world_size
+                stats["pg_loss_sum"] += float(parts["pg"])
+                stats["logprob_mismatch_sum"] += float(((logp.detach() - b["sampling_logprobs"]).abs() * mask).sum())
+                stats["neg_logp_sum"] += float((-logp.detach() * mask).sum())
+                stats["tokens"] += float(mask.sum())
         norm = self.engine.get_global_grad_norm() if pre_clip_norm is None else pre_clip_norm
         stats["grad_norm"] = float(norm) if norm is not None else float("nan")
-        stats["tokens"] = n_tokens
+        stats["denominator"] = float(denominator)
         return stats
 
     def _grad_norm(self) -> float:
-        """Global gradient norm before clipping (ZeRO 0: full gradients live on the parameters; DP-averaged)."""
+        """Global gradient norm before clipping (ZeRO 0: full, DP-averaged gradients live on the parameters)."""
         grads = [p.grad.detach().float().norm() ** 2 for p in self.engine.module.parameters() if p.grad is not None]
         return float(torch.stack(grads).sum().sqrt()) if grads else 0.0
 
@@ -179,3 +201,30 @@ class Learner:
 
     def _to_device(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return {k: v.to(self.device) for k, v in batch.items()}
+
+
+def loss_denominator(episodes: Sequence[Episode], loss_agg: str) -> float:
+    """What the step's summed loss is divided by, over all ranks: response tokens (token-mean) or turns with at
+    least one response token (seq-mean-token-sum)."""
+    if loss_agg == "token-mean":
+        return float(sum(len(t.response_ids) for ep in episodes for t in ep.turns))
+    if loss_agg == "seq-mean-token-sum":
+        return float(sum(1 for ep in episodes for t in ep.turns if t.response_ids))
+    raise ValueError(f"unknown loss aggregation '{loss_agg}'")
+
+
+def reduce_rank_stats(per_rank: Sequence[Dict[str, float]]) -> Dict[str, float]:
+    """The ranks' sums and counts → the step's metrics, weighted by tokens (not a mean of per-rank means)."""
+    total = {k: sum(r[k] for r in per_rank) for k in per_rank[0]}
+    tokens = max(total["tokens"], 1.0)
+    out = {
+        "loss": total["loss"],
+        "pg_loss": total["pg_loss_sum"] / max(per_rank[0]["denominator"], 1.0),
+        "logprob_mismatch": total["logprob_mismatch_sum"] / tokens,
+        "entropy_proxy": total["neg_logp_sum"] / tokens,
+        "grad_norm": per_rank[0]["grad_norm"],  # the global norm: the same on every rank
+        "tokens": total["tokens"],
+    }
+    for t in (1, 2):  # mean per-token k1 estimate of KL(π_old ‖ π_ref) per turn
+        out[f"kl_turn{t}"] = total[f"kl_turn{t}_sum"] / max(total[f"tokens_turn{t}"], 1.0)
+    return out

@@ -17,7 +17,7 @@ from score_rl.launch.distributed import ActorGroup, init_ray, make_placement_gro
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode
 from score_rl.eval.evaluation import TRAINED_MARKER, eval_problems, run_eval_episodes
-from score_rl.learner.learner import Learner
+from score_rl.learner.learner import Learner, loss_denominator, reduce_rank_stats
 from score_rl.eval.metrics import format_table, self_correction_metrics
 from score_rl.rollout.worker import RolloutWorker, run_sharded
 from score_rl.train.run_log import RunLogger
@@ -146,12 +146,22 @@ class Trainer:
         return run_sharded(self.workers, problems, rc.samples_per_problem, rc.temperature, seed, rc.num_turns)
 
     def reward_kl(self, episodes: Sequence[Episode]) -> List[List[float]]:
+        """Per-turn k1 = Σ_tok (log π_old − log π_ref) of every episode; the reference log-probs stay on the turns,
+        so the learner does not compute them a second time."""
         shards = shard(episodes, len(self.learners))
-        return [row for part in self.learners.call("reference_logprobs", [(s,) for s in shards]) for row in part]
+        ref = [row for part in self.learners.call("reference_logprobs", [(s,) for s in shards]) for row in part]
+        penalties = []
+        for ep, ep_ref in zip(episodes, ref):
+            for turn, turn_ref in zip(ep.turns, ep_ref):
+                turn.ref_logprobs = turn_ref
+            penalties.append([sum(t.sampling_logprobs) - sum(t.ref_logprobs) for t in ep.turns])
+        return penalties
 
     def learn(self, episodes: Sequence[Episode]) -> Dict[str, float]:
-        per_rank = self.learners.call("train_step", [(s,) for s in shard(episodes, len(self.learners))])
-        return {k: sum(r[k] for r in per_rank) / len(per_rank) for k in per_rank[0]}
+        """One optimizer update on every rank; the loss is normalised by the whole step's tokens (or turns)."""
+        denominator = loss_denominator(episodes, self.cfg.algo.loss_agg)
+        shards = shard(episodes, len(self.learners))
+        return reduce_rank_stats(self.learners.call("train_step", [(s, denominator) for s in shards]))
 
     def step_metrics(self, episodes, stage, stats, timings) -> Dict[str, float]:
         m = self_correction_metrics(episodes)

@@ -66,3 +66,18 @@ def test_batch_not_divisible_by_ranks_is_a_config_error(tmp_path, tiny_model_pat
                                  "rollout.samples_per_problem=3", "learner.num_ranks=2"])
     with pytest.raises(ConfigError, match="divisible"):
         Trainer(cfg, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("estimator,reference_passes", [("k1", 1), ("k2", 1)])
+def test_reference_log_probs_are_computed_once_per_step(tmp_path, tiny_model_path, estimator, reference_passes):
+    """k1 in the reward: the reward's KL penalty and the learner share one reference pass over the step's episodes."""
+    cfg = tiny_config(tmp_path, [f"model.path={tiny_model_path}", "ray.enabled=false", "trainer.steps=2",
+                                 "trainer.eval_before_after=false", f"algo.kl_estimator={estimator}"])
+    trainer = Trainer(cfg, log=lambda *_: None)
+    learner = trainer.learners.members[0]
+    rows = []
+    learner.reference.register_forward_hook(lambda module, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0]),
+                                            with_kwargs=True)
+    trainer.fit()
+    episodes = cfg.rollout.problems_per_step * cfg.rollout.samples_per_problem
+    assert sum(rows) == reference_passes * episodes * cfg.trainer.steps

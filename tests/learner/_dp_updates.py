@@ -1,0 +1,79 @@
+"""Run learner steps with plain SGD and record each step's weight change (imported by spawned test processes).
+
+With SGD, lr = η, no clipping and no weight decay, the weight change of a step is −η × the gradient DeepSpeed
+applied, so comparing weight changes compares applied gradients exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Dict, List, Sequence
+
+LR = 0.05
+
+
+def make_episodes(vocab: int, n: int, seed: int):
+    """n two-turn episodes of random tokens, with uneven response lengths (so ranks see different token counts)."""
+    from score_rl.episode import Episode, Turn
+
+    rng = random.Random(seed)
+    episodes = []
+    for i in range(n):
+        prompt = [rng.randrange(3, vocab) for _ in range(rng.randint(3, 6))]
+        r1 = [rng.randrange(3, vocab) for _ in range(rng.randint(1, 7))]
+        r2 = [rng.randrange(3, vocab) for _ in range(rng.randint(1, 7))]
+        correction = [rng.randrange(3, vocab) for _ in range(3)]
+        t1 = Turn(prompt_ids=prompt, response_ids=r1, sampling_logprobs=[-1.0] * len(r1), response_text="", reward=0.0)
+        t2 = Turn(prompt_ids=prompt + r1 + correction, response_ids=r2, sampling_logprobs=[-1.0] * len(r2),
+                  response_text="", reward=0.0)
+        for t, coef in ((t1, 0.5), (t2, 0.05)):
+            t.shaped_reward, t.kl_coef, t.advantage = 0.0, coef, rng.uniform(-1.0, 1.0)
+        episodes.append(Episode(problem_id=f"p{i // 2}", sample_index=i % 2, turns=[t1, t2]))
+    return episodes
+
+
+def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence[Dict], steps: List[list]) -> List[Dict]:
+    """For each combo (learner.* overrides), run len(steps) training steps; return weight changes and stats."""
+    import torch
+
+    from score_rl.launch.distributed import shard
+    from score_rl.learner.learner import Learner, loss_denominator
+
+    results = []
+    for combo in combos:
+        c = copy.deepcopy(cfg)
+        c.learner.optimizer, c.learner.lr, c.learner.weight_decay = "sgd", LR, 0.0
+        c.learner.grad_clip = combo.get("grad_clip", 0.0)
+        c.learner.zero_stage, c.learner.micro_batch_size = combo["zero_stage"], combo["micro_batch_size"]
+        c.algo.loss_agg = combo.get("loss_agg", "token-mean")
+        c.algo.kl_estimator, c.algo.kl_in_reward = combo.get("kl_estimator", "k2"), combo.get("kl_estimator") == "k1"
+        per_rank = len(steps[0]) // world
+        learner = Learner(c, model_path, rank, world, per_rank)
+        learner.setup("127.0.0.1", port)
+        updates, norms, kls = [], [], []
+        for episodes in steps:
+            before = torch.cat([p.detach().flatten().clone() for p in learner.engine.module.parameters()])
+            mine = shard(episodes, world)[rank]
+            if combo.get("cache_ref"):  # what the trainer does when the KL sits in the reward
+                mine = copy.deepcopy(mine)
+                for ep, ref in zip(mine, learner.reference_logprobs(mine)):
+                    for turn, turn_ref in zip(ep.turns, ref):
+                        turn.ref_logprobs = turn_ref
+            stats = learner.train_step(mine, loss_denominator(episodes, c.algo.loss_agg))
+            after = torch.cat([p.detach().flatten() for p in learner.engine.module.parameters()])
+            updates.append((after - before).tolist())
+            norms.append(stats["grad_norm"])
+            kls.append((stats["kl_turn1_sum"], stats["kl_turn2_sum"]))
+        results.append({"combo": combo, "updates": updates, "grad_norms": norms, "kl_sums": kls})
+        del learner
+    return results
+
+
+def spawned(queue, cfg, model_path: str, rank: int, world: int, port: int, combos, steps) -> None:
+    try:
+        queue.put((rank, run(cfg, model_path, rank, world, port, combos, steps)))
+    except BaseException as err:  # report, don't hang the test
+        import traceback
+
+        queue.put((rank, traceback.format_exc() + repr(err)))

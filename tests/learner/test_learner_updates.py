@@ -1,0 +1,154 @@
+"""One training step = exactly one optimizer update, with the same gradient for any micro-batch size, rank count
+and ZeRO stage; the loss is normalised over the whole step (all ranks); the logged grad_norm is the pre-clip norm
+of the applied gradient.
+
+Plain SGD (update = −lr · gradient) makes the weight change of a step the gradient DeepSpeed applied. The reference is
+one rank, ZeRO 0, no accumulation; every other layout must apply the same update on every step (float tolerance).
+Episodes have uneven lengths, so the two ranks hold different token counts.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+
+import pytest
+import torch
+
+import _dp_updates as dp
+
+N_EPISODES = 16  # per step; 8 per rank on 2 ranks
+ACCUMULATION = (1, 2, 8)
+ZERO_STAGES = (0, 1, 2)
+LOSS_AGGS = ("token-mean", "seq-mean-token-sum")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _combos(world: int):
+    per_rank = N_EPISODES // world
+    combos = [{"zero_stage": z, "micro_batch_size": per_rank // k, "loss_agg": agg, "k": k}
+              for agg in LOSS_AGGS for z in ZERO_STAGES for k in ACCUMULATION]
+    # clipping: the update is clipped, the logged norm is not
+    combos += [{"zero_stage": z, "micro_batch_size": per_rank // 2, "grad_clip": 1e-3, "k": 2} for z in (0, 2)]
+    # the default KL placement (k1 in the reward) too: no KL term in the loss
+    combos += [{"zero_stage": z, "micro_batch_size": per_rank // 2, "kl_estimator": "k1", "k": 2} for z in (0, 2)]
+    # ... with the reference log-probs computed once, before the step (as the trainer does): the same update
+    combos += [{"zero_stage": 0, "micro_batch_size": per_rank // 2, "kl_estimator": "k1", "k": 2, "cache_ref": True}]
+    return combos
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory, tiny_model_path):
+    from tests.conftest import tiny_config
+
+    return tiny_config(tmp_path_factory.mktemp("updates"), [f"model.path={tiny_model_path}"])
+
+
+@pytest.fixture(scope="module")
+def steps(cfg, tiny_model_path):
+    from score_rl.utils import load_tokenizer
+
+    vocab = len(load_tokenizer(tiny_model_path))
+    return [dp.make_episodes(vocab, N_EPISODES, seed) for seed in (1, 2)]
+
+
+@pytest.fixture(scope="module")
+def one_rank(cfg, tiny_model_path, steps):
+    reference = [{"zero_stage": 0, "micro_batch_size": N_EPISODES, "loss_agg": agg, "k": 1, "reference": True}
+                 for agg in LOSS_AGGS]
+    reference += [{"zero_stage": 0, "micro_batch_size": N_EPISODES, "kl_estimator": "k1", "k": 1, "reference": True}]
+    reference += [{"zero_stage": 0, "micro_batch_size": N_EPISODES, "grad_clip": 1e-3, "k": 1, "reference": True}]
+    return dp.run(cfg, tiny_model_path, 0, 1, _port(), reference + _combos(1), steps)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(cfg, tiny_model_path, steps):
+    ctx = mp.get_context("spawn")
+    queue, port = ctx.Queue(), _port()
+    procs = [ctx.Process(target=dp.spawned, args=(queue, cfg, tiny_model_path, r, 2, port, _combos(2), steps))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=600) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    for rank, res in results.items():
+        assert not isinstance(res, str), f"rank {rank} failed:\n{res}"
+    # every rank holds the same full weights after each step (ZeRO 0-2)
+    for a, b in zip(results[0], results[1]):
+        assert torch.allclose(torch.tensor(a["updates"]), torch.tensor(b["updates"]), atol=1e-7), a["combo"]
+    return results[0]
+
+
+def _kind(combo):
+    return combo.get("loss_agg", "token-mean"), combo.get("kl_estimator", "k2"), combo.get("grad_clip", 0.0)
+
+
+def _reference(one_rank, combo):
+    return next(r for r in one_rank if r["combo"].get("reference") and _kind(r["combo"]) == _kind(combo))
+
+
+def _check(result, reference):
+    combo = result["combo"]
+    for step, (upd, ref_upd) in enumerate(zip(result["updates"], reference["updates"])):
+        upd, ref_upd = torch.tensor(upd, dtype=torch.float64), torch.tensor(ref_upd, dtype=torch.float64)
+        assert float(upd.norm()) > 0, f"{combo}: no update at step {step}"
+        err = float((upd - ref_upd).norm() / ref_upd.norm())
+        assert err < 1e-4, f"{combo}: update differs from the one-rank, no-accumulation update by {err:.3g} " \
+                           f"at step {step}"
+        assert result["grad_norms"][step] == pytest.approx(reference["grad_norms"][step], rel=1e-4), \
+            f"{combo}: logged grad_norm, step {step}"
+
+
+def test_the_reference_logs_the_norm_of_the_gradient_it_applies(one_rank):
+    for r in one_rank:
+        if r["combo"].get("reference") and not r["combo"].get("grad_clip"):
+            for upd, norm in zip(r["updates"], r["grad_norms"]):
+                assert norm == pytest.approx(float(torch.tensor(upd, dtype=torch.float64).norm()) / dp.LR, rel=1e-4)
+
+
+def test_clipping_clips_the_update_but_logs_the_pre_clip_norm(one_rank):
+    clipped = _reference(one_rank, {"grad_clip": 1e-3})
+    plain = _reference(one_rank, {})
+    upd, plain_upd = (torch.tensor(r["updates"][0], dtype=torch.float64) for r in (clipped, plain))
+    assert float(upd.norm()) == pytest.approx(dp.LR * 1e-3, rel=1e-3)
+    assert float(upd @ plain_upd / (upd.norm() * plain_upd.norm())) == pytest.approx(1.0, abs=1e-5)
+    assert clipped["grad_norms"][0] == pytest.approx(float(plain_upd.norm()) / dp.LR, rel=1e-4)
+
+
+def _ids(combos):
+    return [f"zero{c['zero_stage']}-k{c['k']}-{c.get('loss_agg', 'token-mean')}"
+            + (f"-clip{c['grad_clip']}" if c.get("grad_clip") else "")
+            + (f"-{c['kl_estimator']}" if c.get("kl_estimator") else "") + ("-cached-ref" if c.get("cache_ref") else "")
+            for c in combos]
+
+
+@pytest.mark.parametrize("index", range(len(_combos(1))), ids=_ids(_combos(1)))
+def test_one_rank_update_is_independent_of_micro_batching_and_zero_stage(one_rank, index):
+    results = [r for r in one_rank if not r["combo"].get("reference")]
+    _check(results[index], _reference(one_rank, results[index]["combo"]))
+
+
+@pytest.mark.parametrize("index", range(len(_combos(2))), ids=_ids(_combos(2)))
+def test_two_ranks_apply_the_one_rank_update(one_rank, two_ranks, index):
+    _check(two_ranks[index], _reference(one_rank, two_ranks[index]["combo"]))
+
+
+def test_cached_reference_logprobs_give_the_same_kl_statistics(one_rank):
+    cached = next(r for r in one_rank if r["combo"].get("cache_ref"))
+    reference = _reference(one_rank, cached["combo"])
+    for got, want in zip(cached["kl_sums"], reference["kl_sums"]):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_the_two_ranks_hold_different_token_counts(steps):
+    from score_rl.launch.distributed import shard
+
+    for episodes in steps:
+        counts = [sum(len(t.response_ids) for ep in s for t in ep.turns) for s in shard(episodes, 2)]
+        assert counts[0] != counts[1]
