@@ -90,6 +90,30 @@ class Env:
         check_batch(responses, references)
         return [self.verify(r, ref) for r, ref in zip(responses, references)]
 
+    # --- answer equivalence (majority vote) -------------------------------------------------------------------
+    def same_answer(self, a: str, b: str) -> bool:
+        """Whether two extracted answers are the same answer, so that a majority vote pools them.
+
+        ``a`` is the earlier answer (a vote class's representative) and is judged in the role of a reference, ``b``
+        in that of an attempt: an equivalence is meant to be symmetric, but a verifier's need not be exactly.
+        Default: equality after ``default_answer_text`` (surrounding whitespace dropped, inner runs of whitespace
+        made one space). Environments whose verifier accepts answers written differently (the math env: ``0.5``
+        for ``\\frac{1}{2}``) override this with the equivalence their verifier uses. It must be reflexive and
+        should never raise: an undecidable pair is simply not the same answer.
+        """
+        return default_answer_text(a) == default_answer_text(b)
+
+    def first_same_answer(self, answer: str, candidates: Sequence[str]) -> Optional[int]:
+        """Index of the first of ``candidates`` that ``same_answer(candidate, answer)`` accepts, else None.
+
+        Majority vote calls this once per distinct answer, with the representatives of the classes found so far.
+        Environments with an expensive equivalence override it to decide cheap pairs first and batch the rest.
+        """
+        for j, candidate in enumerate(candidates):
+            if self.same_answer(candidate, answer):
+                return j
+        return None
+
     def close(self) -> None:
         """Release pools or other resources held by the environment."""
 
@@ -99,6 +123,12 @@ class PooledEnv(Env):
 
     def verify(self, response: str, reference: Any) -> Verdict:
         return self.verify_batch([response], [reference])[0]
+
+
+def default_answer_text(answer: Any) -> str:
+    """The default canonical text of an answer for ``Env.same_answer``: ``str(answer)`` with surrounding whitespace
+    dropped and every inner run of whitespace made one space."""
+    return " ".join(str(answer).split())
 
 
 def check_batch(responses: Sequence[str], references: Sequence[Any]) -> None:

@@ -186,6 +186,12 @@ class CodeEnv(PooledEnv):
             verdicts[i] = _verdict(result)
         return verdicts  # type: ignore[return-value]
 
+    def same_answer(self, a: str, b: str) -> bool:
+        """Exact string equality. A code answer is a program (majority vote keys on the response text: there is no
+        extracted answer); whether two programs are equivalent is undecidable in general, and whitespace is syntax
+        in Python, so the base class's whitespace normalisation is not used either."""
+        return str(a) == str(b)
+
     def close(self) -> None:
         with self._lock:
             if self._sandbox is not None:

@@ -40,6 +40,14 @@ Verification (reward 1 = equivalent to the reference, else 0)
 * Known units are removed here (a whitelist) and math-verify's own unit stripping is switched off: it drops any
   trailing ``\\text{...}``, which would accept hedges such as ``4 \\text{ or 3}`` for 4.
 
+Answer equivalence between attempts (``same_answer``, used by majority vote)
+---------------------------------------------------------------------------
+Two extracted answers are the same answer when the verifier would accept one against the other as reference: the
+same string normalisation, then math-verify in the same pool with the same per-item deadline (``timeout_s``), so
+``\\frac{1}{2}``, ``0.5`` and ``1/2`` are one answer. Identical strings are the same answer without any check; an
+answer that is huge, holds an unescaped ``$`` or has unbalanced braces (on either side) is compared as a string only;
+a pair that times out or crashes the verifier is not the same answer.
+
 Conventions and known limitations (see tests/test_env_math.py)
 --------------------------------------------------------------
 * A percent sign is optional: ``50\\%`` matches ``50`` (MATH convention) and math-verify also matches it with
@@ -69,6 +77,13 @@ SAMPLE_PATH = Path(__file__).resolve().parent / "data" / "math_sample.jsonl"
 MAX_ANSWER_CHARS = 2000  # longer extracted answers never reach sympy (string comparison only)
 
 CORRECT, WRONG, NO_ANSWER, TIMEOUT, ERROR = "correct", "wrong answer", "no answer extracted", "timeout", "verifier error"
+EQUAL, UNEQUAL = "equal", "unequal"  # the pool's statuses of a judged pair (besides TIMEOUT and "error")
+
+
+def _sympy_safe(answer: str) -> bool:
+    """Whether an answer may reach math-verify: not huge, no unescaped ``$`` (e.g. two inline answers), balanced
+    braces. Others are compared by the string normalisation only."""
+    return len(answer) <= MAX_ANSWER_CHARS and "$" not in answer.replace("\\$", "") and _balanced(answer)
 
 
 def _read_records(path: Path) -> List[Dict[str, Any]]:
@@ -200,34 +215,68 @@ class MathEnv(PooledEnv):
     def verify_batch(self, responses: Sequence[str], references: Sequence[Any]) -> List[Verdict]:
         check_batch(responses, references)
         verdicts: List[Optional[Verdict]] = [None] * len(responses)
-        jobs, job_index = [], []
+        pairs, pair_index = [], []
         for i, (response, reference) in enumerate(zip(responses, references)):
             answer, source = extract_answer_with_source(response or "")
             info: Dict[str, Any] = {"extracted": answer, "source": source}
-            gold = str(reference).strip()
             if answer is None:
                 verdicts[i] = Verdict(0.0, NO_ANSWER, info)
-            elif strings_equivalent(answer, gold):
-                verdicts[i] = Verdict(1.0, CORRECT, {**info, "method": "string"})
-            elif len(answer) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS or "$" in answer.replace("\\$", "") \
-                    or not _balanced(answer):
-                verdicts[i] = Verdict(0.0, WRONG, {**info, "method": "string"})  # malformed / huge: no sympy
             else:
-                verdicts[i] = Verdict(0.0, WRONG, info)  # placeholder until the pool answers
+                verdicts[i] = Verdict(0.0, WRONG, info)  # placeholder until the pair is judged
+                pairs.append((answer, str(reference).strip()))
+                pair_index.append(i)
+        for i, (status, method, detail) in zip(pair_index, self._judge(pairs)):
+            info = {**verdicts[i].info, "method": method}
+            if status == EQUAL:
+                verdicts[i] = Verdict(1.0, CORRECT, info)
+            elif status == UNEQUAL:
+                verdicts[i] = Verdict(0.0, WRONG, info)
+            elif status == TIMEOUT:
+                verdicts[i] = Verdict(0.0, TIMEOUT, {**info, "detail": detail})
+            else:
+                verdicts[i] = Verdict(0.0, ERROR, {**info, "detail": detail})
+        return verdicts  # type: ignore[return-value]
+
+    def _judge(self, pairs: Sequence[Tuple[str, str]], check_gold: bool = False) -> List[Tuple[str, str, str]]:
+        """(status, method, detail) for each (answer, gold) pair; the one equivalence of verify and same_answer.
+
+        status: "equal" | "unequal" | "timeout" | "error"; method: "string" (decided by the string normalisation:
+        equivalent, or malformed / huge so never handed to sympy) or "math_verify" (the pool, with its deadline).
+        ``check_gold``: the gold side is a model's answer too (same_answer), so it must also be safe for sympy.
+        """
+        results: List[Tuple[str, str, str]] = [(UNEQUAL, "string", "")] * len(pairs)
+        jobs, job_index = [], []
+        for i, (answer, gold) in enumerate(pairs):
+            if strings_equivalent(answer, gold):
+                results[i] = (EQUAL, "string", "")
+            elif _sympy_safe(answer) and len(gold) <= MAX_ANSWER_CHARS and (not check_gold or _sympy_safe(gold)):
                 jobs.append((answer, gold))
                 job_index.append(i)
         if jobs:
             for i, (status, detail) in zip(job_index, self._verifier().run(jobs)):
-                info = {**verdicts[i].info, "method": "math_verify"}
-                if status == "equal":
-                    verdicts[i] = Verdict(1.0, CORRECT, info)
-                elif status == "unequal":
-                    verdicts[i] = Verdict(0.0, WRONG, info)
-                elif status == TIMEOUT:
-                    verdicts[i] = Verdict(0.0, TIMEOUT, {**info, "detail": detail})
-                else:
-                    verdicts[i] = Verdict(0.0, ERROR, {**info, "detail": detail})
-        return verdicts  # type: ignore[return-value]
+                results[i] = (status, "math_verify", detail)
+        return results
+
+    # --- answer equivalence (majority vote) -----------------------------------------------------------------------
+    def same_answer(self, a: str, b: str) -> bool:
+        """The verifier's equivalence: ``b`` is accepted with ``a`` as the reference (see the module docstring)."""
+        return self.first_same_answer(b, [a]) == 0
+
+    def first_same_answer(self, answer: str, candidates: Sequence[str]) -> Optional[int]:
+        """Index of the first candidate equivalent to ``answer`` (each candidate in the reference's role), else None.
+
+        Identical strings and the string normalisation decide first, in this process; math-verify then runs, as one
+        batch in the pool (with its per-item deadline), only on the candidates before the first string match.
+        """
+        answer = str(answer)
+        candidates = [str(c) for c in candidates]
+        string_match = next((j for j, c in enumerate(candidates) if c == answer or strings_equivalent(answer, c)),
+                            None)
+        earlier = candidates[:len(candidates) if string_match is None else string_match]
+        for j, (status, _, _) in enumerate(self._judge([(answer, c) for c in earlier], check_gold=True)):
+            if status == EQUAL:
+                return j
+        return string_match
 
     def _verifier(self) -> VerifierPool:
         if self._pool is None:

@@ -106,25 +106,29 @@ def evaluate_models(cfg: Config, models: Sequence[Tuple[str, str]], log=print) -
     ec = cfg.eval
     if ec.num_turns < 1:
         raise ConfigError(f"config key 'eval.num_turns' must be >= 1, got {ec.num_turns}")
-    env = make_env(cfg.env, cfg.prompt)
-    problems = eval_problems(env.problems(ec.split), ec.num_problems)
-    report = EvalReport()
-    for label, path in models:
-        name = model_label(label, path)
-        workers = make_workers(cfg, path)
-        try:
-            eps = run_eval_episodes(workers, problems, cfg.trainer.seed, ec.num_turns, ec.temperature,
-                                    progress=f"eval {label}")
-            report.metrics[name], report.episodes[name] = self_correction_metrics(eps), eps
-            if ec.scaling_samples:
-                sampled = run_eval_episodes(workers, problems, cfg.trainer.seed + 1, 2, ec.scaling_temperature,
-                                            samples_per_problem=ec.scaling_samples, progress=f"scaling {label}")
-                from score_rl.eval.scaling import scaling_tables
+    env = make_env(cfg.env, cfg.prompt)  # the problems, and the answer equivalence of the majority votes
+    try:
+        problems = eval_problems(env.problems(ec.split), ec.num_problems)
+        report = EvalReport()
+        for label, path in models:
+            name = model_label(label, path)
+            workers = make_workers(cfg, path)
+            try:
+                eps = run_eval_episodes(workers, problems, cfg.trainer.seed, ec.num_turns, ec.temperature,
+                                        progress=f"eval {label}")
+                report.metrics[name], report.episodes[name] = self_correction_metrics(eps), eps
+                if ec.scaling_samples:
+                    sampled = run_eval_episodes(workers, problems, cfg.trainer.seed + 1, 2, ec.scaling_temperature,
+                                                samples_per_problem=ec.scaling_samples, progress=f"scaling {label}")
+                    from score_rl.eval.scaling import scaling_tables
 
-                report.scaling[name] = scaling_tables(sampled)
-        finally:
-            release(workers)
-        log(f"evaluated {name}: {path} on {len(problems)} '{ec.split}' problems")
+                    report.scaling[name] = scaling_tables(sampled, env)  # votes pool answers env.same_answer equates
+            finally:
+                release(workers)
+            log(f"evaluated {name}: {path} on {len(problems)} '{ec.split}' problems")
+    finally:
+        if callable(getattr(env, "close", None)):  # custom envs (env.target) need not have close()
+            env.close()  # e.g. the math env's verifier pool, started in this process only by majority votes
     if ec.output_dir:
         write_eval_outputs(Path(ec.output_dir), report, cfg)
     return report

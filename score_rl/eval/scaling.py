@@ -7,15 +7,21 @@ same curve drawn on a log-scale x axis ("Large Language Monkeys").
 Majority vote at equal generation budget B = 2K (SCoRe Figure 1, right):
   parallel:   the most common answer among 2K independent first attempts;
   sequential: the most common answer among K first attempts, each self-corrected once (their K second attempts).
+Answers are pooled by the environment's equivalence (``Env.same_answer``: in the math env, ``\\frac{1}{2}``, ``0.5``
+and ``1/2`` are one answer): each answer joins the first class, in order of appearance, whose representative (first
+member) it is the same answer as, else founds a new one. The vote elects the largest class.
 Ties go to the answer whose first occurrence comes earliest in sample order (deterministic).
+A vote's correctness is the max reward over the elected class's members (see ``_class_correct``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from math import comb
-from typing import Dict, Hashable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
+from score_rl.envs.base import default_answer_text
 from score_rl.episode import Episode, Turn
 
 
@@ -35,42 +41,143 @@ def pass_at_k_curve(correct_counts: Sequence[int], n: int) -> List[float]:
     return [sum(pass_at_k(n, c, k) for c in correct_counts) / len(correct_counts) for k in range(1, n + 1)]
 
 
-def answer_key(turn: Turn) -> Hashable:
-    """What two attempts must share to count as the same answer: the verifier's extracted answer when it reports one."""
+def _extracted_answer(turn: Turn) -> Optional[str]:
     for key in ("answer", "extracted"):
         if turn.info.get(key) is not None:
             return str(turn.info[key])
-    return turn.response_text.strip()
+    return None
 
 
-def majority_vote(answers: Sequence[Hashable]) -> Hashable:
-    """Most common answer; ties go to the answer seen first."""
-    counts: Dict[Hashable, int] = defaultdict(int)
-    first_seen: Dict[Hashable, int] = {}
-    for i, a in enumerate(answers):
-        counts[a] += 1
-        first_seen.setdefault(a, i)
-    return min(counts, key=lambda a: (-counts[a], first_seen[a]))
+def answer_key(turn: Turn) -> Hashable:
+    """What two attempts must share to count as the same answer: the verifier's extracted answer when it reports one."""
+    answer = _extracted_answer(turn)
+    return answer if answer is not None else turn.response_text.strip()
 
 
-def _vote_correct(turns: Sequence[Turn]) -> float:
-    keys = [answer_key(t) for t in turns]
-    winner = majority_vote(keys)
-    return max(t.reward for t, k in zip(turns, keys) if k == winner)
+@dataclass(frozen=True)
+class NoAnswer:
+    """The vote key of an attempt without an extracted answer: its stripped text, equal only to the same text."""
+
+    text: str
+
+
+def vote_key(turn: Turn) -> Hashable:
+    """``answer_key`` for an attempt with an extracted answer (a str, compared by the env's equivalence), else a
+    ``NoAnswer`` (compared by exact text, never equal to an answer: the env's equivalence is for answers only)."""
+    answer = _extracted_answer(turn)
+    return answer if answer is not None else NoAnswer(turn.response_text.strip())
+
+
+FirstSame = Callable[[str, Sequence[str]], Optional[int]]
+
+
+def _first_same(env: Any) -> Optional[FirstSame]:
+    """The env's ``first_same_answer`` (``Env.same_answer`` batched); None (exact equality) without an env. A custom
+    env that does not subclass Env gets its own ``same_answer`` if it has one, else the base class's default."""
+    if env is None:
+        return None
+    if callable(getattr(env, "first_same_answer", None)):
+        return env.first_same_answer
+    same = env.same_answer if callable(getattr(env, "same_answer", None)) else \
+        (lambda a, b: default_answer_text(a) == default_answer_text(b))
+    return lambda answer, candidates: next((j for j, c in enumerate(candidates) if same(c, answer)), None)
+
+
+def answer_classes(answers: Sequence[Hashable], env: Any = None) -> List[int]:
+    """The vote class of each answer, classes numbered in order of first appearance.
+
+    Each answer joins the first class (in that order) whose representative, its first member, is the same answer
+    by ``env.same_answer`` (the env's verifier equivalence: ``\\frac{1}{2}``, ``0.5`` and ``1/2`` are one class in
+    the math env); else it founds a new class. Without an env, answers are compared with ``==``. Only str answers
+    are compared by the env; other keys (``NoAnswer``) only by ``==``. Deterministic as the env's equivalence is (a
+    math-verify timeout, which counts as "not the same", depends on load), and prefix-stable: the classes of
+    ``answers[:m]`` are the first m labels. Cost: a string identical to an earlier one reuses that one's class
+    without asking the env (the equivalence is assumed reflexive and deterministic), so the env is asked once per
+    distinct string, about the classes found before it (``first_same_answer``: one batch, cheap checks first).
+    """
+    find = _first_same(env)
+    representatives: List[Hashable] = []
+    known: Dict[Hashable, int] = {}
+    labels: List[int] = []
+    for answer in answers:
+        label = known.get(answer)
+        if label is None:
+            if find is not None and isinstance(answer, str):
+                comparable = [j for j, r in enumerate(representatives) if isinstance(r, str)]
+                hit = find(answer, [representatives[j] for j in comparable]) if comparable else None
+                label = comparable[hit] if hit is not None else None
+            if label is None:
+                label = len(representatives)
+                representatives.append(answer)
+            known[answer] = label
+        labels.append(label)
+    return labels
+
+
+def _winning_class(labels: Sequence[int]) -> int:
+    """Most members; ties go to the class seen first (classes are numbered in order of first appearance)."""
+    counts: Dict[int, int] = defaultdict(int)
+    for label in labels:
+        counts[label] += 1
+    return min(counts, key=lambda label: (-counts[label], label))
+
+
+def majority_vote(answers: Sequence[Hashable], env: Any = None) -> Hashable:
+    """Most common answer, answers pooled by ``env.same_answer`` (``==`` without an env; see ``answer_classes``);
+    ties go to the class seen first. Returns the winning class's representative (its first member)."""
+    labels = answer_classes(answers, env)
+    winner = _winning_class(labels)
+    return answers[labels.index(winner)]
+
+
+def _class_correct(turns: Sequence[Turn], labels: Sequence[int]) -> float:
+    """Reward of the winning class of a vote over ``turns`` with these class labels: the max over its members.
+
+    Members are the same answer by the env's equivalence, so their rewards should agree; when they do not, the
+    verifier failed on some (a timeout or a crashed worker gives 0) or the equivalence is not transitive (members
+    are matched to the representative, not to each other). The max keeps a vote right when any member of the
+    elected answer was verified right, and is what the vote scored before answers were pooled (identical strings
+    whose rewards disagree, e.g. after a timeout), so identical-string votes score exactly as before.
+    """
+    winner = _winning_class(labels)
+    return max(t.reward for t, label in zip(turns, labels) if label == winner)
+
+
+def majority_vote_correct(turns: Sequence[Turn], env: Any = None) -> float:
+    """Reward of the majority-vote answer among ``turns`` (answers pooled by ``env.same_answer``; see
+    ``answer_classes``; the class's reward is its members' max, see ``_class_correct``)."""
+    return _class_correct(turns, answer_classes([vote_key(t) for t in turns], env))
 
 
 def majority_vote_curves(
-    episodes_by_problem: Dict[str, List[Episode]],
+    episodes_by_problem: Dict[str, List[Episode]], env: Any = None,
 ) -> List[Tuple[int, float, float]]:
-    """(budget 2K, parallel accuracy, sequential accuracy) for K = 1, 2, 4, ... with 2K ≤ samples per problem."""
+    """(budget 2K, parallel accuracy, sequential accuracy) for K = 1, 2, 4, ... with 2K ≤ samples per problem.
+
+    Answers are pooled by ``env.same_answer`` (exact equality without an env). Each problem's first and second
+    attempts are clustered once, for the largest budget; smaller budgets use prefixes (``answer_classes`` is
+    prefix-stable), so the env is not asked again per budget.
+    """
     n = min(len(eps) for eps in episodes_by_problem.values())
-    rows = []
+    budgets = []
     k = 1
     while 2 * k <= n:
-        parallel = [_vote_correct([ep.turns[0] for ep in eps[: 2 * k]]) for eps in episodes_by_problem.values()]
-        sequential = [_vote_correct([ep.turns[1] for ep in eps[:k]]) for eps in episodes_by_problem.values()]
-        rows.append((2 * k, sum(parallel) / len(parallel), sum(sequential) / len(sequential)))
+        budgets.append(k)
         k *= 2
+    if not budgets:
+        return []
+    k_max = budgets[-1]
+    clustered = []
+    for eps in episodes_by_problem.values():
+        first = [ep.turns[0] for ep in eps[: 2 * k_max]]
+        second = [ep.turns[1] for ep in eps[:k_max]]
+        clustered.append((first, answer_classes([vote_key(t) for t in first], env),
+                          second, answer_classes([vote_key(t) for t in second], env)))
+    rows = []
+    for k in budgets:
+        parallel = [_class_correct(first[: 2 * k], labels1[: 2 * k]) for first, labels1, _, _ in clustered]
+        sequential = [_class_correct(second[:k], labels2[:k]) for _, _, second, labels2 in clustered]
+        rows.append((2 * k, sum(parallel) / len(parallel), sum(sequential) / len(sequential)))
     return rows
 
 
@@ -83,9 +190,12 @@ def group_by_problem(episodes: Sequence[Episode]) -> Dict[str, List[Episode]]:
     return dict(groups)
 
 
-def scaling_tables(episodes: Sequence[Episode]) -> Dict[str, list]:
-    """pass@k of first attempts (k = 1..n) and the majority-vote curves, from n sampled episodes per problem."""
+def scaling_tables(episodes: Sequence[Episode], env: Any = None) -> Dict[str, list]:
+    """pass@k of first attempts (k = 1..n) and the majority-vote curves, from n sampled episodes per problem.
+
+    ``env``: the environment that verified the episodes; majority vote pools answers it counts as the same
+    (``Env.same_answer``). Without one, answers are pooled only when their keys are equal."""
     groups = group_by_problem(episodes)
     n = min(len(eps) for eps in groups.values())
     counts = [int(sum(ep.turns[0].reward >= 0.5 for ep in eps[:n])) for eps in groups.values()]
-    return {"pass_at_k": pass_at_k_curve(counts, n), "majority": majority_vote_curves(groups)}
+    return {"pass_at_k": pass_at_k_curve(counts, n), "majority": majority_vote_curves(groups, env)}

@@ -238,6 +238,30 @@ def test_malformed_answers_never_reach_sympy(env):
 
 
 # =================================================================================================================
+# answer equivalence between attempts (same_answer: majority vote pools these)
+# =================================================================================================================
+def test_same_answer_is_the_verifiers_equivalence(env):
+    assert env.same_answer(r"\frac{1}{2}", "0.5") and env.same_answer("0.5", "1/2"), "math-verify"
+    assert env.same_answer(r"\frac{1}{2}", "1/2") and env.same_answer("1,250", "1250"), "string normalisation"
+    assert env.same_answer(r"\sqrt{8}", r"2\sqrt{2}") and env.same_answer(r"\text{ }", r"\text{ }"), "reflexive"
+    assert not env.same_answer(r"\frac{1}{2}", "3") and not env.same_answer("0.06", "0.6")
+    assert not env.same_answer("4", r"4 \text{ or 3}"), "hedges are no more the same answer than they are correct"
+    assert env.first_same_answer("0.5", ["3", r"\frac{1}{2}", "1/2"]) == 1
+    assert env.first_same_answer("0.25", ["3", r"\frac{1}{2}"]) is None
+
+
+def test_same_answer_decides_cheap_pairs_without_the_pool():
+    env = MathEnv({"workers": 1, "timeout_s": 5.0})
+    try:
+        assert env.same_answer(HANG_ANSWER, HANG_ANSWER), "identical strings need no check"
+        assert env.first_same_answer(r"\frac12", ["1/2", HANG_ANSWER]) == 0, "a string match ends the search"
+        assert not env.same_answer("3$ or $4", "3") and not env.same_answer("4", "4}"), "malformed: strings only"
+        assert env._pool is None, "none of these reached math-verify"
+    finally:
+        env.close()
+
+
+# =================================================================================================================
 # timeouts and crashes: a hung item never blocks the others, and the env keeps working
 # =================================================================================================================
 @pytest.fixture(scope="module")
@@ -276,6 +300,13 @@ def test_a_hung_item_does_not_block_the_others(fast_env):
     assert [v.reason for v in verdicts] == ["timeout", "correct", "correct", "correct", "correct", "wrong answer",
                                             "timeout"]
     assert elapsed < 8.0, f"two hung items (timeout 1 s) took {elapsed:.1f} s"
+
+
+def test_same_answer_times_out_as_not_the_same(fast_env):
+    # after the fast_env tests above that count its workers: a timeout leaves the pool to be rebuilt on next use
+    start = time.monotonic()
+    assert fast_env.first_same_answer("1", [HANG_ANSWER, "1.0"]) == 1, "a hung pair is not the same answer"
+    assert time.monotonic() - start < 1.0 + 2.0
 
 
 def _die_on_crash(pred: str, gold: str):

@@ -44,3 +44,32 @@ def test_plot_training_curves_from_metrics_jsonl(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = plot_training_curves(tmp_path)
     assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_majority_votes_pool_answers_by_the_env_equivalence(tmp_path, monkeypatch):
+    """evaluate_models hands its env to the scaling tables (math: 1/2 = 0.5 = \\frac{1}{2}) and closes it after."""
+    import score_rl.envs as envs
+    import score_rl.eval.evaluation as evaluation
+    from score_rl.episode import Episode, Turn
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    cfg.ray.enabled, cfg.env.name, cfg.env.params = False, "math", {"workers": 1, "timeout_s": 10.0}
+    cfg.eval.num_problems, cfg.eval.num_turns, cfg.eval.scaling_samples, cfg.eval.output_dir = 1, 2, 4, None
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    answers = [(r"\frac{1}{2}", 1.0), ("3", 0.0), ("0.5", 1.0), ("3", 0.0)]  # raw strings: "3" wins; pooled: a tie
+
+    def fake_episodes(workers, problems, seed, num_turns, temperature, samples_per_problem=1, progress=None):
+        return [Episode(problems[0].id, i, [Turn([], [], [], a, r, info={"extracted": a})] * num_turns)
+                for i, (a, r) in enumerate(answers[:samples_per_problem])]
+
+    made = []
+    monkeypatch.setattr(envs, "make_env", lambda *a: made.append(envs.base.make_env(*a)) or made[-1])
+    monkeypatch.setattr(evaluation, "make_workers", lambda cfg, path: None)
+    monkeypatch.setattr(evaluation, "release", lambda workers: None)
+    monkeypatch.setattr(evaluation, "run_eval_episodes", fake_episodes)
+    report = evaluate_models(cfg, [("m", str(tmp_path / "model"))], log=lambda *_: None)
+    # budget 4: the 1/2 class (\frac{1}{2}, 0.5) ties with "3" and was seen first, so the vote is right
+    assert report.scaling["m (Self-Refine)"]["majority"] == [(2, 1.0, 1.0), (4, 1.0, 1.0)]
+    assert made[0]._pool is None, "the env (and its verifier pool) is closed after the eval"

@@ -7,8 +7,13 @@ import random
 
 import pytest
 
+from score_rl.config import EnvConfig, PromptConfig
+from score_rl.envs import Env, make_env
 from score_rl.episode import Episode, Turn
-from score_rl.eval.scaling import majority_vote, majority_vote_curves, pass_at_k, pass_at_k_curve, scaling_tables
+from score_rl.eval.scaling import (
+    answer_classes, majority_vote, majority_vote_correct, majority_vote_curves, pass_at_k, pass_at_k_curve,
+    scaling_tables,
+)
 
 
 def brute_force_pass_at_k(outcomes, k):
@@ -60,3 +65,56 @@ def test_scaling_tables_shapes():
     tables = scaling_tables(eps)
     assert len(tables["pass_at_k"]) == 4
     assert [b for b, _, _ in tables["majority"]] == [2, 4]
+
+
+# =================================================================================================================
+# answers pooled by the environment's equivalence (Env.same_answer)
+# =================================================================================================================
+def _turns(answers, rewards):
+    return [Turn([], [], [], f"... \\boxed{{{a}}}", float(r), info={"extracted": a}) for a, r in zip(answers, rewards)]
+
+
+@pytest.fixture(scope="module")
+def math_env():
+    env = make_env(EnvConfig(name="math", params={"workers": 1, "timeout_s": 10.0}), PromptConfig())
+    yield env
+    env.close()
+
+
+def test_default_equivalence_pools_identical_strings_and_keeps_different_ones_apart():
+    env = Env()
+    assert env.same_answer("42", "42") and env.same_answer(" 4  2\n", "4 2"), "whitespace-normalised equality"
+    assert not env.same_answer("42", "43") and not env.same_answer("1/2", "0.5")
+    assert env.first_same_answer("7", ["5", "7", "7"]) == 1 and env.first_same_answer("8", ["5", "7"]) is None
+    answers = ["b", "a", "a", "c", "b", "b"]
+    assert answer_classes(answers, env) == answer_classes(answers) == [0, 1, 1, 2, 0, 0]
+    assert majority_vote(answers, env) == "b"
+    assert majority_vote(["x", "y", "y", "x"], env) == "x", "ties still go to the class seen first"
+
+
+def test_math_answers_equal_by_the_verifier_are_one_vote(math_env):
+    # \frac{1}{2}, 0.5 and 1/2 are each verified correct; 3 (wrong) appears twice
+    answers = [r"\frac{1}{2}", "3", "0.5", "3", "1/2"]
+    rewards = [1.0, 0.0, 1.0, 0.0, 1.0]
+    assert [v.reward for v in math_env.verify_batch([f"\\boxed{{{a}}}" for a in answers], ["1/2"] * 5)] == rewards
+    assert majority_vote(answers) == "3", "keyed on raw strings, the wrong answer wins (the bug)"
+    assert answer_classes(answers, math_env) == [0, 1, 0, 1, 0]
+    assert majority_vote(answers, math_env) == r"\frac{1}{2}", "the 1/2 class wins 3 votes to 2"
+    turns = _turns(answers, rewards)
+    assert majority_vote_correct(turns) == 0.0
+    assert majority_vote_correct(turns, math_env) == 1.0
+
+
+def test_scaling_tables_use_the_env_equivalence(math_env):
+    # 8 first attempts: the 1/2 class has 3, "3" and "7" have 2 each; raw strings elect "3" (first of the 2-vote keys)
+    first = [("3", 0), (r"\frac{1}{2}", 1), ("3", 0), ("0.5", 1), ("1/2", 1), ("7", 0), ("7", 0), ("9", 0)]
+    eps = [Episode("p", i, _turns([a, a], [r, r]), reference="1/2") for i, (a, r) in enumerate(first)]
+    assert [row[1] for row in scaling_tables(eps)["majority"]] == [0.0, 0.0, 0.0]
+    # budget 2: 3 vs \frac{1}{2} (tie: 3 first); 4: 3,3 vs 1/2-class 2 (tie: 3 first); 8: the 1/2 class, 3 votes
+    assert [row[1] for row in scaling_tables(eps, math_env)["majority"]] == [0.0, 0.0, 1.0]
+
+
+def test_answers_without_an_extracted_answer_are_never_pooled_with_answers(math_env):
+    no_answer = Turn([], [], [], "5", 0.0, info={"extracted": None})
+    turns = [no_answer, Turn([], [], [], "\\boxed{5}", 1.0, info={"extracted": "5"}), no_answer]
+    assert majority_vote_correct(turns, math_env) == 0.0, "the two identical non-answers outvote the answer"
