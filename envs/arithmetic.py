@@ -1,7 +1,8 @@
 """Synthetic two-digit addition, generated offline from a seed: the CPU quickstart and the tests.
 
-Problems are all pairs (a, b) in [min_operand, max_operand]^2, shuffled by the seed and split into disjoint
-train / test sets. The verifier extracts the first integer of the response.
+Problems are all pairs (a, b) in [min_operand, max_operand]^2, split by the seed into disjoint train / test sets of
+*unordered* pairs (a + b and b + a are always in the same split). The verifier extracts the first integer of the
+response.
 
 ``demonstrations`` produces the supervised warm-up traces of the locally built base model. They imitate what the
 SCoRe paper observes in real base models: a systematic first-attempt error (here: the carry from the ones place is
@@ -48,10 +49,35 @@ class ArithmeticEnv(Env):
             from score_rl.config import ConfigError
 
             raise ConfigError("config key 'env.params.min_operand' must be in [0, max_operand]")
-        pairs = [(a, b) for a in range(p.min_operand, p.max_operand + 1) for b in range(p.min_operand, p.max_operand + 1)]
-        random.Random(self.seed).shuffle(pairs)
-        num_test = min(p.num_test, len(pairs) // 2)
-        self._splits = {"test": pairs[:num_test], "train": pairs[num_test:]}
+        self._splits = self._split(p.min_operand, p.max_operand, p.num_test, self.seed)
+
+    @staticmethod
+    def _split(lo: int, hi: int, num_test: int, seed: int) -> dict:
+        """Held-out *unordered* pairs: a + b and its commuted twin b + a are always in the same split, so no test
+        problem is a train problem with its operands swapped. The test split holds exactly min(num_test, half of all
+        ordered pairs) problems; both splits are shuffled, and everything is deterministic in the seed."""
+        rng = random.Random(seed)
+        groups = [[(a, b), (b, a)] if a != b else [(a, a)] for a in range(lo, hi + 1) for b in range(a, hi + 1)]
+        rng.shuffle(groups)
+        target = min(num_test, (hi - lo + 1) ** 2 // 2)
+        test, train, room = [], [], target
+        for group in groups:  # greedy fill: a twin pair needs room for two problems, a + a for one
+            if len(group) <= room:
+                test.append(group)
+                room -= len(group)
+            else:
+                train.append(group)
+        if room == 1:  # only when every a + a is already in test: trade one of them for a twin pair from train
+            single = next(g for g in reversed(test) if len(g) == 1)
+            pair = next(g for g in train if len(g) == 2)
+            test.remove(single)
+            train.remove(pair)
+            test.append(pair)
+            train.append(single)
+        splits = {"test": [ab for g in test for ab in g], "train": [ab for g in train for ab in g]}
+        for problems in splits.values():
+            rng.shuffle(problems)  # twins are not adjacent (evaluation takes the first problems of the test split)
+        return splits
 
     def problems(self, split: str) -> List[Problem]:
         if split not in self._splits:

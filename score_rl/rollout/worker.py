@@ -14,7 +14,7 @@ from score_rl.launch.distributed import shard
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode, Turn
 from score_rl.prompting import PromptBuilder
-from score_rl.rollout.engines.hf import HFGenerator
+from score_rl.rollout.engines.hf import HFGenerator, stop_token_ids
 from score_rl.utils import load_model, load_tokenizer, quiet_libraries, set_threads
 
 
@@ -29,10 +29,15 @@ class RolloutWorker:
         self.model = load_model(model_path, cfg.model.dtype).to(self.device).eval()
         self.env = make_env(cfg.env, cfg.prompt)
         self.prompts = PromptBuilder(
-            self.tokenizer, self.env, cfg.prompt.use_chat_template, cfg.rollout.max_prompt_tokens
+            self.tokenizer, self.env, cfg.prompt.use_chat_template, cfg.rollout.max_prompt_tokens,
+            stop_ids=stop_token_ids(self.model, self.tokenizer),
         )
+        # With a chat template, the template's end-of-turn token ends a turn even where the model's generation config
+        # does not list it among its EOS ids.
+        turn_end = self.prompts.turn_end_id if cfg.prompt.use_chat_template else None
         self.generator = HFGenerator(
-            self.model, self.tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.generation_batch_size
+            self.model, self.tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.generation_batch_size,
+            extra_stop_ids=[turn_end] if turn_end is not None else [],
         )
 
     def ping(self) -> int:

@@ -64,6 +64,40 @@ def test_splits_are_disjoint_and_cover_every_pair(env):
     assert len(train) + len(test) == 90 * 90, "no duplicates"
 
 
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_no_test_problem_has_its_commuted_twin_in_train(seed):
+    """Held-out unordered pairs: a + b and b + a are in the same split (no memorised-twin leak into the test set)."""
+    env = ArithmeticEnv({}, PromptConfig(), seed=seed)
+    train = {_operands(p) for p in env.problems("train")}
+    test = {_operands(p) for p in env.problems("test")}
+    assert len(test) == 500 and not train & test
+    assert not {(b, a) for a, b in test} & train, "a test problem's commuted twin is in train"
+    assert {(b, a) for a, b in test} == test, "both orders of every held-out pair are in test"
+
+
+@pytest.mark.parametrize("params", [
+    {"min_operand": 1, "max_operand": 4, "num_test": 100}, {"min_operand": 0, "max_operand": 2, "num_test": 4},
+    {"min_operand": 3, "max_operand": 9, "num_test": 7}, {"num_test": 1}, {"num_test": 0}, {"num_test": 501},
+])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_unordered_split_keeps_the_configured_sizes(params, seed):
+    env = ArithmeticEnv(params, seed=seed)
+    p = env.params
+    n = p.max_operand - p.min_operand + 1
+    train = [_operands(q) for q in env.problems("train")]
+    test = [_operands(q) for q in env.problems("test")]
+    assert len(test) == min(p.num_test, n * n // 2), "the test split holds exactly num_test problems (capped)"
+    assert sorted(train + test) == sorted((a, b) for a in range(p.min_operand, p.max_operand + 1)
+                                          for b in range(p.min_operand, p.max_operand + 1))
+    assert not {(b, a) for a, b in test} & set(train)
+
+
+def test_split_order_does_not_put_twins_side_by_side(env):
+    """Evaluation takes the first trainer.eval_problems test problems: they are not a handful of twin pairs."""
+    head = [_operands(p) for p in env.problems("test")[:40]]
+    assert sum((b, a) == head[i + 1] for i, (a, b) in enumerate(head[:-1])) < 5
+
+
 def test_problem_reference_is_the_sum(env):
     for p in env.problems("train")[:100]:
         a, b = _operands(p)

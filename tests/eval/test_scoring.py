@@ -18,9 +18,9 @@ def _write(path, rows):
 
 def test_scores_rows_and_writes_reward_and_reason(tmp_path):
     src = _write(tmp_path / "r.jsonl", [
-        {"problem_id": "test/25+60", "response": " 85", "model": "m1"},
-        {"problem_id": "test/31+51", "response": "no idea"},
-        {"problem_id": "test/53+98", "response": "It is 150"},
+        {"problem_id": "test/27+58", "response": " 85", "model": "m1"},
+        {"problem_id": "test/31+92", "response": "no idea"},
+        {"problem_id": "test/59+92", "response": "It is 150"},
     ])
     out, err = io.StringIO(), io.StringIO()
     assert run_score("arithmetic", src, tmp_path / "o.jsonl", {}, out, err) == 0
@@ -32,7 +32,7 @@ def test_scores_rows_and_writes_reward_and_reason(tmp_path):
 
 
 def test_stdout_mode_prints_rows_and_summary_on_stderr(tmp_path):
-    src = _write(tmp_path / "r.jsonl", [{"problem_id": "test/25+60", "response": "85"}])
+    src = _write(tmp_path / "r.jsonl", [{"problem_id": "test/27+58", "response": "85"}])
     out, err = io.StringIO(), io.StringIO()
     run_score("arithmetic", src, None, {}, out, err)
     assert json.loads(out.getvalue())["reward"] == 1.0
@@ -41,12 +41,12 @@ def test_stdout_mode_prints_rows_and_summary_on_stderr(tmp_path):
 
 @pytest.mark.parametrize("line, message", [
     ('{"problem_id": "nope", "response": "1"}', "r.jsonl:2: unknown problem_id 'nope'"),
-    ('{"problem_id": "test/25+60"}', "r.jsonl:2: field 'response' missing"),
+    ('{"problem_id": "test/27+58"}', "r.jsonl:2: field 'response' missing"),
     ("not json", "r.jsonl:2: not valid JSON"),
 ])
 def test_bad_rows_name_the_line_and_nothing_is_written(tmp_path, line, message):
     src = tmp_path / "r.jsonl"
-    src.write_text('{"problem_id": "test/25+60", "response": "85"}\n' + line + "\n")
+    src.write_text('{"problem_id": "test/27+58", "response": "85"}\n' + line + "\n")
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         run_score("arithmetic", src, tmp_path / "o.jsonl", {}, io.StringIO(), io.StringIO())
     assert not (tmp_path / "o.jsonl").exists()

@@ -21,14 +21,17 @@ def test_episodes_are_typed_per_turn_and_turn2_extends_turn1(worker):
     assert len(episodes) == 6
     assert [ep.sample_index for ep in episodes[:2]] == [0, 1]
     correction = worker.prompts._correction_ids
+    eos = worker.tokenizer.eos_token_id
     for ep in episodes:
         t1, t2 = ep.turns
         assert len(t1.response_ids) == len(t1.sampling_logprobs) > 0
-        # turn 2's context is exactly turn-1 prompt + attempt-1 ids + correction ids (no re-tokenisation)
-        assert t2.prompt_ids == t1.prompt_ids + t1.response_ids + correction
+        # turn 2's context is exactly turn-1 prompt + attempt-1 ids + correction ids (no re-tokenisation); a
+        # truncated attempt 1 is closed by an EOS that is context, not part of attempt 1
+        boundary = [eos] if t1.truncated else []
+        assert t2.prompt_ids == t1.prompt_ids + t1.response_ids + boundary + correction
         for turn in ep.turns:
             assert turn.reward in (0.0, 1.0) and turn.reason
-            assert turn.truncated == (worker.tokenizer.eos_token_id not in turn.response_ids)
+            assert turn.truncated == (not set(worker.generator.eos_ids) & set(turn.response_ids))
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

@@ -2,7 +2,8 @@
 
 Sampling uses temperature only (top_k=0, top_p=1): the learner scores tokens with log_softmax(logits / T), so the
 distribution sampled from is exactly the distribution trained on. The returned log-probs are those of the processed
-(temperature-scaled) scores that the sampler drew from.
+(temperature-scaled) scores that the sampler drew from. A turn ends at any of the model's stop ids (every EOS id of its
+generation config and the tokenizer's EOS); a response that reaches max_new_tokens without one is truncated.
 """
 
 from __future__ import annotations
@@ -20,23 +21,42 @@ class Generation:
     truncated: bool
 
 
+def stop_token_ids(model, tokenizer, extra=()) -> List[int]:
+    """Every token id that ends a turn: the model's generation-config EOS ids (an int or a list, e.g. Qwen's
+    [<|im_end|>, <|endoftext|>] or Llama 3's [<|eot_id|>, <|end_of_text|>]), the tokenizer's ``eos_token_id`` and
+    ``extra``, deduplicated in that order."""
+    ids: List[int] = []
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    config_eos = [config_eos] if isinstance(config_eos, int) else list(config_eos or [])
+    for token in [*config_eos, tokenizer.eos_token_id, *extra]:
+        if token is not None and int(token) not in ids:
+            ids.append(int(token))
+    if not ids:
+        raise ValueError("the model has no EOS token: neither its generation config nor its tokenizer defines one")
+    return ids
+
+
 class HFGenerator:
-    def __init__(self, model, tokenizer, max_new_tokens: int, batch_size: int = 256):
+    def __init__(self, model, tokenizer, max_new_tokens: int, batch_size: int = 256, extra_stop_ids=()):
         from transformers import GenerationConfig
 
+        # Every EOS id of the model's generation config ends a turn (an instruct model's end-of-turn token is often
+        # not the tokenizer's eos_token), plus the tokenizer's eos_token_id and ``extra_stop_ids`` (the chat
+        # template's end-of-turn token, see RolloutWorker).
+        self.eos_ids = stop_token_ids(model, tokenizer, extra_stop_ids)
+        self.eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else self.eos_ids[0]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         # A model directory's generation_config.json may carry top_k, min_p, repetition_penalty, ...: any of them
         # would make the sampled distribution differ from log_softmax(logits / T), which is what the learner trains
-        # on. Start from a neutral config so only the settings passed below are in effect.
+        # on. Start from a neutral config so only the settings passed below (and the stop ids) are in effect.
         model.generation_config = GenerationConfig(
-            eos_token_id=tokenizer.eos_token_id, bos_token_id=model.generation_config.bos_token_id,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            eos_token_id=list(self.eos_ids), bos_token_id=model.generation_config.bos_token_id,
+            pad_token_id=self.pad_id,
         )
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        self.eos_id = tokenizer.eos_token_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     @torch.no_grad()
     def generate(self, prompts: List[List[int]], temperature: float) -> List[Generation]:
@@ -54,7 +74,7 @@ class HFGenerator:
             do_sample=False, temperature=None, top_k=None, top_p=None)
         result = self.model.generate(
             input_ids=input_ids, attention_mask=mask, max_new_tokens=self.max_new_tokens, min_new_tokens=0,
-            eos_token_id=self.eos_id, pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True,
+            eos_token_id=list(self.eos_ids), pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True,
             num_beams=1, **sampling,
         )
         new_tokens = result.sequences[:, width:]
@@ -63,11 +83,12 @@ class HFGenerator:
             [torch.log_softmax(result.scores[s].float(), dim=-1).gather(-1, new_tokens[:, s:s + 1]).squeeze(-1)
              for s in range(steps)], dim=1,
         ) if steps else torch.zeros(len(prompts), 0)
+        stops = set(self.eos_ids)
         gens = []
         for row in range(len(prompts)):
             tokens = new_tokens[row].tolist()
-            length, truncated = len(tokens), True
-            if self.eos_id in tokens:
-                length, truncated = tokens.index(self.eos_id) + 1, False
+            # the turn ends at the first of any stop id (generate pads the rest of a finished row)
+            end = next((i for i, token in enumerate(tokens) if token in stops), None)
+            length, truncated = (len(tokens), True) if end is None else (end + 1, False)
             gens.append(Generation(tokens[:length], logprobs[row, :length].tolist(), truncated))
         return gens
