@@ -48,7 +48,7 @@ same string normalisation, then math-verify in the same pool with the same per-i
 answer that is huge, holds an unescaped ``$`` or has unbalanced braces (on either side) is compared as a string only;
 a pair that times out or crashes the verifier is not the same answer.
 
-Conventions and known limitations (see tests/test_env_math.py)
+Conventions and known limitations (see tests/envs/test_env_math.py)
 --------------------------------------------------------------
 * A percent sign is optional: ``50\\%`` matches ``50`` (MATH convention) and math-verify also matches it with
   ``0.5``. Units are optional and not compared: ``5 \\text{ m}`` matches ``5 \\text{ cm}``.

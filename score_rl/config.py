@@ -108,7 +108,13 @@ class AlgoConfig:
     kl_in_reward: Optional[bool] = doc(None, "Where the KL sits: the reward (k1 only) or the loss (k2/k3/full); "
                                        "null derives it from algo.kl_estimator.")
     loss_agg: str = doc("token-mean", "Loss aggregation over the step's episodes on all ranks: token-mean (divide by "
-                        "the step's response tokens) or seq-mean-token-sum (divide by the step's turns).")
+                        "the step's response tokens) or seq-mean-token-sum (divide by the step's turns that have at "
+                        "least one response token).")
+
+    def kl_in_the_reward(self) -> bool:
+        """Where the KL sits: algo.kl_in_reward, or (null) derived from the estimator — k1 in the reward, the
+        others in the loss. The saved config keeps null, so a later estimator override still derives it."""
+        return self.kl_estimator == "k1" if self.kl_in_reward is None else bool(self.kl_in_reward)
 
 
 @dataclass
@@ -120,10 +126,12 @@ class LearnerConfig:
     optimizer: str = doc("adamw", "adamw, or sgd (plain SGD: update = -lr * gradient; used to check gradients).")
     lr: float = doc(1e-5, "Learning rate.")
     weight_decay: float = doc(0.0, "Weight decay (decoupled for adamw).")
-    adam_betas: List[float] = doc([0.9, 0.999], "AdamW betas.")
+    adam_betas: List[float] = doc([0.9, 0.999], "AdamW betas (adamw only).")
     grad_clip: float = doc(1.0, "Clip the global gradient norm of a step to this (0 = off).")
     micro_batch_size: int = doc(64, "Episodes per forward/backward pass on one rank. Gradients accumulate over a "
-                                "step's micro-batches: one optimizer update per training step, whatever the size.")
+                                "step's micro-batches: one optimizer update per training step, whatever the size "
+                                "(with bfloat16 and ZeRO 0 they accumulate in bfloat16; ZeRO >= 1 accumulates in "
+                                "float32).")
     torch_threads: int = doc(0, "torch intra-op threads per learner rank (0 = learner.cpus_per_rank).")
 
 
@@ -276,13 +284,18 @@ def validate(cfg: Config) -> None:
     for key in positive:
         if get_key(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {get_key(cfg, key)}")
+    if cfg.learner.grad_clip < 0:
+        raise ConfigError(f"config key 'learner.grad_clip' must be >= 0 (0 = no clipping), got {cfg.learner.grad_clip}")
+    if cfg.model.dtype == "float16" and cfg.learner.zero_stage == 0:
+        # DeepSpeed 0.19 wraps a client optimizer in its fp16 optimizer, which unscales gradients that ZeRO 0 never
+        # scaled: the update would be the gradient / 65536, silently
+        raise ConfigError("config key 'model.dtype': float16 needs learner.zero_stage >= 1 (with ZeRO 0 DeepSpeed's "
+                          "loss scaling shrinks every update); use bfloat16, or set learner.zero_stage=1")
     if cfg.rollout.num_turns != 2:
         raise ConfigError("config key 'rollout.num_turns': training supports exactly 2 turns (SCoRe's setting)")
     if cfg.rollout.temperature <= 0:
         raise ConfigError("config key 'rollout.temperature' must be > 0 for training (on-policy sampling)")
-    if cfg.algo.kl_in_reward is None:  # derived: k1 is a reward penalty, the others are loss terms
-        cfg.algo.kl_in_reward = cfg.algo.kl_estimator == "k1"
-    if cfg.algo.kl_in_reward != (cfg.algo.kl_estimator == "k1"):
+    if cfg.algo.kl_in_the_reward() != (cfg.algo.kl_estimator == "k1"):
         raise ConfigError(
             "config key 'algo.kl_estimator': k1 is unbiased only as a reward penalty (algo.kl_in_reward=true), and "
             "the reward penalty is implemented with k1 only; use k1 with kl_in_reward=true, or k2/k3/full with false"

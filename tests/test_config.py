@@ -129,14 +129,31 @@ def test_default_kl_is_k1_in_the_reward():
 
     assert Config().algo.kl_estimator == "k1"
     cfg = load_config(QUICKSTART, [])
-    assert cfg.algo.kl_estimator == "k1" and cfg.algo.kl_in_reward is True
+    assert cfg.algo.kl_estimator == "k1" and cfg.algo.kl_in_the_reward() is True
 
 
 @pytest.mark.parametrize("estimator", ["k2", "k3", "full"])
 def test_loss_side_estimators_are_accepted(estimator):
     """Naming a loss-side estimator is enough: the placement follows from it (algo.kl_in_reward: null)."""
     cfg = load_config(QUICKSTART, [f"algo.kl_estimator={estimator}"])
-    assert cfg.algo.kl_estimator == estimator and cfg.algo.kl_in_reward is False
+    assert cfg.algo.kl_estimator == estimator and cfg.algo.kl_in_the_reward() is False
+
+
+def test_a_saved_config_keeps_the_kl_placement_derived(tmp_path):
+    """config.yaml keeps algo.kl_in_reward: null, so an ablation on a run's saved config can switch the estimator."""
+    save_config(load_config(QUICKSTART, []), tmp_path / "config.yaml")
+    cfg = load_config(tmp_path / "config.yaml", ["algo.kl_estimator=k2"])
+    assert cfg.algo.kl_in_reward is None and cfg.algo.kl_in_the_reward() is False
+
+
+def test_float16_with_zero_0_is_rejected():
+    msg = _error(["model.dtype=float16"])
+    assert "model.dtype" in msg and "zero_stage" in msg
+    assert load_config(QUICKSTART, ["model.dtype=float16", "learner.zero_stage=1"]).learner.zero_stage == 1
+
+
+def test_negative_grad_clip_is_rejected():
+    assert "learner.grad_clip" in _error(["learner.grad_clip=-1"])
 
 
 def test_k1_in_reward_is_accepted():

@@ -31,7 +31,11 @@ def reinforce_kl_loss(
     kl_estimator: str = "k2", kl_in_loss: bool = True, loss_agg: str = "token-mean", denominator: float | None = None,
     logits: Optional[torch.Tensor] = None, ref_logits: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """Loss of one micro-batch. ``denominator`` normalises across micro-batches (tokens or sequences of the rank)."""
+    """Summed loss of one micro-batch divided by ``denominator``.
+
+    The learner passes the whole step's count over all ranks (response tokens, or turns with a response token) divided
+    by the rank count, so the gradients of all micro-batches on all ranks, averaged by data parallelism, add up to the
+    gradient of the step's loss. Without a denominator: this micro-batch's own count (tokens, or non-empty rows)."""
     mask = mask.float()
     pg = -advantage * logp
     # masked positions (prompt, padding) get logp = ref_logp before the estimator: their KL is exactly 0, so an

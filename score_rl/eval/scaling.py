@@ -11,7 +11,7 @@ Answers are pooled by the environment's equivalence (``Env.same_answer``: in the
 and ``1/2`` are one answer): each answer joins the first class, in order of appearance, whose representative (first
 member) it is the same answer as, else founds a new one. The vote elects the largest class.
 Ties go to the answer whose first occurrence comes earliest in sample order (deterministic).
-A vote's correctness is the max reward over the elected class's members (see ``_class_correct``).
+A vote's correctness is the verdict of the elected class's representative (see ``_class_correct``).
 """
 
 from __future__ import annotations
@@ -48,12 +48,6 @@ def _extracted_answer(turn: Turn) -> Optional[str]:
     return None
 
 
-def answer_key(turn: Turn) -> Hashable:
-    """What two attempts must share to count as the same answer: the verifier's extracted answer when it reports one."""
-    answer = _extracted_answer(turn)
-    return answer if answer is not None else turn.response_text.strip()
-
-
 @dataclass(frozen=True)
 class NoAnswer:
     """The vote key of an attempt without an extracted answer: its stripped text, equal only to the same text."""
@@ -61,11 +55,17 @@ class NoAnswer:
     text: str
 
 
+UNSETTLED = ("timeout", "verifier error")  # verdicts that say nothing about the answer (math env reasons)
+
+
 def vote_key(turn: Turn) -> Hashable:
-    """``answer_key`` for an attempt with an extracted answer (a str, compared by the env's equivalence), else a
-    ``NoAnswer`` (compared by exact text, never equal to an answer: the env's equivalence is for answers only)."""
+    """The attempt's extracted answer (a str, compared by the env's equivalence), else a ``NoAnswer`` compared by
+    exact text only. An answer whose own verification timed out or failed is also keyed by exact text: comparing it
+    with every other class would cost one verifier timeout per class."""
     answer = _extracted_answer(turn)
-    return answer if answer is not None else NoAnswer(turn.response_text.strip())
+    if answer is None:
+        return NoAnswer(turn.response_text.strip())
+    return NoAnswer(answer) if turn.reason in UNSETTLED else answer
 
 
 FirstSame = Callable[[str, Sequence[str]], Optional[int]]
@@ -131,21 +131,22 @@ def majority_vote(answers: Sequence[Hashable], env: Any = None) -> Hashable:
 
 
 def _class_correct(turns: Sequence[Turn], labels: Sequence[int]) -> float:
-    """Reward of the winning class of a vote over ``turns`` with these class labels: the max over its members.
+    """Reward of the elected answer: the winning class's representative (its first member), as the verifier judged it.
 
-    Members are the same answer by the env's equivalence, so their rewards should agree; when they do not, the
-    verifier failed on some (a timeout or a crashed worker gives 0) or the equivalence is not transitive (members
-    are matched to the representative, not to each other). The max keeps a vote right when any member of the
-    elected answer was verified right, and is what the vote scored before answers were pooled (identical strings
-    whose rewards disagree, e.g. after a timeout), so identical-string votes score exactly as before.
+    The env's equivalence need not be transitive (math-verify: 10% ≡ 10 and 0.1 ≡ 10%, but 0.1 ≢ 10), so members
+    are matched to the representative, and the class's answer *is* the representative: its own verdict decides.
+    When that verdict is unsettled (a verifier timeout or error), the first member with a settled verdict decides
+    (0 if none has one).
     """
     winner = _winning_class(labels)
-    return max(t.reward for t, label in zip(turns, labels) if label == winner)
+    members = [t for t, label in zip(turns, labels) if label == winner]
+    settled = [t for t in members if t.reason not in UNSETTLED]
+    return settled[0].reward if settled else 0.0
 
 
 def majority_vote_correct(turns: Sequence[Turn], env: Any = None) -> float:
     """Reward of the majority-vote answer among ``turns`` (answers pooled by ``env.same_answer``; see
-    ``answer_classes``; the class's reward is its members' max, see ``_class_correct``)."""
+    ``answer_classes``; the elected answer is the winning class's representative, see ``_class_correct``)."""
     return _class_correct(turns, answer_classes([vote_key(t) for t in turns], env))
 
 

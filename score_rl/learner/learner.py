@@ -150,7 +150,7 @@ class Learner:
             mask = b["turn"] > 0
             loss, parts = reinforce_kl_loss(
                 logp, ref_logp, b["advantage"], b["kl_coef"], mask, kl_estimator=algo.kl_estimator,
-                kl_in_loss=not algo.kl_in_reward, loss_agg=algo.loss_agg, denominator=rank_denominator,
+                kl_in_loss=not algo.kl_in_the_reward(), loss_agg=algo.loss_agg, denominator=rank_denominator,
                 logits=logits, ref_logits=ref_logits,
             )
             self.engine.backward(loss, scale_wrt_gas=False)

@@ -108,7 +108,8 @@ def build_tiny_base(cfg: Config, out_dir: Path, log=print) -> None:
     log(f"warm-up done: greedy first attempts match the demonstrations on {100 * imitation:.0f}% of 256 problems")
     if imitation < 0.8:
         log(f"warning: the warm-up did not converge (imitation {100 * imitation:.0f}% < 80%): the base model is "
-            "weaker than intended; try model.tiny.warmup_epochs=8 or another model.tiny.seed")
+            f"weaker than intended; try more epochs (model.tiny.warmup_epochs={tiny.warmup_epochs * 2}) or another "
+            "model.tiny.seed")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".building-"))

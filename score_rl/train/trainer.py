@@ -117,7 +117,7 @@ class Trainer:
             with _timed(timings, "shape"):
                 stage = stage_at(step, cfg.shaping)
                 shape_episodes(episodes, stage, cfg.shaping)  # Eq. 3 / Eq. 4: per-turn rewards and KL coefficients
-                kl_penalty = self.reward_kl(episodes) if cfg.algo.kl_in_reward else None
+                kl_penalty = self.reward_kl(episodes) if cfg.algo.kl_in_the_reward() else None
                 compute_advantages(episodes, cfg.algo.advantage, cfg.shaping.gamma, kl_penalty)
             with _timed(timings, "learn"):
                 stats = self.learn(episodes)

@@ -1,4 +1,4 @@
-"""Self-correction metrics (score_rl/metrics.py) on hand-made episodes."""
+"""Self-correction metrics (score_rl/eval/metrics.py) on hand-made episodes."""
 
 from __future__ import annotations
 

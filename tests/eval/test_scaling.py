@@ -12,7 +12,7 @@ from score_rl.envs import Env, make_env
 from score_rl.episode import Episode, Turn
 from score_rl.eval.scaling import (
     answer_classes, majority_vote, majority_vote_correct, majority_vote_curves, pass_at_k, pass_at_k_curve,
-    scaling_tables,
+    scaling_tables, vote_key,
 )
 
 
@@ -118,3 +118,27 @@ def test_answers_without_an_extracted_answer_are_never_pooled_with_answers(math_
     no_answer = Turn([], [], [], "5", 0.0, info={"extracted": None})
     turns = [no_answer, Turn([], [], [], "\\boxed{5}", 1.0, info={"extracted": "5"}), no_answer]
     assert majority_vote_correct(turns, math_env) == 0.0, "the two identical non-answers outvote the answer"
+
+
+def test_the_elected_answer_is_judged_by_its_own_verdict_not_its_classmates(math_env):
+    """The verifier's equivalence is not transitive (10% ≡ 10 and 0.1 ≡ 10%, but 0.1 ≢ 10): 0.1 x3 joins the class
+    of 10%, and that class wins; the elected answer is its first member (10%), judged right — but once 0.1 comes
+    first, the elected answer is 0.1, judged wrong, however its classmates were judged."""
+    answers, gold = [r"10\%", "0.1", "0.1", "0.1", "7", "7", "7", "7"], "10"
+    rewards = [v.reward for v in math_env.verify_batch([f"\\boxed{{{a}}}" for a in answers], [gold] * 8)]
+    assert rewards == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert answer_classes(answers, math_env) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert majority_vote_correct(_turns(answers, rewards), math_env) == 1.0
+    reordered = [1, 2, 3, 0, 4, 5, 6, 7]
+    turns = _turns([answers[i] for i in reordered], [rewards[i] for i in reordered])
+    assert majority_vote_correct(turns, math_env) == 0.0, "elected 0.1 (wrong); 10% in its class must not rescue it"
+
+
+def test_a_timed_out_answer_is_pooled_by_text_and_never_elected_on_an_unsettled_verdict(math_env):
+    slow = Turn([], [], [], "x", 0.0, reason="timeout", info={"extracted": "1/2"})
+    right = Turn([], [], [], "y", 1.0, reason="correct", info={"extracted": "0.5"})
+    # the timed-out 1/2 is keyed by its text: it does not join 0.5's class (no verifier call for it) ...
+    assert answer_classes([vote_key(t) for t in (right, slow)], math_env) == [0, 1]
+    # ... and a class whose representative timed out is judged by its first settled member
+    again = Turn([], [], [], "z", 1.0, reason="correct", info={"extracted": "1/2"})
+    assert majority_vote_correct([slow, slow, again], math_env) == 0.0  # the class of the two timeouts: unsettled

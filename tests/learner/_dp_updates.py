@@ -10,7 +10,7 @@ import copy
 import random
 from typing import Dict, List, Sequence
 
-LR = 0.05
+LR = 1.0  # large enough that float32 rounding of the weights stays far below the update
 
 
 def make_episodes(vocab: int, n: int, seed: int):
@@ -33,6 +33,26 @@ def make_episodes(vocab: int, n: int, seed: int):
     return episodes
 
 
+def perturb(model, scale: float = 0.05, seed: int = 1234) -> None:
+    """Move a model's weights by deterministic noise (the same on every rank): a reference the policy differs from,
+    so that the KL terms have a gradient from the first step on."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+
+
+def without_advantages(episodes):
+    """The same episodes with every advantage 0: the loss is the KL term alone."""
+    episodes = copy.deepcopy(episodes)
+    for ep in episodes:
+        for turn in ep.turns:
+            turn.advantage = 0.0
+    return episodes
+
+
 def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence[Dict], steps: List[list]) -> List[Dict]:
     """For each combo (learner.* overrides), run len(steps) training steps; return weight changes and stats."""
     import torch
@@ -47,12 +67,15 @@ def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence
         c.learner.grad_clip = combo.get("grad_clip", 0.0)
         c.learner.zero_stage, c.learner.micro_batch_size = combo["zero_stage"], combo["micro_batch_size"]
         c.algo.loss_agg = combo.get("loss_agg", "token-mean")
-        c.algo.kl_estimator, c.algo.kl_in_reward = combo.get("kl_estimator", "k2"), combo.get("kl_estimator") == "k1"
+        c.algo.kl_estimator, c.algo.kl_in_reward = combo.get("kl_estimator", "k2"), None
         per_rank = len(steps[0]) // world
         learner = Learner(c, model_path, rank, world, per_rank)
         learner.setup("127.0.0.1", port)
+        perturb(learner.reference)
         updates, norms, kls = [], [], []
         for episodes in steps:
+            if combo.get("kl_only"):
+                episodes = without_advantages(episodes)
             before = torch.cat([p.detach().flatten().clone() for p in learner.engine.module.parameters()])
             mine = shard(episodes, world)[rank]
             if combo.get("cache_ref"):  # what the trainer does when the KL sits in the reward
@@ -64,7 +87,7 @@ def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence
             after = torch.cat([p.detach().flatten() for p in learner.engine.module.parameters()])
             updates.append((after - before).tolist())
             norms.append(stats["grad_norm"])
-            kls.append((stats["kl_turn1_sum"], stats["kl_turn2_sum"]))
+            kls.append((stats.get("kl_turn1_sum"), stats.get("kl_turn2_sum")))
         results.append({"combo": combo, "updates": updates, "grad_norms": norms, "kl_sums": kls})
         del learner
     return results

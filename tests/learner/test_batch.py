@@ -1,4 +1,4 @@
-"""Episodes -> padded per-token tensors (score_rl/batch.py collate).
+"""Episodes -> padded per-token tensors (score_rl/learner/batch.py collate).
 
 Per-token tensors are aligned with the targets input_ids[:, 1:]: the token at position p is predicted at index p-1.
 """

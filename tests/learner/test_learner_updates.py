@@ -21,6 +21,7 @@ N_EPISODES = 16  # per step; 8 per rank on 2 ranks
 ACCUMULATION = (1, 2, 8)
 ZERO_STAGES = (0, 1, 2)
 LOSS_AGGS = ("token-mean", "seq-mean-token-sum")
+KL_LOSS_ESTIMATORS = ("k2", "k3", "full")
 
 
 def _port() -> int:
@@ -39,6 +40,9 @@ def _combos(world: int):
     combos += [{"zero_stage": z, "micro_batch_size": per_rank // 2, "kl_estimator": "k1", "k": 2} for z in (0, 2)]
     # ... with the reference log-probs computed once, before the step (as the trainer does): the same update
     combos += [{"zero_stage": 0, "micro_batch_size": per_rank // 2, "kl_estimator": "k1", "k": 2, "cache_ref": True}]
+    # the KL loss terms alone (advantages 0; the reference is perturbed, so they have a gradient from step 1)
+    combos += [{"zero_stage": z, "micro_batch_size": per_rank // 8, "kl_estimator": est, "k": 8, "kl_only": True}
+               for est in KL_LOSS_ESTIMATORS for z in (0, 2)]
     return combos
 
 
@@ -63,6 +67,8 @@ def one_rank(cfg, tiny_model_path, steps):
                  for agg in LOSS_AGGS]
     reference += [{"zero_stage": 0, "micro_batch_size": N_EPISODES, "kl_estimator": "k1", "k": 1, "reference": True}]
     reference += [{"zero_stage": 0, "micro_batch_size": N_EPISODES, "grad_clip": 1e-3, "k": 1, "reference": True}]
+    reference += [{"zero_stage": 0, "micro_batch_size": N_EPISODES, "kl_estimator": est, "k": 1, "kl_only": True,
+                   "reference": True} for est in KL_LOSS_ESTIMATORS]
     return dp.run(cfg, tiny_model_path, 0, 1, _port(), reference + _combos(1), steps)
 
 
@@ -86,7 +92,8 @@ def two_ranks(cfg, tiny_model_path, steps):
 
 
 def _kind(combo):
-    return combo.get("loss_agg", "token-mean"), combo.get("kl_estimator", "k2"), combo.get("grad_clip", 0.0)
+    return (combo.get("loss_agg", "token-mean"), combo.get("kl_estimator", "k2"), combo.get("grad_clip", 0.0),
+            bool(combo.get("kl_only")))
 
 
 def _reference(one_rank, combo):
@@ -103,6 +110,46 @@ def _check(result, reference):
                            f"at step {step}"
         assert result["grad_norms"][step] == pytest.approx(reference["grad_norms"][step], rel=1e-4), \
             f"{combo}: logged grad_norm, step {step}"
+
+
+@pytest.mark.parametrize("kind", [("token-mean", "k2", 0.0, False), ("seq-mean-token-sum", "k2", 0.0, False),
+                                  ("token-mean", "k1", 0.0, False), ("token-mean", "k3", 0.0, True),
+                                  ("token-mean", "full", 0.0, True)], ids=str)
+def test_the_reference_update_is_the_autograd_gradient_of_the_steps_loss(one_rank, cfg, tiny_model_path, steps, kind):
+    """Independent of DeepSpeed and the Learner: plain autograd of the step's loss over all episodes at once."""
+    from score_rl.algos.losses import reinforce_kl_loss
+    from score_rl.learner.batch import collate
+    from score_rl.learner.learner import loss_denominator
+    from score_rl.learner.logprobs import token_logprobs
+    from score_rl.utils import load_model, load_tokenizer
+
+    loss_agg, estimator, _, kl_only = kind
+    reference = next(r for r in one_rank if r["combo"].get("reference") and _kind(r["combo"]) == kind)
+    episodes = dp.without_advantages(steps[0]) if kl_only else steps[0]
+    policy, ref_model = load_model(tiny_model_path, "float32"), load_model(tiny_model_path, "float32")
+    dp.perturb(ref_model)
+    b = collate(episodes, load_tokenizer(tiny_model_path).pad_token_id)
+    full = estimator == "full"
+    temperature = cfg.rollout.temperature
+    logp, logits = token_logprobs(policy, b["input_ids"], b["attention_mask"], temperature, full)
+    with torch.no_grad():
+        ref_logp, ref_logits = token_logprobs(ref_model, b["input_ids"], b["attention_mask"], temperature, full)
+    loss, _ = reinforce_kl_loss(logp, ref_logp, b["advantage"], b["kl_coef"], b["turn"] > 0, kl_estimator=estimator,
+                                kl_in_loss=estimator != "k1", loss_agg=loss_agg,
+                                denominator=loss_denominator(episodes, loss_agg), logits=logits, ref_logits=ref_logits)
+    loss.backward()
+    grad = torch.cat([p.grad.flatten() for p in policy.parameters()]).double()
+    update = torch.tensor(reference["updates"][0], dtype=torch.float64)
+    assert float((update + dp.LR * grad).norm() / (dp.LR * grad).norm()) < 1e-4
+    assert reference["grad_norms"][0] == pytest.approx(float(grad.norm()), rel=1e-4)
+
+
+def test_the_kl_term_is_a_large_part_of_the_update(one_rank):
+    """Guards the power of the mixed (policy gradient + k2) cases: with the perturbed reference, an error in the KL
+    term would show from step 1. (The kl-only cases test every loss-side estimator on its own.)"""
+    kl = torch.tensor(_reference(one_rank, {"kl_estimator": "k2", "kl_only": True})["updates"][0])
+    both = torch.tensor(_reference(one_rank, {"kl_estimator": "k2"})["updates"][0])
+    assert float(kl.norm()) > 0.1 * float(both.norm())
 
 
 def test_the_reference_logs_the_norm_of_the_gradient_it_applies(one_rank):
@@ -125,6 +172,7 @@ def _ids(combos):
     return [f"zero{c['zero_stage']}-k{c['k']}-{c.get('loss_agg', 'token-mean')}"
             + (f"-clip{c['grad_clip']}" if c.get("grad_clip") else "")
             + (f"-{c['kl_estimator']}" if c.get("kl_estimator") else "") + ("-cached-ref" if c.get("cache_ref") else "")
+            + ("-kl-only" if c.get("kl_only") else "")
             for c in combos]
 
 
