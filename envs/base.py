@@ -32,6 +32,9 @@ class Env:
 
     name: str = "base"
     split_names: tuple = ("train", "test")
+    # Verdict reasons that say nothing about the answer (the verifier failed, not the answer): majority vote never
+    # elects an answer on such a verdict and never asks same_answer about such an answer.
+    unsettled_reasons: tuple = ()
 
     @dataclass
     class Params:

@@ -124,6 +124,7 @@ def build_job(response: str, reference: Dict[str, Any], guard_returns: bool = Tr
 class CodeEnv(PooledEnv):
     name = "code"
     split_names = ("train", "test")  # HumanEval: ("test",), set per instance
+    unsettled_reasons = ("sandbox error",)  # "timeout" is a verdict here: the program ran past its limit
 
     @dataclass
     class Params:

@@ -150,6 +150,7 @@ def load_problems(path, split: str) -> List[Tuple[Problem, Dict[str, Any]]]:
 class MathEnv(PooledEnv):
     name = "math"
     split_names = ("train", "test")
+    unsettled_reasons = (TIMEOUT, ERROR)
 
     @dataclass
     class Params:

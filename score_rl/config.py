@@ -52,7 +52,8 @@ class ModelConfig:
         None, "Hugging Face model directory (local path). null builds the tiny base model described by model.tiny."
     )
     cache_dir: str = doc("~/.cache/score_rl", "Where locally built base models are cached (keyed by their config).")
-    dtype: str = doc("float32", "Parameter dtype: float32, bfloat16 or float16.")
+    dtype: str = doc("float32", "Parameter dtype: float32, bfloat16 or float16 (training in float16 needs "
+                                "learner.zero_stage >= 1).")
     tiny: TinyModelConfig = doc(TinyModelConfig, "The locally built base model (used when model.path is null).")
 
 
@@ -286,11 +287,6 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' must be >= 1, got {get_key(cfg, key)}")
     if cfg.learner.grad_clip < 0:
         raise ConfigError(f"config key 'learner.grad_clip' must be >= 0 (0 = no clipping), got {cfg.learner.grad_clip}")
-    if cfg.model.dtype == "float16" and cfg.learner.zero_stage == 0:
-        # DeepSpeed 0.19 wraps a client optimizer in its fp16 optimizer, which unscales gradients that ZeRO 0 never
-        # scaled: the update would be the gradient / 65536, silently
-        raise ConfigError("config key 'model.dtype': float16 needs learner.zero_stage >= 1 (with ZeRO 0 DeepSpeed's "
-                          "loss scaling shrinks every update); use bfloat16, or set learner.zero_stage=1")
     if cfg.rollout.num_turns != 2:
         raise ConfigError("config key 'rollout.num_turns': training supports exactly 2 turns (SCoRe's setting)")
     if cfg.rollout.temperature <= 0:
@@ -312,6 +308,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'eval.scaling_samples' must be 0 (off) or >= 2")
     if cfg.shaping.stage1_steps < 0:
         raise ConfigError("config key 'shaping.stage1_steps' must be >= 0")
+
+
+def validate_training(cfg: Config) -> None:
+    """Checks that only matter when a learner trains (evaluation may use any dtype)."""
+    if cfg.model.dtype == "float16" and cfg.learner.zero_stage == 0:
+        # DeepSpeed 0.19 wraps a client optimizer in its fp16 optimizer, which unscales gradients that ZeRO 0 never
+        # scaled: the update would be the gradient / 65536, silently
+        raise ConfigError("config key 'model.dtype': training in float16 needs learner.zero_stage >= 1 (with ZeRO 0 "
+                          "DeepSpeed's loss scaling shrinks every update); use bfloat16, or set learner.zero_stage=1")
 
 
 def get_key(cfg: Any, dotted: str) -> Any:

@@ -146,10 +146,14 @@ def test_a_saved_config_keeps_the_kl_placement_derived(tmp_path):
     assert cfg.algo.kl_in_reward is None and cfg.algo.kl_in_the_reward() is False
 
 
-def test_float16_with_zero_0_is_rejected():
-    msg = _error(["model.dtype=float16"])
-    assert "model.dtype" in msg and "zero_stage" in msg
-    assert load_config(QUICKSTART, ["model.dtype=float16", "learner.zero_stage=1"]).learner.zero_stage == 1
+def test_training_in_float16_with_zero_0_is_rejected():
+    from score_rl.config import validate_training
+
+    cfg = load_config(QUICKSTART, ["model.dtype=float16"])  # fine for evaluation
+    with pytest.raises(ConfigError) as info:
+        validate_training(cfg)
+    assert "model.dtype" in str(info.value) and "zero_stage" in str(info.value)
+    validate_training(load_config(QUICKSTART, ["model.dtype=float16", "learner.zero_stage=1"]))
 
 
 def test_negative_grad_clip_is_rejected():

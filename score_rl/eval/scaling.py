@@ -55,17 +55,18 @@ class NoAnswer:
     text: str
 
 
-UNSETTLED = ("timeout", "verifier error")  # verdicts that say nothing about the answer (math env reasons)
-
-
 def vote_key(turn: Turn) -> Hashable:
     """The attempt's extracted answer (a str, compared by the env's equivalence), else a ``NoAnswer`` compared by
-    exact text only. An answer whose own verification timed out or failed is also keyed by exact text: comparing it
-    with every other class would cost one verifier timeout per class."""
+    exact text only."""
     answer = _extracted_answer(turn)
-    if answer is None:
-        return NoAnswer(turn.response_text.strip())
-    return NoAnswer(answer) if turn.reason in UNSETTLED else answer
+    return answer if answer is not None else NoAnswer(turn.response_text.strip())
+
+
+def settled(turns: Sequence[Turn], env: Any = None) -> List[bool]:
+    """Whether each attempt's verdict says something about its answer: not one of the env's ``unsettled_reasons``
+    (math: a verifier timeout or error; code: a sandbox error). Without an env, every verdict is settled."""
+    unsettled = set(getattr(env, "unsettled_reasons", ()) or ())
+    return [t.reason not in unsettled for t in turns]
 
 
 FirstSame = Callable[[str, Sequence[str]], Optional[int]]
@@ -83,7 +84,8 @@ def _first_same(env: Any) -> Optional[FirstSame]:
     return lambda answer, candidates: next((j for j, c in enumerate(candidates) if same(c, answer)), None)
 
 
-def answer_classes(answers: Sequence[Hashable], env: Any = None) -> List[int]:
+def answer_classes(answers: Sequence[Hashable], env: Any = None,
+                   comparable: Optional[Sequence[bool]] = None) -> List[int]:
     """The vote class of each answer, classes numbered in order of first appearance.
 
     Each answer joins the first class (in that order) whose representative, its first member, is the same answer
@@ -94,21 +96,27 @@ def answer_classes(answers: Sequence[Hashable], env: Any = None) -> List[int]:
     ``answers[:m]`` are the first m labels. Cost: a string identical to an earlier one reuses that one's class
     without asking the env (the equivalence is assumed reflexive and deterministic), so the env is asked once per
     distinct string, about the classes found before it (``first_same_answer``: one batch, cheap checks first).
+    ``comparable[i] = False`` (an answer whose own verification timed out): the answer joins only a class holding the
+    identical string and is never handed to the env, nor compared with as a class's representative — a verifier that
+    timed out on it once would time out once per class.
     """
     find = _first_same(env)
     representatives: List[Hashable] = []
+    by_env: List[bool] = []  # may the env compare against this class's representative?
     known: Dict[Hashable, int] = {}
     labels: List[int] = []
-    for answer in answers:
+    for i, answer in enumerate(answers):
         label = known.get(answer)
+        may_compare = isinstance(answer, str) and (comparable is None or comparable[i])
         if label is None:
-            if find is not None and isinstance(answer, str):
-                comparable = [j for j, r in enumerate(representatives) if isinstance(r, str)]
-                hit = find(answer, [representatives[j] for j in comparable]) if comparable else None
-                label = comparable[hit] if hit is not None else None
+            if find is not None and may_compare:
+                candidates = [j for j, r in enumerate(representatives) if by_env[j]]
+                hit = find(answer, [representatives[j] for j in candidates]) if candidates else None
+                label = candidates[hit] if hit is not None else None
             if label is None:
                 label = len(representatives)
                 representatives.append(answer)
+                by_env.append(may_compare)
             known[answer] = label
         labels.append(label)
     return labels
@@ -130,24 +138,30 @@ def majority_vote(answers: Sequence[Hashable], env: Any = None) -> Hashable:
     return answers[labels.index(winner)]
 
 
-def _class_correct(turns: Sequence[Turn], labels: Sequence[int]) -> float:
+def _class_correct(turns: Sequence[Turn], labels: Sequence[int], settled_flags: Sequence[bool]) -> float:
     """Reward of the elected answer: the winning class's representative (its first member), as the verifier judged it.
 
     The env's equivalence need not be transitive (math-verify: 10% ≡ 10 and 0.1 ≡ 10%, but 0.1 ≢ 10), so members
     are matched to the representative, and the class's answer *is* the representative: its own verdict decides.
-    When that verdict is unsettled (a verifier timeout or error), the first member with a settled verdict decides
-    (0 if none has one).
+    When that verdict is unsettled (``settled``: e.g. a verifier timeout), the first member with a settled verdict
+    decides (0 if none has one).
     """
     winner = _winning_class(labels)
-    members = [t for t, label in zip(turns, labels) if label == winner]
-    settled = [t for t in members if t.reason not in UNSETTLED]
-    return settled[0].reward if settled else 0.0
+    members = [(t, ok) for t, label, ok in zip(turns, labels, settled_flags) if label == winner]
+    decided = [t for t, ok in members if ok]
+    return decided[0].reward if decided else 0.0
+
+
+def _vote(turns: Sequence[Turn], env: Any) -> Tuple[List[int], List[bool]]:
+    flags = settled(turns, env)
+    return answer_classes([vote_key(t) for t in turns], env, flags), flags
 
 
 def majority_vote_correct(turns: Sequence[Turn], env: Any = None) -> float:
     """Reward of the majority-vote answer among ``turns`` (answers pooled by ``env.same_answer``; see
     ``answer_classes``; the elected answer is the winning class's representative, see ``_class_correct``)."""
-    return _class_correct(turns, answer_classes([vote_key(t) for t in turns], env))
+    labels, flags = _vote(turns, env)
+    return _class_correct(turns, labels, flags)
 
 
 def majority_vote_curves(
@@ -172,12 +186,12 @@ def majority_vote_curves(
     for eps in episodes_by_problem.values():
         first = [ep.turns[0] for ep in eps[: 2 * k_max]]
         second = [ep.turns[1] for ep in eps[:k_max]]
-        clustered.append((first, answer_classes([vote_key(t) for t in first], env),
-                          second, answer_classes([vote_key(t) for t in second], env)))
+        clustered.append((first, *_vote(first, env), second, *_vote(second, env)))
     rows = []
     for k in budgets:
-        parallel = [_class_correct(first[: 2 * k], labels1[: 2 * k]) for first, labels1, _, _ in clustered]
-        sequential = [_class_correct(second[:k], labels2[:k]) for _, _, second, labels2 in clustered]
+        parallel = [_class_correct(first[: 2 * k], labels1[: 2 * k], ok1[: 2 * k])
+                    for first, labels1, ok1, _, _, _ in clustered]
+        sequential = [_class_correct(second[:k], labels2[:k], ok2[:k]) for _, _, _, second, labels2, ok2 in clustered]
         rows.append((2 * k, sum(parallel) / len(parallel), sum(sequential) / len(sequential)))
     return rows
 

@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence
 from score_rl.algos.advantages import compute_advantages
 from score_rl.train.base_model import resolve_model_path
 from score_rl.train.checkpoint import latest_checkpoint, save_checkpoint
-from score_rl.config import Config, ConfigError, save_config
+from score_rl.config import Config, ConfigError, save_config, validate_training
 from score_rl.launch.distributed import ActorGroup, init_ray, make_placement_group, shard
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode
@@ -61,6 +61,7 @@ class Trainer:
     def __init__(self, cfg: Config, log=print):
         self.cfg, self.log = cfg, log
         tc, rc, lc = cfg.trainer, cfg.rollout, cfg.learner
+        validate_training(cfg)
         self.episodes_per_step = rc.problems_per_step * rc.samples_per_problem
         if self.episodes_per_step % lc.num_ranks:
             raise ConfigError(f"rollout.problems_per_step * rollout.samples_per_problem = {self.episodes_per_step} "

@@ -12,7 +12,7 @@ from score_rl.envs import Env, make_env
 from score_rl.episode import Episode, Turn
 from score_rl.eval.scaling import (
     answer_classes, majority_vote, majority_vote_correct, majority_vote_curves, pass_at_k, pass_at_k_curve,
-    scaling_tables, vote_key,
+    scaling_tables, settled, vote_key,
 )
 
 
@@ -134,11 +134,29 @@ def test_the_elected_answer_is_judged_by_its_own_verdict_not_its_classmates(math
     assert majority_vote_correct(turns, math_env) == 0.0, "elected 0.1 (wrong); 10% in its class must not rescue it"
 
 
-def test_a_timed_out_answer_is_pooled_by_text_and_never_elected_on_an_unsettled_verdict(math_env):
-    slow = Turn([], [], [], "x", 0.0, reason="timeout", info={"extracted": "1/2"})
-    right = Turn([], [], [], "y", 1.0, reason="correct", info={"extracted": "0.5"})
-    # the timed-out 1/2 is keyed by its text: it does not join 0.5's class (no verifier call for it) ...
-    assert answer_classes([vote_key(t) for t in (right, slow)], math_env) == [0, 1]
-    # ... and a class whose representative timed out is judged by its first settled member
-    again = Turn([], [], [], "z", 1.0, reason="correct", info={"extracted": "1/2"})
-    assert majority_vote_correct([slow, slow, again], math_env) == 0.0  # the class of the two timeouts: unsettled
+def test_a_timed_out_answer_joins_identical_strings_and_is_never_elected_on_its_own_verdict(math_env):
+    """A verifier timeout says nothing about the answer: the timed-out 1/2 still pools with the other 1/2 strings (no
+    verifier call for it), and its class is judged by the first member with a settled verdict."""
+    def turn(answer, reward, reason):
+        return Turn([], [], [], answer, reward, reason=reason, info={"extracted": answer})
+
+    votes = [turn("1/2", 0.0, "timeout"), turn("3", 0.0, "wrong answer"), turn("1/2", 0.0, "timeout"),
+             turn("3", 0.0, "wrong answer"), turn("1/2", 1.0, "correct")]
+    assert answer_classes([vote_key(t) for t in votes], math_env, settled(votes, math_env)) == [0, 1, 0, 1, 0]
+    assert majority_vote_correct(votes, math_env) == 1.0, "the 1/2 class wins; its settled member says right"
+    # a timed-out answer is not compared by the env (that would cost a timeout per class): 0.5 does not join it ...
+    assert answer_classes(["1/2", "0.5"], math_env, [False, True]) == [0, 1]
+    # ... nor is it compared against a representative: it founds its own class
+    assert answer_classes(["0.5", "1/2"], math_env, [True, False]) == [0, 1]
+    # a class with no settled verdict is not correct
+    assert majority_vote_correct([turn("1/2", 1.0, "timeout")] * 2, math_env) == 0.0
+
+
+def test_unsettled_reasons_are_the_envs_own():
+    from score_rl.envs.code import CodeEnv
+    from score_rl.envs.math import MathEnv
+
+    assert Env.unsettled_reasons == () and "timeout" not in CodeEnv.unsettled_reasons
+    assert set(MathEnv.unsettled_reasons) == {"timeout", "verifier error"}
+    ran_too_long = Turn([], [], [], "prog", 0.0, reason="timeout")
+    assert settled([ran_too_long], CodeEnv) == [True] and settled([ran_too_long], None) == [True]

@@ -134,9 +134,14 @@ def test_the_reference_update_is_the_autograd_gradient_of_the_steps_loss(one_ran
     logp, logits = token_logprobs(policy, b["input_ids"], b["attention_mask"], temperature, full)
     with torch.no_grad():
         ref_logp, ref_logits = token_logprobs(ref_model, b["input_ids"], b["attention_mask"], temperature, full)
-    loss, _ = reinforce_kl_loss(logp, ref_logp, b["advantage"], b["kl_coef"], b["turn"] > 0, kl_estimator=estimator,
-                                kl_in_loss=estimator != "k1", loss_agg=loss_agg,
-                                denominator=loss_denominator(episodes, loss_agg), logits=logits, ref_logits=ref_logits)
+    # the denominator counted here from the batch, not with the learner's loss_denominator
+    mask = b["turn"] > 0
+    count = mask.sum() if loss_agg == "token-mean" else sum(
+        int(((b["turn"][i] == t).sum() > 0)) for i in range(len(episodes)) for t in (1, 2))
+    assert float(count) == loss_denominator(episodes, loss_agg)
+    loss, _ = reinforce_kl_loss(logp, ref_logp, b["advantage"], b["kl_coef"], mask, kl_estimator=estimator,
+                                kl_in_loss=estimator != "k1", loss_agg=loss_agg, denominator=float(count),
+                                logits=logits, ref_logits=ref_logits)
     loss.backward()
     grad = torch.cat([p.grad.flatten() for p in policy.parameters()]).double()
     update = torch.tensor(reference["updates"][0], dtype=torch.float64)
