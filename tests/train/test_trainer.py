@@ -81,3 +81,14 @@ def test_reference_log_probs_are_computed_once_per_step(tmp_path, tiny_model_pat
     trainer.fit()
     episodes = cfg.rollout.problems_per_step * cfg.rollout.samples_per_problem
     assert sum(rows) == reference_passes * episodes * cfg.trainer.steps
+
+
+def test_a_resumed_run_logs_what_an_uninterrupted_run_logs(tmp_path, tiny_model_path):
+    """Resume point invariance: 4 steps straight vs 2 steps, a new process-like Trainer, then 2 more (with gradient
+    accumulation: 2 micro-batches a step, so the accumulation boundary must stay aligned after the resume)."""
+    _, straight = _run(tmp_path, tiny_model_path, "straight", ["trainer.steps=4"])
+    run = [f"trainer.run_dir={tmp_path / 'resumed'}", "trainer.checkpoint_every=2"]
+    _run(tmp_path, tiny_model_path, "first", run + ["trainer.steps=2"])
+    _, resumed = _run(tmp_path, tiny_model_path, "second", run + ["trainer.steps=4"])
+    assert [r["step"] for r in resumed] == [0, 1, 2, 3]
+    assert _without_timings(resumed) == _without_timings(straight)
