@@ -91,7 +91,7 @@ class Learner:
             "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
             "gradient_accumulation_steps": self.grad_accum,
             "train_batch_size": cfg.micro_batch_size * self.grad_accum * self.world_size,
-            "gradient_clipping": max(cfg.grad_clip, 0.0),
+            "gradient_clipping": cfg.grad_clip,  # >= 0 (validated); 0 = off
             "zero_optimization": {"stage": cfg.zero_stage},
             "zero_allow_untested_optimizer": cfg.optimizer == "sgd",  # plain SGD is correct under ZeRO 1-2
             "bf16": {"enabled": self.cfg.model.dtype == "bfloat16"},
@@ -115,9 +115,9 @@ class Learner:
             chunk = episodes[start:start + self.cfg.learner.micro_batch_size]
             b = self._to_device(collate(chunk, self.tokenizer.pad_token_id))
             ref, _ = token_logprobs(self.reference, b["input_ids"], b["attention_mask"], self.cfg.rollout.temperature)
-            ref = ref.cpu()
+            ref, turn = ref.cpu(), b["turn"].cpu()  # collate's turn index marks each turn's targets
             for i, ep in enumerate(chunk):
-                out.append([ref[i, start_ - 1:end - 1].tolist() for start_, end in ep.response_spans()])
+                out.append([ref[i][turn[i] == t].tolist() for t in range(1, len(ep.turns) + 1)])
         return out
 
     def train_step(self, episodes: Sequence[Episode], denominator: float) -> Dict[str, float]:
@@ -127,9 +127,9 @@ class Learner:
         """
         cfg, algo = self.cfg.learner, self.cfg.algo
         temperature = self.cfg.rollout.temperature
-        micro = [episodes[i:i + cfg.micro_batch_size] for i in range(0, len(episodes), cfg.micro_batch_size)]
-        if len(episodes) != self.episodes_per_rank or len(micro) != self.grad_accum:
+        if len(episodes) != self.episodes_per_rank:  # then there are exactly grad_accum micro-batches
             raise ValueError(f"rank {self.rank} got {len(episodes)} episodes; expected {self.episodes_per_rank}")
+        micro = [episodes[i:i + cfg.micro_batch_size] for i in range(0, len(episodes), cfg.micro_batch_size)]
         # DP averages gradients over ranks: scale each rank's share up so the applied gradient is Σ_ranks / denominator
         rank_denominator = max(denominator, 1.0) / self.world_size
         full = algo.kl_estimator == "full"
@@ -173,7 +173,6 @@ class Learner:
                 stats["tokens"] += float(mask.sum())
         norm = self.engine.get_global_grad_norm() if pre_clip_norm is None else pre_clip_norm
         stats["grad_norm"] = float(norm) if norm is not None else float("nan")
-        stats["denominator"] = float(denominator)
         return stats
 
     def _grad_norm(self) -> float:
@@ -213,13 +212,14 @@ def loss_denominator(episodes: Sequence[Episode], loss_agg: str) -> float:
     raise ValueError(f"unknown loss aggregation '{loss_agg}'")
 
 
-def reduce_rank_stats(per_rank: Sequence[Dict[str, float]]) -> Dict[str, float]:
-    """The ranks' sums and counts → the step's metrics, weighted by tokens (not a mean of per-rank means)."""
+def reduce_rank_stats(per_rank: Sequence[Dict[str, float]], denominator: float) -> Dict[str, float]:
+    """The ranks' sums and counts → the step's metrics, weighted by tokens (not a mean of per-rank means).
+    ``denominator``: the step's ``loss_denominator``."""
     total = {k: sum(r[k] for r in per_rank) for k in per_rank[0]}
     tokens = max(total["tokens"], 1.0)
     out = {
         "loss": total["loss"],
-        "pg_loss": total["pg_loss_sum"] / max(per_rank[0]["denominator"], 1.0),
+        "pg_loss": total["pg_loss_sum"] / max(denominator, 1.0),
         "logprob_mismatch": total["logprob_mismatch_sum"] / tokens,
         "entropy_proxy": total["neg_logp_sum"] / tokens,
         "grad_norm": per_rank[0]["grad_norm"],  # the global norm: the same on every rank

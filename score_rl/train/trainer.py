@@ -162,7 +162,7 @@ class Trainer:
         """One optimizer update on every rank; the loss is normalised by the whole step's tokens (or turns)."""
         denominator = loss_denominator(episodes, self.cfg.algo.loss_agg)
         shards = shard(episodes, len(self.learners))
-        return reduce_rank_stats(self.learners.call("train_step", [(s, denominator) for s in shards]))
+        return reduce_rank_stats(self.learners.call("train_step", [(s, denominator) for s in shards]), denominator)
 
     def step_metrics(self, episodes, stage, stats, timings) -> Dict[str, float]:
         m = self_correction_metrics(episodes)
