@@ -38,6 +38,9 @@ class ArithmeticEnv(Env):
         max_operand: int = 99
         num_test: int = 500
         # warm-up teacher of the locally built base model (see module docstring)
+        demo_first_correct: float = 0.0  # attempt 1 is the correct sum (else the forgotten-carry slip)
+        demo_drop_hundreds: float = 0.0  # a sum >= drop_hundreds_from: attempt 1 drops its hundreds digit
+        drop_hundreds_from: int = 100  # (overrides the two choices above)
         demo_copy: float = 0.55  # attempt 2 repeats attempt 1
         demo_fix: float = 0.25  # attempt 2 is the correct sum
         # the rest: attempt 2 is a different wrong answer
@@ -104,6 +107,10 @@ class ArithmeticEnv(Env):
             problem = rng.choice(train)
             a, b = (int(x) for x in problem.text.split(" + "))
             first = forgot_carry_sum(a, b)
+            if self.params.demo_first_correct > 0 and rng.random() < self.params.demo_first_correct:
+                first = a + b  # (drawn only when enabled: the quickstart's demonstrations stay what they were)
+            if a + b >= max(100, self.params.drop_hundreds_from) and self.params.demo_drop_hundreds > 0 and rng.random() < self.params.demo_drop_hundreds:
+                first = (a + b) % 100
             u = rng.random()
             if u < self.params.demo_copy:
                 second = first

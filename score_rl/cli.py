@@ -1,4 +1,4 @@
-"""``score-rl {train, eval}``. Bad input exits non-zero with one line naming the problem."""
+"""``score-rl {train, eval, score, sweep, plot}``. Bad input exits non-zero with one line naming the problem."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a policy (SCoRe Stage I then Stage II)")
     train.add_argument("config", help="YAML config file, e.g. configs/quickstart.yaml")
     train.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. shaping.alpha=5 rollout.num_workers=2")
+    train.add_argument("--method", metavar="NAME", help="a named method or ablation (score, no_stage1, no_shaping, "
+                       "with_gamma, multi_turn_rl, single_turn_rl, star, star_d, pair_sft, self_refine): its config "
+                       "diff is applied before the overrides")
     ev = sub.add_parser("eval", help="K-turn evaluation of one or more model directories, side by side")
     ev.add_argument("config", help="YAML config naming the env and prompts, e.g. configs/quickstart.yaml")
     ev.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. eval.num_turns=3 eval.scaling_samples=32")
@@ -27,6 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--output", metavar="OUT.jsonl", help="write scored rows here (default: stdout)")
     sc.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="environment parameter, e.g. --param timeout_s=10 (repeatable)")
+    sw = sub.add_parser("sweep", help="run an ablation sweep (variants x grid x seeds) and report it over seeds")
+    sw.add_argument("sweep_file", nargs="?", help="sweep YAML, e.g. configs/sweeps/score_ablations.yaml")
+    sw.add_argument("--backend", choices=["local", "ray", "slurm"], help="override backend.name of the sweep file")
+    sw.add_argument("--parallel", type=int, metavar="N", help="runs at once (local, ray); overrides backend.parallel")
+    sw.add_argument("--dry-run", action="store_true", help="slurm: write and print the job-array script, submit nothing")
+    sw.add_argument("--report", metavar="DIR", help="only (re)write the report of the sweep directory DIR")
     plot = sub.add_parser("plot", help="draw a run's training curves (Acc@t1/t2, Δ, Δi→c, Δc→i, KL per turn)")
     plot.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
     plot.add_argument("--output", metavar="PNG", help="output file (default: RUN_DIR/training_curves.png)")
@@ -45,7 +54,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _plot(args)
         if args.command == "score":
             return _score(args)
-        cfg = load_config(args.config, args.overrides)
+        if args.command == "sweep":
+            return _sweep(args)
+        overrides = list(args.overrides)
+        if getattr(args, "method", None):
+            from score_rl.algos.methods import preset_overrides
+
+            overrides = preset_overrides(args.method) + overrides
+        cfg = load_config(args.config, overrides)
         if args.command == "train":
             return _train(cfg)
         return _eval(cfg, args)
@@ -98,6 +114,28 @@ def _score(args) -> int:
     params = OmegaConf.to_container(OmegaConf.from_dotlist(args.param)) if args.param else {}
     return run_score(args.env, Path(args.file), Path(args.output) if args.output else None, params,
                      sys.stdout, sys.stderr)
+
+
+def _sweep(args) -> int:
+    import signal
+
+    from score_rl.config import ConfigError
+
+    if args.report:
+        from score_rl.eval.sweep_report import write_report
+
+        print(write_report(args.report).read_text())
+        return 0
+    if not args.sweep_file:
+        raise ConfigError("score-rl sweep needs a sweep file (or --report DIR)")
+    from score_rl.launch.sweep import run_sweep
+
+    def _terminate(signum, frame):  # SIGTERM (a scheduler, kill) stops the runs like Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    run_sweep(args.sweep_file, args.backend, args.parallel, args.dry_run)
+    return 0
 
 
 def _plot(args) -> int:

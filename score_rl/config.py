@@ -119,6 +119,18 @@ class AlgoConfig:
 
 
 @dataclass
+class MethodConfig:
+    name: str = doc("score", "Training method: score (SCoRe, Stage I then II; its ablations are shaping diffs), "
+                    "single_turn_rl (RL on attempt 1 only), star (STaR for self-correction), pair_sft, or "
+                    "self_refine (no training: the base model with the correction instruction). Presets: "
+                    "docs/ablations.md.")
+    star_keep: str = doc("D+", "STaR's filter of the sampled two-attempt traces: D keeps wrong→right, D+ also "
+                         "right→right.")
+    pair_sft_problems: int = doc(1024, "Pair-SFT: train problems whose first attempts (rollout.samples_per_problem "
+                                 "each) are sampled once from the base model to build the wrong→right pairs.")
+
+
+@dataclass
 class LearnerConfig:
     num_ranks: int = doc(1, "Data-parallel learner ranks (Ray actors with a DeepSpeed engine each).")
     cpus_per_rank: float = doc(1.0, "CPUs reserved per learner rank.")
@@ -174,6 +186,8 @@ class Config:
     rollout: RolloutConfig = doc(RolloutConfig, "Rollout workers and sampling.")
     shaping: ShapingConfig = doc(ShapingConfig, "SCoRe reward shaping (Stage I / Stage II).")
     algo: AlgoConfig = doc(AlgoConfig, "Advantage estimator and KL penalty.")
+    method: MethodConfig = doc(MethodConfig, "What is trained: SCoRe or a baseline (single-turn RL, STaR, Pair-SFT, "
+                               "Self-Refine).")
     learner: LearnerConfig = doc(LearnerConfig, "DeepSpeed learner.")
     trainer: TrainerConfig = doc(TrainerConfig, "Training loop.")
     ray: RayConfig = doc(RayConfig, "Ray cluster.")
@@ -185,6 +199,8 @@ _CHOICES = {
     "algo.kl_estimator": ("k1", "k2", "k3", "full"),
     "algo.loss_agg": ("token-mean", "seq-mean-token-sum"),
     "learner.optimizer": ("adamw", "sgd"),
+    "method.name": ("score", "single_turn_rl", "star", "pair_sft", "self_refine"),
+    "method.star_keep": ("D", "D+"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.tiny.architecture": ("qwen2", "llama"),
     "learner.zero_stage": (0, 1, 2),
@@ -281,7 +297,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {value!r}")
     positive = ["rollout.num_workers", "rollout.problems_per_step", "rollout.samples_per_problem",
                 "rollout.max_new_tokens", "rollout.num_turns", "learner.num_ranks", "learner.micro_batch_size",
-                "trainer.steps"]
+                "trainer.steps", "method.pair_sft_problems"]
     for key in positive:
         if get_key(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {get_key(cfg, key)}")

@@ -21,6 +21,9 @@ class Turn:
     reason: str = ""
     info: Dict[str, Any] = field(default_factory=dict)
     truncated: bool = False  # hit max_new_tokens without EOS
+    # False: the turn is context only — none of its tokens is in the loss or its denominator (a baseline's SFT
+    # filter, the wrong attempt of a Pair-SFT pair)
+    trained: bool = True
     # reference-model log-probs of response_ids (set when the KL sits in the reward, so the learner reuses them):
     ref_logprobs: Optional[List[float]] = None
     # filled by the reward shaper and the advantage estimator:

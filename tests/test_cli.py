@@ -45,3 +45,15 @@ def test_eval_prints_the_metrics_table(tmp_path, tiny_model_path):
     assert proc.returncode == 0, proc.stderr
     assert "Acc@t1" in proc.stdout and "Δi→c" in proc.stdout
     assert (tmp_path / "out" / "episodes.jsonl").read_text().count("\n") == 6
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", str(QUICKSTART), "--method", "pair-sft"], "unknown method 'pair-sft' (did you mean 'pair_sft'?)"),
+    (["sweep", "nope.yaml"], "sweep file not found: nope.yaml"),
+    (["sweep"], "needs a sweep file"),
+    (["sweep", "--report", "no-such-dir"], "no-such-dir/sweep.json not found"),
+])
+def test_method_and_sweep_bad_input_is_one_line(tmp_path, args, expected):
+    proc = _cli(*args, cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr

@@ -72,6 +72,10 @@ class RolloutWorker:
                 ))
         return episodes
 
+    def correction_prompts(self, items: Sequence[tuple]) -> List[List[int]]:
+        """Turn-2 contexts for (turn-1 prompt ids, attempt-1 ids, problem id) triples (Pair-SFT builds its pairs)."""
+        return [self.prompts.correction(prompt, attempt, pid) for prompt, attempt, pid in items]
+
     def load_weights(self, state_dict: Dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict, strict=True)
 

@@ -1,4 +1,8 @@
-"""The SCoRe training loop: rollout → shape → advantages → learn → sync → log → checkpoint."""
+"""The SCoRe training loop: rollout → shape → advantages → learn → sync → log → checkpoint.
+
+``method.name`` picks what a step trains on (score_rl/algos/methods.py): SCoRe's shaped two-attempt episodes,
+single-turn RL's one-attempt episodes, STaR's filtered traces, Pair-SFT's fixed pairs — or nothing (Self-Refine).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ import random
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
+from score_rl.algos import methods
 from score_rl.algos.advantages import compute_advantages
 from score_rl.train.base_model import resolve_model_path
 from score_rl.train.checkpoint import latest_checkpoint, save_checkpoint
@@ -71,6 +76,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
         seed_everything(tc.seed)
+        self.method = cfg.method.name
         self.env = make_env(cfg.env, cfg.prompt)
         self.sampler = ProblemSampler(self.env.problems("train"), tc.seed)
         self.eval_set = eval_problems(self.env.problems("test"), tc.eval_problems)
@@ -104,47 +110,111 @@ class Trainer:
     # --- the algorithm -------------------------------------------------------------------------------------------
     def fit(self) -> Dict[str, Dict[str, float]]:
         cfg = self.cfg
+        if self.method == "pair_sft":
+            self.pairs = self.collect_pairs()  # from the base model: before a resume loads trained weights
         self._maybe_resume()
         results: Dict[str, Dict[str, float]] = {}
         if cfg.trainer.eval_before_after and self.start_step == 0:
             results["base"] = self.evaluate()
             (self.run_dir / "eval_base.json").write_text(json.dumps(results["base"], indent=2))
             self.log("base model (held-out, greedy):\n" + format_table({"base": results["base"]}))
-        logger = RunLogger(self.run_dir, cfg.trainer.steps, self.start_step, cfg.trainer.progress_bar)
-        for step in range(self.start_step, cfg.trainer.steps):
+        steps = 0 if self.method == "self_refine" else cfg.trainer.steps  # Self-Refine: prompting only
+        logger = RunLogger(self.run_dir, steps, min(self.start_step, steps), cfg.trainer.progress_bar)
+        for step in range(self.start_step, steps):
             timings: Dict[str, float] = {}
             with _timed(timings, "rollout"):
-                episodes = self.rollout(self.sampler.next(cfg.rollout.problems_per_step), step)
+                episodes = self.step_episodes(step)
             with _timed(timings, "shape"):
-                stage = stage_at(step, cfg.shaping)
-                shape_episodes(episodes, stage, cfg.shaping)  # Eq. 3 / Eq. 4: per-turn rewards and KL coefficients
-                kl_penalty = self.reward_kl(episodes) if cfg.algo.kl_in_the_reward() else None
-                compute_advantages(episodes, cfg.algo.advantage, cfg.shaping.gamma, kl_penalty)
+                stage, extra = self.prepare(episodes, step)
             with _timed(timings, "learn"):
-                stats = self.learn(episodes)
+                denominator = loss_denominator(episodes, cfg.algo.loss_agg)
+                # nothing kept (a STaR batch without a successful trace): no update at all, not a zero-gradient one
+                stats = self.learn(episodes, denominator) if denominator > 0 else {}
             with _timed(timings, "sync"):
-                self.weight_sync.push(self.learners, self.workers)
-            logger.log(step, self.step_metrics(episodes, stage, stats, timings))
+                if stats:
+                    self.weight_sync.push(self.learners, self.workers)
+            logger.log(step, {**self.step_metrics(episodes, stage, stats, timings), **extra})
             every = cfg.trainer.checkpoint_every
-            if (every and (step + 1) % every == 0) or step + 1 == cfg.trainer.steps:
+            if (every and (step + 1) % every == 0) or step + 1 == steps:
                 self.save_checkpoint(step + 1)
         logger.close()
         self.save_final()
         if cfg.trainer.eval_before_after:
-            results["trained"] = self.evaluate()
+            results["trained"] = results["base"] if self.method == "self_refine" and "base" in results \
+                else self.evaluate()
             if "base" not in results:
                 results["base"] = self._base_results()
             table = format_table({"base": results["base"], "trained": results["trained"]})
             self.log(f"held-out problems: {len(self.eval_set)} (greedy)\n{table}")
             (self.run_dir / "eval_before_after.json").write_text(json.dumps(results, indent=2))
             (self.run_dir / "eval_before_after.md").write_text(table + "\n")
+        # the last thing a run writes: a sweep counts the run finished only from here on
+        (self.run_dir / "run_complete.json").write_text(json.dumps(
+            {"method": self.method, "steps": cfg.trainer.steps, "seed": cfg.trainer.seed,
+             "evaluated": cfg.trainer.eval_before_after}, indent=2))
         return results
 
     # --- the steps -----------------------------------------------------------------------------------------------
-    def rollout(self, problems: Sequence[Problem], step: int) -> List[Episode]:
+    def step_episodes(self, step: int) -> List[Episode]:
+        """The step's batch: sampled from the current policy, or (Pair-SFT) the step's slice of the fixed pairs."""
+        if self.method == "pair_sft":
+            return self.pair_batch(step)
+        num_turns = 1 if self.method == "single_turn_rl" else self.cfg.rollout.num_turns
+        return self.rollout(self.sampler.next(self.cfg.rollout.problems_per_step), step, num_turns)
+
+    def rollout(self, problems: Sequence[Problem], step: int, num_turns: int = 2) -> List[Episode]:
         rc = self.cfg.rollout
         seed = self.cfg.trainer.seed * 1_000_003 + step * 1_009
-        return run_sharded(self.workers, problems, rc.samples_per_problem, rc.temperature, seed, rc.num_turns)
+        return run_sharded(self.workers, problems, rc.samples_per_problem, rc.temperature, seed, num_turns)
+
+    def prepare(self, episodes: List[Episode], step: int):
+        """Per-turn rewards, KL coefficients, advantages and loss masks of the step's method; (stage, extra metrics)."""
+        cfg = self.cfg
+        if self.method == "star":
+            kept = methods.select_star(episodes, cfg.method.star_keep)
+            return 0, {"sft_kept": kept / len(episodes)}
+        if self.method == "pair_sft":
+            return 0, {}
+        if self.method == "single_turn_rl":
+            stage = 0
+            methods.shape_single_turn(episodes, cfg.shaping.beta1)
+        else:
+            stage = stage_at(step, cfg.shaping)
+            shape_episodes(episodes, stage, cfg.shaping)  # Eq. 3 / Eq. 4: per-turn rewards and KL coefficients
+        kl_penalty = self.reward_kl(episodes) if cfg.algo.kl_in_the_reward() else None
+        compute_advantages(episodes, cfg.algo.advantage, cfg.shaping.gamma, kl_penalty)
+        return stage, {}
+
+    def collect_pairs(self) -> List[Tuple[Episode, Episode]]:
+        """Pair-SFT's data, once: first attempts of ``method.pair_sft_problems`` train problems sampled from the base
+        model, paired wrong → right within each problem."""
+        cfg = self.cfg
+        problems = ProblemSampler(self.env.problems("train"), cfg.trainer.seed + 7919).next(cfg.method.pair_sft_problems)
+        samples = run_sharded(self.workers, problems, cfg.rollout.samples_per_problem, cfg.rollout.temperature,
+                              cfg.trainer.seed * 1_000_003 - 1, 1)
+        pairs = methods.pair_sft_pairs(samples, cfg.trainer.seed)
+        if not pairs:
+            raise ConfigError(f"Pair-SFT found no problem among {len(problems)} with both a wrong and a right sampled "
+                              "first attempt; raise method.pair_sft_problems or rollout.samples_per_problem")
+        contexts = self.workers.call_one(0, "correction_prompts",
+                                         [(w.turns[0].prompt_ids, w.turns[0].response_ids, w.problem_id) for w, _ in pairs])
+        self.pair_contexts = contexts
+        self.log(f"Pair-SFT: {len(pairs)} wrong→right pairs from {len(samples)} base-model first attempts "
+                 f"of {len(problems)} problems")
+        return pairs
+
+    def pair_batch(self, step: int) -> List[Episode]:
+        """The step's ``episodes_per_step`` pairs: passes over the pairs in a seeded order per pass, a function of
+        the step alone (so a resumed run sees exactly the pairs an uninterrupted one would)."""
+        n, size = len(self.pairs), self.episodes_per_step
+        batch = []
+        for i in range(step * size, (step + 1) * size):
+            order = list(range(n))
+            random.Random(self.cfg.trainer.seed * 100_003 + i // n).shuffle(order)
+            k = order[i % n]
+            wrong, right = self.pairs[k]
+            batch.append(methods.pair_episode(wrong, right, self.pair_contexts[k], i))
+        return batch
 
     def reward_kl(self, episodes: Sequence[Episode]) -> List[List[float]]:
         """Per-turn k1 = Σ_tok (log π_old − log π_ref) of every episode; the reference log-probs stay on the turns,
@@ -158,16 +228,15 @@ class Trainer:
             penalties.append([sum(t.sampling_logprobs) - sum(t.ref_logprobs) for t in ep.turns])
         return penalties
 
-    def learn(self, episodes: Sequence[Episode]) -> Dict[str, float]:
+    def learn(self, episodes: Sequence[Episode], denominator: float) -> Dict[str, float]:
         """One optimizer update on every rank; the loss is normalised by the whole step's tokens (or turns)."""
-        denominator = loss_denominator(episodes, self.cfg.algo.loss_agg)
         shards = shard(episodes, len(self.learners))
         return reduce_rank_stats(self.learners.call("train_step", [(s, denominator) for s in shards]), denominator)
 
     def step_metrics(self, episodes, stage, stats, timings) -> Dict[str, float]:
         m = self_correction_metrics(episodes)
         m["stage"] = stage
-        for t in (1, 2):
+        for t in range(1, len(episodes[0].turns) + 1):
             m[f"reward_t{t}"] = sum(ep.turns[t - 1].shaped_reward for ep in episodes) / len(episodes)
             m[f"truncated_t{t}"] = sum(ep.turns[t - 1].truncated for ep in episodes) / len(episodes)
         m.update(stats)

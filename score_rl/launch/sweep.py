@@ -1,0 +1,428 @@
+"""``score-rl sweep SWEEP.yaml``: variants × grid × seeds of one base config, run locally, on Ray or on SLURM.
+
+A sweep file names a base config, variants (a named method — score_rl/algos/methods.py — plus a dotlist diff),
+optional grid axes (their cartesian product applies to every variant), seeds, overrides of the end-of-run
+evaluation, and a backend. Every run is an ordinary ``score-rl train`` with a deterministic run directory
+``OUT/runs/<variant>[__<axis>=<value>...]__seed<seed>``, checkpointed every ``checkpoint_every`` steps:
+
+* a run is finished when its trainer wrote ``run_complete.json`` (after the final policy and its evaluation);
+  re-running a sweep skips finished runs and re-launches the others, which resume from their latest checkpoint;
+* one failed run is reported (``failed.json`` and its log) and does not stop the others.
+
+The plan (``OUT/sweep.json``) is written before anything runs, so ``score-rl sweep --report OUT`` needs only the
+directory. Backends: ``local`` (subprocesses, N at a time), ``ray`` (one Ray job per run through the Jobs API, N at a
+time), ``slurm`` (one job array, one task per unfinished run; ``--dry-run`` writes and prints the script only).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from score_rl.config import ConfigError
+
+COMPLETE = "run_complete.json"  # written by the trainer as the last thing a run does
+FAILED = "failed.json"
+PLAN = "sweep.json"
+
+
+@dataclass
+class Variant:
+    method: str = "score"  # a preset of score_rl.algos.methods.PRESETS
+    overrides: List[str] = field(default_factory=list)
+
+
+@dataclass
+class SlurmBackend:
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    time: str = "04:00:00"
+    cpus_per_task: int = 2
+    gpus_per_task: int = 0
+    mem: str = "16G"
+    throttle: int = 0  # at most this many array tasks at once (%N); 0 = no limit
+    setup: List[str] = field(default_factory=list)  # shell lines before each run, e.g. "source .venv/bin/activate"
+    python: str = "python"
+    sbatch_args: List[str] = field(default_factory=list)  # extra "#SBATCH" arguments, e.g. "--qos=high"
+
+
+@dataclass
+class RayBackend:
+    address: Optional[str] = None  # the dashboard (Jobs API) address; null: $RAY_ADDRESS, else http://127.0.0.1:8265
+    python: Optional[str] = None  # interpreter on the cluster; null: this one (sys.executable)
+    num_cpus: float = 1.0  # CPUs reserved for each run's entrypoint
+    num_gpus: float = 0.0
+    runtime_env: Dict[str, Any] = field(default_factory=dict)
+    poll_s: float = 2.0
+
+
+@dataclass
+class Backend:
+    name: str = "local"  # local, ray or slurm
+    parallel: int = 1  # runs at once (local, ray)
+    slurm: SlurmBackend = field(default_factory=SlurmBackend)
+    ray: RayBackend = field(default_factory=RayBackend)
+
+
+@dataclass
+class SweepSpec:
+    name: str = "sweep"
+    base: str = "???"  # the base config, relative to the sweep file
+    out_dir: Optional[str] = None  # null: runs/sweeps/<name> (relative to the working directory)
+    seeds: List[int] = field(default_factory=lambda: [0])
+    overrides: List[str] = field(default_factory=list)  # applied to every run
+    variants: Dict[str, Variant] = field(default_factory=dict)
+    grid: Dict[str, List[Any]] = field(default_factory=dict)
+    eval: List[str] = field(default_factory=list)  # overrides of each run's end-of-run evaluation
+    reference: Optional[str] = None  # the variant every other is compared with (paired over seeds)
+    checkpoint_every: int = 10
+    backend: Backend = field(default_factory=Backend)
+
+
+@dataclass
+class Run:
+    run_id: str
+    variant: str
+    seed: int
+    grid: Dict[str, Any]
+    run_dir: str
+    overrides: List[str]  # everything after the base config: preset, sweep, variant, grid, eval, seed, run dir
+
+    @property
+    def group(self) -> str:
+        """The run's variant and grid point: what the report averages over seeds."""
+        return self.run_id.rsplit("__seed", 1)[0]
+
+    def command(self, base: str, python: str = sys.executable) -> List[str]:
+        return [python, "-m", "score_rl.cli", "train", base, *self.overrides]
+
+
+@dataclass
+class Sweep:
+    spec: SweepSpec
+    base: str  # absolute path of the base config
+    out_dir: Path
+    runs: List[Run]
+
+    def pending(self) -> List[Run]:
+        return [r for r in self.runs if not is_complete(r)]
+
+
+def is_complete(run: Run) -> bool:
+    return (Path(run.run_dir) / COMPLETE).is_file()
+
+
+# --- the sweep file --------------------------------------------------------------------------------------------------
+_EVAL_KEYS = re.compile(r"^(eval\.[\w.]+|trainer\.eval_problems|trainer\.eval_before_after)=")
+_SAFE = re.compile(r"[^A-Za-z0-9_.+-]")
+
+
+def load_sweep(path: str | Path, backend: Optional[str] = None, parallel: Optional[int] = None) -> Sweep:
+    """Parse, validate and plan a sweep file. Every run's config is loaded (and so checked) before anything runs."""
+    from score_rl.algos.methods import preset_overrides
+    from score_rl.config import load_config
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"sweep file {path} must hold a mapping at the top level")
+        spec: SweepSpec = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SweepSpec), loaded))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"sweep file {path}: key '{key}': {str(err).splitlines()[0]}") from None
+    if backend:
+        spec.backend.name = backend
+    if parallel:
+        spec.backend.parallel = parallel
+    if spec.backend.name not in ("local", "ray", "slurm"):
+        raise ConfigError(f"sweep key 'backend.name' must be local, ray or slurm, got '{spec.backend.name}'")
+    if spec.base == "???":
+        raise ConfigError(f"sweep file {path}: key 'base' (the base config) is required")
+    base = (path.parent / spec.base).resolve()
+    if not base.is_file():
+        raise ConfigError(f"sweep key 'base': config file not found: {base}")
+    if not spec.variants:
+        raise ConfigError(f"sweep file {path}: key 'variants' names no variant")
+    if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
+        raise ConfigError(f"sweep key 'seeds' must list distinct seeds, got {list(spec.seeds)}")
+    if spec.reference is not None and spec.reference not in spec.variants:
+        raise ConfigError(f"sweep key 'reference': '{spec.reference}' is not a variant ({', '.join(spec.variants)})")
+    if spec.backend.parallel < 1:
+        raise ConfigError("sweep key 'backend.parallel' must be >= 1")
+    for item in spec.eval:
+        if not _EVAL_KEYS.match(item):
+            raise ConfigError(f"sweep key 'eval': '{item}' is not an evaluation override (eval.*, trainer.eval_problems)")
+    for name in spec.variants:
+        if _SAFE.search(name) or "__" in name:
+            raise ConfigError(f"sweep variant name '{name}' must use letters, digits and _.+- only (no '__')")
+    out_dir = Path(spec.out_dir or f"runs/sweeps/{spec.name}").resolve()
+    axes = list(spec.grid.items())
+    for key, values in axes:
+        if not values:
+            raise ConfigError(f"sweep key 'grid.{key}' lists no value")
+    runs = []
+    for name, variant in spec.variants.items():
+        try:
+            preset = preset_overrides(variant.method)
+        except ConfigError as err:
+            raise ConfigError(f"sweep variant '{name}': {err}") from None
+        for point in itertools.product(*[[(k, v) for v in vs] for k, vs in axes]):
+            grid = dict(point)
+            label = "".join(f"__{k.split('.')[-1]}={_SAFE.sub('_', str(v))}" for k, v in grid.items())
+            for seed in spec.seeds:
+                run_id = f"{name}{label}__seed{seed}"
+                run_dir = out_dir / "runs" / run_id
+                overrides = [*preset, *spec.overrides, *variant.overrides, *[f"{k}={v}" for k, v in grid.items()],
+                             *spec.eval, f"trainer.seed={seed}", f"trainer.run_dir={run_dir}",
+                             f"trainer.checkpoint_every={spec.checkpoint_every}", "trainer.progress_bar=false"]
+                try:
+                    load_config(base, overrides)
+                except ConfigError as err:
+                    raise ConfigError(f"sweep run '{run_id}': {err}") from None
+                runs.append(Run(run_id, name, seed, grid, str(run_dir), overrides))
+    return Sweep(spec, str(base), out_dir, runs)
+
+
+def write_plan(sweep: Sweep) -> Path:
+    sweep.out_dir.mkdir(parents=True, exist_ok=True)
+    plan = {"name": sweep.spec.name, "base": sweep.base, "reference": sweep.spec.reference,
+            "seeds": list(sweep.spec.seeds), "runs": [asdict(r) for r in sweep.runs]}
+    out = sweep.out_dir / PLAN
+    out.write_text(json.dumps(plan, indent=2))
+    return out
+
+
+def read_plan(out_dir: str | Path) -> dict:
+    path = Path(out_dir) / PLAN
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {out_dir} a sweep directory (score-rl sweep writes it)?")
+    return json.loads(path.read_text())
+
+
+# --- the backends ----------------------------------------------------------------------------------------------------
+def _record_failure(run: Run, returncode: Any, log_path: Optional[Path]) -> None:
+    tail = ""
+    if log_path and log_path.is_file():
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+    (Path(run.run_dir) / FAILED).write_text(json.dumps({"returncode": returncode, "log": str(log_path),
+                                                        "log_tail": tail}, indent=2))
+
+
+def _finished(run: Run, returncode: Any, log_path: Optional[Path], seconds: float, log: Callable) -> bool:
+    if returncode == 0 and is_complete(run):
+        (Path(run.run_dir) / FAILED).unlink(missing_ok=True)
+        log(f"done   {run.run_id} ({seconds:.0f} s)")
+        return True
+    _record_failure(run, returncode, log_path)
+    log(f"FAILED {run.run_id} (exit {returncode}); log: {log_path}")
+    return False
+
+
+def run_local(sweep: Sweep, log: Callable = print) -> Dict[str, bool]:
+    """Every unfinished run as a ``score-rl train`` subprocess, ``backend.parallel`` at a time.
+
+    Ctrl-C (or SIGTERM) interrupts the running trainers (they stop between checkpoints) and re-raises: re-running
+    the sweep resumes them."""
+    pending, active, results = sweep.pending(), {}, {}
+    parallel = sweep.spec.backend.parallel
+    try:
+        while pending or active:
+            while pending and len(active) < parallel:
+                run = pending.pop(0)
+                Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+                log_path = Path(run.run_dir) / "train.log"
+                handle = open(log_path, "a")
+                resumed = (Path(run.run_dir) / "checkpoints").is_dir()
+                proc = subprocess.Popen(run.command(sweep.base), stdout=handle, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                active[run.run_id] = (run, proc, handle, log_path, time.time())
+                log(f"start  {run.run_id}{' (resuming)' if resumed else ''}")
+            for run_id, (run, proc, handle, log_path, started) in list(active.items()):
+                if proc.poll() is not None:
+                    handle.close()
+                    del active[run_id]
+                    results[run_id] = _finished(run, proc.returncode, log_path, time.time() - started, log)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        for run, proc, handle, _, _ in active.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        deadline = time.time() + 60
+        for run, proc, handle, _, _ in active.values():
+            try:
+                proc.wait(timeout=max(deadline - time.time(), 1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            handle.close()
+            log(f"stopped {run.run_id} (re-run the sweep to resume it)")
+        raise
+    return results
+
+
+def run_ray(sweep: Sweep, log: Callable = print) -> Dict[str, bool]:
+    """Every unfinished run as a Ray job (Jobs API) on a running cluster, ``backend.parallel`` at a time.
+
+    The run directories must be on storage the cluster's nodes share (they are absolute paths)."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    rb = sweep.spec.backend.ray
+    _use_ray_token_if_present()
+    client = JobSubmissionClient(rb.address)
+    python = rb.python or sys.executable
+    env = dict(rb.runtime_env)
+    env["env_vars"] = {"TOKENIZERS_PARALLELISM": "false", **env.get("env_vars", {})}
+    pending, active, results = sweep.pending(), {}, {}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        while pending or active:
+            while pending and len(active) < sweep.spec.backend.parallel:
+                run = pending.pop(0)
+                Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+                # a run that starts Ray itself joins this cluster instead of starting its own
+                command = run.command(sweep.base, python) + ["ray.address=auto"]
+                job_id = client.submit_job(
+                    entrypoint=shlex.join(command), runtime_env=env, submission_id=f"{sweep.spec.name}-{run.run_id}-"
+                    f"{stamp}", entrypoint_num_cpus=rb.num_cpus, entrypoint_num_gpus=rb.num_gpus or None,
+                    metadata={"sweep": sweep.spec.name, "run": run.run_id})
+                active[run.run_id] = (run, job_id, time.time())
+                log(f"submit {run.run_id} as Ray job {job_id}")
+            for run_id, (run, job_id, started) in list(active.items()):
+                status = client.get_job_status(job_id)
+                if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+                    log_path = Path(run.run_dir) / "train.log"
+                    log_path.write_text(client.get_job_logs(job_id))
+                    del active[run_id]
+                    results[run_id] = _finished(run, 0 if status == JobStatus.SUCCEEDED else str(status), log_path,
+                                                time.time() - started, log)
+            time.sleep(rb.poll_s)
+    except KeyboardInterrupt:
+        for run, job_id, _ in active.values():
+            client.stop_job(job_id)
+            log(f"stopped Ray job {job_id} ({run.run_id}; re-run the sweep to resume it)")
+        raise
+    return results
+
+
+def _use_ray_token_if_present() -> None:
+    """Ray >= 2.5x clusters require a token by default (``ray start`` keeps it in ~/.ray/auth_token). ``ray.init``
+    turns token auth on in a process when a token exists and RAY_AUTH_MODE is unset; the Jobs client does not, so we
+    do the same here (Ray's own function; an explicit RAY_AUTH_MODE is respected)."""
+    try:
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    except ImportError:  # an older Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def slurm_script(sweep: Sweep, runs: List[Run]) -> str:
+    """A job array with one task per run; each task's case names its run."""
+    sb, spec = sweep.spec.backend.slurm, sweep.spec
+    logs = sweep.out_dir / "slurm"
+    array = f"0-{len(runs) - 1}" + (f"%{sb.throttle}" if sb.throttle else "")
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={_SAFE.sub('_', spec.name)}", f"#SBATCH --array={array}",
+             f"#SBATCH --cpus-per-task={sb.cpus_per_task}", f"#SBATCH --mem={sb.mem}", f"#SBATCH --time={sb.time}",
+             f"#SBATCH --output={logs}/%x_%A_%a.out"]
+    if sb.partition:
+        lines.append(f"#SBATCH --partition={sb.partition}")
+    if sb.account:
+        lines.append(f"#SBATCH --account={sb.account}")
+    if sb.gpus_per_task:
+        lines.append(f"#SBATCH --gres=gpu:{sb.gpus_per_task}")
+    lines += [f"#SBATCH {arg}" for arg in sb.sbatch_args]
+    lines += [f"# score-rl sweep '{spec.name}': {len(runs)} unfinished run(s); re-running the sweep leaves finished "
+              "runs out", "set -euo pipefail", f"cd {shlex.quote(str(Path.cwd()))}",
+              *[f"# shellcheck disable=SC1090,SC1091  # (backend.slurm.setup: files it sources are not followed)\n{line}"
+                for line in sb.setup], "",
+              'case "${SLURM_ARRAY_TASK_ID}" in']
+    for i, run in enumerate(runs):
+        args = " ".join(shlex.quote(a) for a in run.command(sweep.base, sb.python))
+        lines += [f"  {i})  # {run.run_id}", f"    RUN_ID={shlex.quote(run.run_id)}", f"    CMD=({args})", "    ;;"]
+    lines += ['  *) echo "score-rl sweep: no run for array index ${SLURM_ARRAY_TASK_ID}" >&2; exit 2 ;;', "esac",
+              'echo "score-rl sweep: run ${RUN_ID}"', 'exec "${CMD[@]}"', ""]
+    return "\n".join(lines)
+
+
+def run_slurm(sweep: Sweep, dry_run: bool, log: Callable = print) -> Optional[str]:
+    """Write the job array of the unfinished runs; submit it with sbatch unless ``dry_run``. Returns the job id."""
+    runs = sweep.pending()
+    if not runs:
+        log("every run is finished: nothing to submit")
+        return None
+    (sweep.out_dir / "slurm").mkdir(parents=True, exist_ok=True)
+    script = sweep.out_dir / "slurm" / f"{_SAFE.sub('_', sweep.spec.name)}.sbatch"
+    script.write_text(slurm_script(sweep, runs))
+    if dry_run:
+        log(script.read_text())
+        log(f"# dry run: wrote {script} ({len(runs)} array tasks); submit it with: sbatch {script}")
+        return None
+    try:
+        out = subprocess.run(["sbatch", "--parsable", str(script)], check=True, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise ConfigError("sweep backend slurm: sbatch not found (run on a SLURM login node, or use --dry-run)")
+    except subprocess.CalledProcessError as err:
+        raise ConfigError(f"sbatch rejected {script}: {err.stderr.strip().splitlines()[-1] if err.stderr else err}")
+    job_id = out.stdout.strip().split(";")[0]
+    log(f"submitted job array {job_id} ({len(runs)} runs); when it is done: score-rl sweep --report {sweep.out_dir}")
+    return job_id
+
+
+def run_sweep(path: str | Path, backend: Optional[str] = None, parallel: Optional[int] = None,
+              dry_run: bool = False, log: Callable = print) -> Path:
+    """Plan, run what is unfinished on the backend, and (unless submitted to SLURM) write the report."""
+    sweep = load_sweep(path, backend, parallel)
+    write_plan(sweep)
+    pending = sweep.pending()
+    log(f"sweep '{sweep.spec.name}': {len(sweep.runs)} runs, {len(sweep.runs) - len(pending)} finished, "
+        f"{len(pending)} to run on backend '{sweep.spec.backend.name}'; directory {sweep.out_dir}")
+    name = sweep.spec.backend.name
+    if name == "slurm" or dry_run:
+        if name != "slurm":
+            raise ConfigError("--dry-run applies to --backend slurm only")
+        run_slurm(sweep, dry_run, log)
+        return sweep.out_dir
+    if pending:
+        _prepare_base_model(sweep, log)
+        results = (run_local if name == "local" else run_ray)(sweep, log)
+        failed = [k for k, ok in results.items() if not ok]
+        if failed:
+            log(f"{len(failed)} run(s) failed: {', '.join(failed)} (see failed.json in their directories); "
+                "re-running the sweep retries them")
+    from score_rl.eval.sweep_report import write_report
+
+    report = write_report(sweep.out_dir, log=log)
+    log(report.read_text())
+    return sweep.out_dir
+
+
+def _prepare_base_model(sweep: Sweep, log: Callable) -> None:
+    """Build (once) the locally built base models the runs need, before runs start side by side."""
+    from score_rl.config import load_config
+    from score_rl.train.base_model import resolve_model_path
+
+    seen = set()
+    for run in sweep.pending():
+        cfg = load_config(sweep.base, run.overrides)
+        if cfg.model.path is None:
+            key = json.dumps([asdict(cfg.model.tiny), cfg.env.name, dict(cfg.env.params), cfg.env.seed,
+                              asdict(cfg.prompt), cfg.model.cache_dir], sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                resolve_model_path(cfg, log=log)
