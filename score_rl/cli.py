@@ -130,10 +130,11 @@ def _sweep(args) -> int:
         raise ConfigError("score-rl sweep needs a sweep file (or --report DIR)")
     from score_rl.launch.sweep import run_sweep
 
-    def _terminate(signum, frame):  # SIGTERM (a scheduler, kill) stops the runs like Ctrl-C does
+    def _terminate(signum, frame):  # SIGTERM (a scheduler, kill), SIGHUP: stop the runs like Ctrl-C does
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)  # the terminal closed: stop the runs rather than orphan them
     run_sweep(args.sweep_file, args.backend, args.parallel, args.dry_run)
     return 0
 

@@ -14,7 +14,8 @@ only SCoRe's shaping; the others select ``method.name``, which changes what the 
 * ``self_refine``: no training; the base model with the correction instruction.
 
 SFT is the same DeepSpeed learner with advantage 1, no KL and only the kept turns in the loss mask: the per-token
-policy-gradient loss −A·log π then *is* the NLL, averaged over the kept tokens (at ``rollout.temperature``; 1 by
+policy-gradient loss −A·log π then *is* the NLL — averaged over the kept tokens with ``algo.loss_agg=token-mean``
+(summed per kept turn and averaged over kept turns with seq-mean-token-sum), scored at ``rollout.temperature`` (1 by
 default, where it is exactly the NLL).
 """
 
@@ -38,15 +39,17 @@ class Preset:
 
 
 PRESETS: Dict[str, Preset] = {
-    "score": Preset((), "SCoRe: Stage I (β2 KL on attempt 1, reward on attempt 2), then Stage II with the α bonus",
+    "score": Preset(("method.name=score",),
+                    "SCoRe: Stage I (β2 KL on attempt 1, reward on attempt 2), then Stage II with the α bonus",
                     "Table 4 'SCoRe (Ours)'"),
-    "no_stage1": Preset(("shaping.stage1_steps=0",), "SCoRe without Stage I: Stage II from the first step",
-                        "Table 4 'w/o Stage I'"),
-    "no_shaping": Preset(("shaping.alpha=0.0",), "SCoRe without the reward-shaping bonus (α = 0)",
-                         "Table 4 'w/o reward shaping'"),
-    "with_gamma": Preset(("shaping.gamma=0.5",), "SCoRe with turn 1 also credited with 0.5 × turn 2's return",
+    "no_stage1": Preset(("method.name=score", "shaping.stage1_steps=0"),
+                        "SCoRe without Stage I: Stage II from the first step", "Table 4 'w/o Stage I'"),
+    "no_shaping": Preset(("method.name=score", "shaping.alpha=0.0"),
+                         "SCoRe without the reward-shaping bonus (α = 0)", "Table 4 'w/o reward shaping'"),
+    "with_gamma": Preset(("method.name=score", "shaping.gamma=0.5"),
+                         "SCoRe with turn 1 also credited with 0.5 × turn 2's return",
                          "§5 / SCORE_NOTES: γ > 0 (the paper keeps γ = 0)"),
-    "multi_turn_rl": Preset(("shaping.stage1_steps=0", "shaping.alpha=0.0"),
+    "multi_turn_rl": Preset(("method.name=score", "shaping.stage1_steps=0", "shaping.alpha=0.0"),
                             "plain multi-turn RL: both attempts rewarded, no Stage I, no bonus",
                             "Table 4 'w/o Stage I' + 'w/o reward shaping'; PAG's two-turn RL baseline"),
     "single_turn_rl": Preset(("method.name=single_turn_rl",), "RL on attempt 1 only; evaluated with two attempts",
@@ -130,6 +133,12 @@ def pair_sft_pairs(samples: Sequence[Episode], seed: int) -> List[Tuple[Episode,
         if right:
             pairs += [(w, rng.choice(right)) for w in wrong]
     return pairs
+
+
+def episode_from_dict(data: dict) -> Episode:
+    """The inverse of ``dataclasses.asdict`` for an Episode (Pair-SFT's saved pairs)."""
+    return Episode(problem_id=data["problem_id"], sample_index=data["sample_index"], reference=data["reference"],
+                   turns=[Turn(**turn) for turn in data["turns"]])
 
 
 def pair_episode(wrong: Episode, right: Episode, correction_prompt_ids: List[int], index: int) -> Episode:

@@ -126,7 +126,7 @@ def is_complete(run: Run) -> bool:
 
 
 # --- the sweep file --------------------------------------------------------------------------------------------------
-_EVAL_KEYS = re.compile(r"^(eval\.[\w.]+|trainer\.eval_problems|trainer\.eval_before_after)=")
+_EVAL_KEYS = re.compile(r"^(eval\.temperature|trainer\.eval_problems)=")  # what the end-of-run evaluation reads
 _SAFE = re.compile(r"[^A-Za-z0-9_.+-]")
 
 
@@ -148,7 +148,7 @@ def load_sweep(path: str | Path, backend: Optional[str] = None, parallel: Option
         raise ConfigError(f"sweep file {path}: key '{key}': {str(err).splitlines()[0]}") from None
     if backend:
         spec.backend.name = backend
-    if parallel:
+    if parallel is not None:
         spec.backend.parallel = parallel
     if spec.backend.name not in ("local", "ray", "slurm"):
         raise ConfigError(f"sweep key 'backend.name' must be local, ray or slurm, got '{spec.backend.name}'")
@@ -167,7 +167,8 @@ def load_sweep(path: str | Path, backend: Optional[str] = None, parallel: Option
         raise ConfigError("sweep key 'backend.parallel' must be >= 1")
     for item in spec.eval:
         if not _EVAL_KEYS.match(item):
-            raise ConfigError(f"sweep key 'eval': '{item}' is not an evaluation override (eval.*, trainer.eval_problems)")
+            raise ConfigError(f"sweep key 'eval': '{item}' is not an override of the end-of-run evaluation "
+                              "(eval.temperature, trainer.eval_problems)")
     for name in spec.variants:
         if _SAFE.search(name) or "__" in name:
             raise ConfigError(f"sweep variant name '{name}' must use letters, digits and _.+- only (no '__')")
@@ -176,27 +177,73 @@ def load_sweep(path: str | Path, backend: Optional[str] = None, parallel: Option
     for key, values in axes:
         if not values:
             raise ConfigError(f"sweep key 'grid.{key}' lists no value")
-    runs = []
+    runs, seen = [], {}
     for name, variant in spec.variants.items():
         try:
             preset = preset_overrides(variant.method)
         except ConfigError as err:
             raise ConfigError(f"sweep variant '{name}': {err}") from None
+        clash = sorted({o.split("=", 1)[0] for o in preset} & set(spec.grid))
+        if clash:
+            raise ConfigError(f"sweep key 'grid.{clash[0]}' would undo what variant '{name}' (method "
+                              f"'{variant.method}') sets; move it into the variants' overrides")
         for point in itertools.product(*[[(k, v) for v in vs] for k, vs in axes]):
             grid = dict(point)
-            label = "".join(f"__{k.split('.')[-1]}={_SAFE.sub('_', str(v))}" for k, v in grid.items())
+            label = "".join(f"__{k}={_label_value(v)}" for k, v in grid.items())
             for seed in spec.seeds:
                 run_id = f"{name}{label}__seed{seed}"
+                if run_id in seen:
+                    raise ConfigError(f"sweep runs {seen[run_id]} and {grid} would share the run directory {run_id}")
+                seen[run_id] = grid
                 run_dir = out_dir / "runs" / run_id
-                overrides = [*preset, *spec.overrides, *variant.overrides, *[f"{k}={v}" for k, v in grid.items()],
+                # the sweep's overrides are the common ground; the preset defines the variant; the variant's own
+                # overrides and the grid point refine it (a grid key the preset sets is refused above)
+                overrides = [*spec.overrides, *preset, *variant.overrides, *[f"{k}={v}" for k, v in grid.items()],
                              *spec.eval, f"trainer.seed={seed}", f"trainer.run_dir={run_dir}",
                              f"trainer.checkpoint_every={spec.checkpoint_every}", "trainer.progress_bar=false"]
                 try:
-                    load_config(base, overrides)
+                    cfg = load_config(base, overrides)
                 except ConfigError as err:
                     raise ConfigError(f"sweep run '{run_id}': {err}") from None
+                _check_run_dir_config(run_id, run_dir, cfg)
                 runs.append(Run(run_id, name, seed, grid, str(run_dir), overrides))
     return Sweep(spec, str(base), out_dir, runs)
+
+
+def _label_value(value: Any) -> str:
+    text = str(value)
+    safe = _SAFE.sub("_", text)
+    if safe != text:  # keep distinct values distinct after sanitising
+        import hashlib
+
+        safe += "-" + hashlib.sha256(text.encode()).hexdigest()[:6]
+    return safe
+
+
+def _check_run_dir_config(run_id: str, run_dir: Path, cfg) -> None:
+    """A run directory that exists was started with exactly this config, or the sweep refuses to touch it: a finished
+    run would be reported under settings it never ran with, an interrupted one resumed from another config's
+    checkpoint."""
+    from score_rl.config import to_yaml
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    old, new = OmegaConf.to_container(OmegaConf.load(saved)), OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))
+    for c in (old, new):  # where it runs (the backend adds ray.address=auto for Ray jobs) is not what it is
+        c.pop("ray", None)
+    if old != new:
+        key = next(iter(_diff(old, new)), "?")
+        raise ConfigError(f"sweep run '{run_id}': {run_dir} was started with a different config (first difference: "
+                          f"'{key}'); remove that directory or set another out_dir")
+
+
+def _diff(a: Any, b: Any, prefix: str = ""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")
 
 
 def write_plan(sweep: Sweep) -> Path:
@@ -237,14 +284,17 @@ def _finished(run: Run, returncode: Any, log_path: Optional[Path], seconds: floa
 def run_local(sweep: Sweep, log: Callable = print) -> Dict[str, bool]:
     """Every unfinished run as a ``score-rl train`` subprocess, ``backend.parallel`` at a time.
 
-    Ctrl-C (or SIGTERM) interrupts the running trainers (they stop between checkpoints) and re-raises: re-running
-    the sweep resumes them."""
+    Ctrl-C, SIGTERM or SIGHUP interrupts the running trainers (each in its own session, so only the sweep decides) and
+    re-raises; re-running the sweep resumes them. Any other exit of the sweep stops them too."""
     pending, active, results = sweep.pending(), {}, {}
     parallel = sweep.spec.backend.parallel
     try:
         while pending or active:
             while pending and len(active) < parallel:
                 run = pending.pop(0)
+                if run_dir_in_use(Path(run.run_dir)):
+                    log(f"skip   {run.run_id}: another process is training it (its run directory is locked)")
+                    continue
                 Path(run.run_dir).mkdir(parents=True, exist_ok=True)
                 log_path = Path(run.run_dir) / "train.log"
                 handle = open(log_path, "a")
@@ -260,21 +310,47 @@ def run_local(sweep: Sweep, log: Callable = print) -> Dict[str, bool]:
                     del active[run_id]
                     results[run_id] = _finished(run, proc.returncode, log_path, time.time() - started, log)
             time.sleep(0.2)
-    except KeyboardInterrupt:
-        for run, proc, handle, _, _ in active.values():
+    finally:
+        if active:
+            _stop_local(active.values(), log)
+    return results
+
+
+def _stop_local(active, log: Callable) -> None:
+    """SIGINT to every running trainer's process group (they stop between checkpoints), SIGKILL after 60 s; further
+    Ctrl-C / SIGTERM are ignored meanwhile so the cleanup itself cannot be interrupted."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals}
+    try:
+        for _, proc, _, _, _ in active:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
+                _signal_group(proc, signal.SIGINT)
         deadline = time.time() + 60
-        for run, proc, handle, _, _ in active.values():
+        for run, proc, handle, _, _ in active:
             try:
                 proc.wait(timeout=max(deadline - time.time(), 1))
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _signal_group(proc, signal.SIGKILL)
                 proc.wait()
             handle.close()
             log(f"stopped {run.run_id} (re-run the sweep to resume it)")
-        raise
-    return results
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the trainer and whatever it started (sandbox children, a local Ray)
+    except ProcessLookupError:
+        pass
+
+
+def run_dir_in_use(run_dir: Path) -> bool:
+    """Whether a trainer holds the run directory's lock (score_rl.train.trainer.RunDirLock)."""
+    from score_rl.train.trainer import RunDirLock
+
+    return RunDirLock.held(run_dir)
 
 
 def run_ray(sweep: Sweep, log: Callable = print) -> Dict[str, bool]:
@@ -332,10 +408,23 @@ def _use_ray_token_if_present() -> None:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
+_DIRECTIVE = re.compile(r"^[\w.:,@%+=/-]+$")
+
+
 def slurm_script(sweep: Sweep, runs: List[Run]) -> str:
     """A job array with one task per run; each task's case names its run."""
     sb, spec = sweep.spec.backend.slurm, sweep.spec
     logs = sweep.out_dir / "slurm"
+    for key in ("partition", "account", "time", "mem"):
+        value = getattr(sb, key)
+        if value is not None and not _DIRECTIVE.match(str(value)):
+            raise ConfigError(f"sweep key 'backend.slurm.{key}': {value!r} is not a plain SLURM value")
+    for arg in sb.sbatch_args:
+        if not _DIRECTIVE.match(arg):
+            raise ConfigError(f"sweep key 'backend.slurm.sbatch_args': {arg!r} must be one --option=value without spaces")
+    if not _DIRECTIVE.match(str(logs)):
+        raise ConfigError(f"sweep out_dir {sweep.out_dir} must not contain spaces or shell characters for SLURM")
+    python = shlex.split(sb.python)  # e.g. "python", "uv run python", "srun python"
     array = f"0-{len(runs) - 1}" + (f"%{sb.throttle}" if sb.throttle else "")
     lines = ["#!/bin/bash", f"#SBATCH --job-name={_SAFE.sub('_', spec.name)}", f"#SBATCH --array={array}",
              f"#SBATCH --cpus-per-task={sb.cpus_per_task}", f"#SBATCH --mem={sb.mem}", f"#SBATCH --time={sb.time}",
@@ -348,12 +437,14 @@ def slurm_script(sweep: Sweep, runs: List[Run]) -> str:
         lines.append(f"#SBATCH --gres=gpu:{sb.gpus_per_task}")
     lines += [f"#SBATCH {arg}" for arg in sb.sbatch_args]
     lines += [f"# score-rl sweep '{spec.name}': {len(runs)} unfinished run(s); re-running the sweep leaves finished "
-              "runs out", "set -euo pipefail", f"cd {shlex.quote(str(Path.cwd()))}",
+              "runs out (a run already training elsewhere holds its directory's lock and this task then stops)",
+              f"cd {shlex.quote(str(Path.cwd()))}",
+              # the setup lines first: environment activation scripts are often not safe under `set -u`
               *[f"# shellcheck disable=SC1090,SC1091  # (backend.slurm.setup: files it sources are not followed)\n{line}"
-                for line in sb.setup], "",
+                for line in sb.setup], "set -euo pipefail", "",
               'case "${SLURM_ARRAY_TASK_ID}" in']
     for i, run in enumerate(runs):
-        args = " ".join(shlex.quote(a) for a in run.command(sweep.base, sb.python))
+        args = " ".join(shlex.quote(a) for a in [*python, *run.command(sweep.base, "")[1:]])
         lines += [f"  {i})  # {run.run_id}", f"    RUN_ID={shlex.quote(run.run_id)}", f"    CMD=({args})", "    ;;"]
     lines += ['  *) echo "score-rl sweep: no run for array index ${SLURM_ARRAY_TASK_ID}" >&2; exit 2 ;;', "esac",
               'echo "score-rl sweep: run ${RUN_ID}"', 'exec "${CMD[@]}"', ""]
@@ -388,14 +479,14 @@ def run_sweep(path: str | Path, backend: Optional[str] = None, parallel: Optiona
               dry_run: bool = False, log: Callable = print) -> Path:
     """Plan, run what is unfinished on the backend, and (unless submitted to SLURM) write the report."""
     sweep = load_sweep(path, backend, parallel)
+    if dry_run and sweep.spec.backend.name != "slurm":
+        raise ConfigError("--dry-run applies to --backend slurm only")
     write_plan(sweep)
     pending = sweep.pending()
     log(f"sweep '{sweep.spec.name}': {len(sweep.runs)} runs, {len(sweep.runs) - len(pending)} finished, "
         f"{len(pending)} to run on backend '{sweep.spec.backend.name}'; directory {sweep.out_dir}")
     name = sweep.spec.backend.name
-    if name == "slurm" or dry_run:
-        if name != "slurm":
-            raise ConfigError("--dry-run applies to --backend slurm only")
+    if name == "slurm":
         run_slurm(sweep, dry_run, log)
         return sweep.out_dir
     if pending:

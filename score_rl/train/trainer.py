@@ -10,6 +10,7 @@ import json
 import random
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -62,6 +63,49 @@ class ProblemSampler:
         self._order = self._shuffle()
 
 
+class RunDirLock:
+    """An exclusive, non-blocking lock on ``run_dir/.lock`` for a trainer's lifetime: two processes never train into
+    the same run directory (a sweep re-run while an earlier one's runs still train, a SLURM array submitted twice).
+    The OS drops it when the process dies, so a killed run never leaves a stale lock."""
+
+    def __init__(self, run_dir: Path):
+        import fcntl
+        import os
+
+        self.path = Path(run_dir) / ".lock"
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "?"
+            self._file.close()
+            raise ConfigError(f"run directory {run_dir} is in use by another score-rl process (pid {holder})") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.close()  # closing the file releases the lock
+
+    @staticmethod
+    def held(run_dir: Path) -> bool:
+        import fcntl
+
+        path = Path(run_dir) / ".lock"
+        if not path.is_file():
+            return False
+        with open(path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
 class Trainer:
     def __init__(self, cfg: Config, log=print):
         self.cfg, self.log = cfg, log
@@ -74,6 +118,7 @@ class Trainer:
         self.model_path = resolve_model_path(cfg, log=log)
         self.run_dir = Path(tc.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = RunDirLock(self.run_dir)
         save_config(cfg, self.run_dir / "config.yaml")
         seed_everything(tc.seed)
         self.method = cfg.method.name
@@ -138,7 +183,7 @@ class Trainer:
             if (every and (step + 1) % every == 0) or step + 1 == steps:
                 self.save_checkpoint(step + 1)
         logger.close()
-        self.save_final()
+        self.save_final(steps)
         if cfg.trainer.eval_before_after:
             results["trained"] = results["base"] if self.method == "self_refine" and "base" in results \
                 else self.evaluate()
@@ -150,8 +195,9 @@ class Trainer:
             (self.run_dir / "eval_before_after.md").write_text(table + "\n")
         # the last thing a run writes: a sweep counts the run finished only from here on
         (self.run_dir / "run_complete.json").write_text(json.dumps(
-            {"method": self.method, "steps": cfg.trainer.steps, "seed": cfg.trainer.seed,
+            {"method": self.method, "steps": steps, "seed": cfg.trainer.seed,
              "evaluated": cfg.trainer.eval_before_after}, indent=2))
+        self.lock.release()
         return results
 
     # --- the steps -----------------------------------------------------------------------------------------------
@@ -187,8 +233,14 @@ class Trainer:
 
     def collect_pairs(self) -> List[Tuple[Episode, Episode]]:
         """Pair-SFT's data, once: first attempts of ``method.pair_sft_problems`` train problems sampled from the base
-        model, paired wrong → right within each problem."""
+        model, paired wrong → right within each problem; saved to ``run_dir/pairs.json`` and reloaded from there when
+        the run resumes (so a resumed run trains on the very same pairs)."""
         cfg = self.cfg
+        saved = self.run_dir / "pairs.json"
+        if saved.is_file():
+            data = json.loads(saved.read_text())
+            self.pair_contexts = data["contexts"]
+            return [(methods.episode_from_dict(w), methods.episode_from_dict(r)) for w, r in data["pairs"]]
         problems = ProblemSampler(self.env.problems("train"), cfg.trainer.seed + 7919).next(cfg.method.pair_sft_problems)
         samples = run_sharded(self.workers, problems, cfg.rollout.samples_per_problem, cfg.rollout.temperature,
                               cfg.trainer.seed * 1_000_003 - 1, 1)
@@ -199,6 +251,10 @@ class Trainer:
         contexts = self.workers.call_one(0, "correction_prompts",
                                          [(w.turns[0].prompt_ids, w.turns[0].response_ids, w.problem_id) for w, _ in pairs])
         self.pair_contexts = contexts
+        tmp = saved.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pairs": [[asdict(w), asdict(r)] for w, r in pairs], "contexts": contexts},
+                                  default=str))
+        tmp.replace(saved)
         self.log(f"Pair-SFT: {len(pairs)} wrong→right pairs from {len(samples)} base-model first attempts "
                  f"of {len(problems)} problems")
         return pairs
@@ -264,6 +320,7 @@ class Trainer:
             for worker in self.workers.members:
                 worker.env.close()
         self.env.close()
+        self.lock.release()
 
     # --- persistence ---------------------------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
@@ -281,14 +338,18 @@ class Trainer:
         self.start_step = state["step"]
         self.weight_sync.push(self.learners, self.workers)
         self.log(f"resumed from {ckpt} at step {self.start_step}")
-        if self.start_step >= self.cfg.trainer.steps:
-            self.log(f"checkpoint step {self.start_step} >= trainer.steps={self.cfg.trainer.steps}: nothing to train")
+        if self.start_step > self.cfg.trainer.steps:
+            raise ConfigError(f"config key 'trainer.steps': {self.cfg.trainer.steps} is below the checkpoint's step "
+                              f"{self.start_step} in {ckpt}; a run cannot be shortened after the fact")
+        if self.start_step == self.cfg.trainer.steps:
+            self.log(f"checkpoint step {self.start_step} = trainer.steps: nothing left to train")
 
-    def save_final(self) -> None:
+    def save_final(self, steps: int) -> None:
         out = self.run_dir / "final"
         self.learners.call_one(0, "save_pretrained", str(out))
         (out / TRAINED_MARKER).write_text(json.dumps(
-            {"base_model": self.model_path, "run_dir": str(self.run_dir), "steps": self.cfg.trainer.steps}, indent=2))
+            {"base_model": self.model_path, "run_dir": str(self.run_dir), "steps": steps, "method": self.method},
+            indent=2))
         self.log(f"final policy saved to {out}")
 
 

@@ -38,10 +38,11 @@ def test_plan_is_variants_times_grid_times_seeds_with_deterministic_run_dirs(tmp
                   grid={"learner.lr": [1e-4, 3e-4]}, eval=["eval.temperature=0.0"], reference="score")
     plan = sw.load_sweep(path)
     ids = [r.run_id for r in plan.runs]
-    assert ids == [f"{v}__lr={lr}__seed{s}" for v in ("score", "plain") for lr in ("0.0001", "0.0003") for s in (0, 3)]
+    assert ids == [f"{v}__learner.lr={lr}__seed{s}" for v in ("score", "plain") for lr in ("0.0001", "0.0003")
+                   for s in (0, 3)]
     assert [r.run_dir for r in plan.runs] == [r.run_dir for r in sw.load_sweep(path).runs]
-    run = next(r for r in plan.runs if r.run_id == "plain__lr=0.0003__seed3")
-    assert run.run_dir == str(tmp_path / "out" / "runs" / run.run_id) and run.group == "plain__lr=0.0003"
+    run = next(r for r in plan.runs if r.run_id == "plain__learner.lr=0.0003__seed3")
+    assert run.run_dir == str(tmp_path / "out" / "runs" / run.run_id) and run.group == "plain__learner.lr=0.0003"
     from score_rl.config import load_config
 
     cfg = load_config(plan.base, run.overrides)
@@ -55,15 +56,47 @@ def test_plan_is_variants_times_grid_times_seeds_with_deterministic_run_dirs(tmp
     ({"variants": {"a": {"overrides": ["shaping.alpah=1"]}}}, "sweep run 'a__seed0': unknown config key 'shaping.alpah'"),
     ({"variants": {"a": {}}, "seedz": [1]}, "key 'seedz'"),
     ({"variants": {"a": {}}, "reference": "b"}, "'reference': 'b' is not a variant"),
-    ({"variants": {"a": {}}, "eval": ["learner.lr=1"]}, "not an evaluation override"),
+    ({"variants": {"a": {}}, "eval": ["learner.lr=1"]}, "not an override of the end-of-run evaluation"),
+    ({"variants": {"a": {}}, "eval": ["eval.num_turns=3"]}, "not an override of the end-of-run evaluation"),
+    ({"variants": {"a": {"method": "no_shaping"}}, "grid": {"shaping.alpha": [1, 2]}},
+     "'grid.shaping.alpha' would undo what variant 'a' (method 'no_shaping') sets"),
+    ({"variants": {"a": {}}, "grid": {"model.cache_dir": ["/tmp/c a", "/tmp/c_a"]}}, None),
     ({"variants": {}}, "names no variant"),
     ({"variants": {"a__b": {}}}, "must use letters"),
     ({"variants": {"a": {}}, "backend": {"name": "k8s"}}, "must be local, ray or slurm"),
 ])
 def test_bad_sweep_files_fail_with_one_line_naming_the_problem(tmp_path, spec, message):
+    if message is None:  # values that sanitise alike still get distinct run directories
+        runs = sw.load_sweep(_write(tmp_path, **spec)).runs
+        assert len({r.run_dir for r in runs}) == 2
+        return
     with pytest.raises(ConfigError) as err:
         sw.load_sweep(_write(tmp_path, **spec))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_presets_define_their_variant_over_the_sweeps_common_overrides(tmp_path):
+    from score_rl.config import load_config
+
+    plan = sw.load_sweep(_write(tmp_path, overrides=["shaping.alpha=5.0", "method.name=star"],
+                                variants={"score": {}, "flat": {"method": "no_shaping"},
+                                          "flat2": {"method": "no_shaping", "overrides": ["shaping.alpha=2.0"]}}))
+    cfgs = {r.variant: load_config(plan.base, r.overrides) for r in plan.runs}
+    assert (cfgs["score"].shaping.alpha, cfgs["score"].method.name) == (5.0, "score")
+    assert cfgs["flat"].shaping.alpha == 0.0, "the sweep-wide alpha must not undo the no_shaping preset"
+    assert cfgs["flat2"].shaping.alpha == 2.0, "a variant's own overrides refine its preset"
+
+
+def test_a_run_directory_started_with_another_config_is_refused(tmp_path):
+    path = _write(tmp_path, variants={"a": {}})
+    run = sw.load_sweep(path).runs[0]
+    Path(run.run_dir).mkdir(parents=True)
+    from score_rl.config import load_config, save_config
+
+    save_config(load_config(sw.load_sweep(path).base, run.overrides + ["shaping.beta1=0.5"]),
+                Path(run.run_dir) / "config.yaml")
+    with pytest.raises(ConfigError, match="was started with a different config .first difference: 'shaping.beta1'"):
+        sw.load_sweep(path)
 
 
 # --- statistics ----------------------------------------------------------------------------------------------------
@@ -142,6 +175,7 @@ def test_slurm_dry_run_writes_an_array_script_that_passes_bash_n_and_shellcheck(
     script = tmp_path / "out" / "slurm" / "t.sbatch"
     text = script.read_text()
     assert "#SBATCH --array=0-2%3" in text and "#SBATCH --partition=cpu" in text
+    assert text.index("source .venv/bin/activate") < text.index("set -euo pipefail")
     for run in sw.load_sweep(path).runs[1:]:
         assert f"# {run.run_id}" in text and f"RUN_ID={run.run_id}" in text
     assert finished.run_id not in text, "a finished run is left out of the array"
@@ -150,6 +184,23 @@ def test_slurm_dry_run_writes_an_array_script_that_passes_bash_n_and_shellcheck(
     shellcheck = Path(sys.executable).parent / "shellcheck"
     result = subprocess.run([str(shellcheck), str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("slurm, message", [
+    ({"partition": "cpu\ntouch /tmp/owned"}, "backend.slurm.partition"),
+    ({"mem": "8G; rm -rf ~"}, "backend.slurm.mem"),
+    ({"sbatch_args": ["--qos=high --exclusive"]}, "backend.slurm.sbatch_args"),
+])
+def test_slurm_values_cannot_inject_shell(tmp_path, slurm, message):
+    path = _write(tmp_path, variants={"a": {}}, backend={"name": "slurm", "slurm": slurm})
+    with pytest.raises(ConfigError, match=message):
+        sw.run_sweep(path, dry_run=True, log=lambda *_: None)
+
+
+def test_slurm_python_may_be_a_command(tmp_path):
+    path = _write(tmp_path, variants={"a": {}}, backend={"name": "slurm", "slurm": {"python": "uv run python"}})
+    sw.run_sweep(path, dry_run=True, log=lambda *_: None)
+    assert "CMD=(uv run python -m score_rl.cli train" in (tmp_path / "out" / "slurm" / "t.sbatch").read_text()
 
 
 # --- a real sweep: Ctrl-C, then re-run ---------------------------------------------------------------------------------

@@ -113,6 +113,29 @@ def test_pair_sft_trains_on_fixed_pairs_from_the_base_model(tmp_path, tiny_model
                 wrong.prompt_ids + wrong.response_ids, "problem + wrong attempt + instruction → right attempt"
     assert [ep.problem_id for ep in trainer.pair_batch(1)] == [ep.problem_id for ep in batches[1]], \
         "a step's pairs are a function of the step (exact resume)"
+    # a resumed run reloads the saved pairs instead of sampling new ones
+    monkeypatch.setattr(trainer_module, "run_sharded", lambda *a: pytest.fail("the pairs were sampled again"))
+    again = _trainer(tmp_path, tiny_model_path, "pair_sft", ["method.pair_sft_problems=32",
+                                                             "rollout.samples_per_problem=4",
+                                                             "trainer.eval_before_after=false"])
+    pairs = again.collect_pairs()
+    again.close()
+    assert [(w.turns[0].response_ids, r.turns[0].response_ids) for w, r in pairs] == \
+        [(w.turns[0].response_ids, r.turns[0].response_ids) for w, r in trainer.pairs]
+    assert again.pair_contexts == trainer.pair_contexts
+
+
+def test_a_run_directory_is_trained_by_one_process_at_a_time(tmp_path, tiny_model_path):
+    from score_rl.config import ConfigError
+    from score_rl.train.trainer import RunDirLock
+
+    first = _trainer(tmp_path, tiny_model_path, "score")
+    assert RunDirLock.held(first.run_dir)
+    with pytest.raises(ConfigError, match="is in use by another score-rl process"):
+        _trainer(tmp_path, tiny_model_path, "score")
+    first.close()
+    assert not RunDirLock.held(first.run_dir)
+    _trainer(tmp_path, tiny_model_path, "score").close()
 
 
 def test_self_refine_trains_nothing(tmp_path, tiny_model_path):
