@@ -62,26 +62,16 @@ def paired_difference(values: Dict[int, float], reference: Dict[int, float], con
     return mean_ci([values[s] - reference[s] for s in seeds], confidence)
 
 
-def final_metrics(run_dir: Path) -> Optional[Dict[str, float]]:
-    """The final policy's evaluation of a finished run, with the edit rate (share of changed second answers)."""
+def final_metrics(run_dir: Path, which: str = "trained") -> Optional[Dict[str, float]]:
+    """A finished run's evaluation of its final policy (``which="trained"``) or of the base model (``"base"``), with
+    the edit rate (share of changed second answers)."""
     path = Path(run_dir) / "eval_before_after.json"
     if not path.is_file():
         return None
-    trained = json.loads(path.read_text())["trained"]
-    out = {k: trained[k] for k in METRICS if k in trained}
-    if "unchanged" in trained:
-        out["edit_rate"] = 1.0 - trained["unchanged"]
-    return out
-
-
-def base_metrics(run_dir: Path) -> Optional[Dict[str, float]]:
-    path = Path(run_dir) / "eval_before_after.json"
-    if not path.is_file():
-        return None
-    base = json.loads(path.read_text())["base"]
-    out = {k: base[k] for k in METRICS if k in base}
-    if "unchanged" in base:
-        out["edit_rate"] = 1.0 - base["unchanged"]
+    metrics = json.loads(path.read_text())[which]
+    out = {k: metrics[k] for k in METRICS if k in metrics}
+    if "unchanged" in metrics:
+        out["edit_rate"] = 1.0 - metrics["unchanged"]
     return out
 
 
@@ -113,7 +103,7 @@ def write_report(out_dir: str | Path, log: Callable = print) -> Path:
             (failed if (Path(run["run_dir"]) / FAILED).is_file() else missing).append(run["run_id"])
             continue
         groups[group][run["seed"]] = metrics
-        base = base_metrics(Path(run["run_dir"]))
+        base = final_metrics(Path(run["run_dir"]), "base")
         if base is not None:
             base_rows.setdefault(run["seed"], base)
     reference = plan.get("reference")
@@ -180,6 +170,14 @@ def write_report(out_dir: str | Path, log: Callable = print) -> Path:
     return md
 
 
+def _colors(order: List[str]) -> Dict[str, str]:
+    """One colour per variant, the same in every panel of both plots."""
+    from score_rl.eval.plots import _pyplot
+
+    cycle = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    return {g: cycle[i % len(cycle)] for i, g in enumerate(order)}
+
+
 def _plot_bars(out: Path, order: List[str], summaries, name: str) -> None:
     from score_rl.eval.plots import _pyplot
 
@@ -187,20 +185,21 @@ def _plot_bars(out: Path, order: List[str], summaries, name: str) -> None:
     groups = [g for g in order if any(s.n for s in summaries[g].values())]
     if not groups:
         return
-    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(METRICS) * len(groups) / 3), 4.5))
-    width = 0.8 / len(groups)
-    xs = np.arange(len(METRICS))
-    for i, g in enumerate(groups):
-        means = [100 * summaries[g][k].mean for k in METRICS]
-        err = [0.0 if math.isnan(summaries[g][k].ci_high) else 100 * (summaries[g][k].ci_high - summaries[g][k].mean)
-               for k in METRICS]
-        ax.bar(xs + (i - (len(groups) - 1) / 2) * width, means, width, yerr=err, capsize=2, label=g)
-    ax.set_xticks(xs, list(METRICS.values()))
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_ylabel("percent (error bars: 95% CI over seeds)")
-    ax.set_title(f"Sweep '{name}': final policies")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(axis="y", alpha=0.3)
+    colors = _colors(order)
+    fig, axes = plt.subplots(2, 3, figsize=(max(10, 0.55 * len(groups) * 3), 7.5))
+    for ax, (key, title) in zip(axes.flat, METRICS.items()):
+        xs = np.arange(len(groups))
+        means = [100 * summaries[g][key].mean for g in groups]
+        err = [0.0 if math.isnan(summaries[g][key].ci_high) else 100 * (summaries[g][key].ci_high - summaries[g][key].mean)
+               for g in groups]
+        ax.bar(xs, means, 0.7, yerr=err, capsize=3, color=[colors[g] for g in groups])
+        ax.set_xticks(xs, groups, rotation=40, ha="right", fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("percent")
+    axes[1][0].set_ylabel("percent")
+    fig.suptitle(f"Sweep '{name}': final policies, mean over seeds (error bars: 95% CI)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -223,6 +222,7 @@ def _plot_curves(out: Path, order: List[str], runs: Dict[str, dict], name: str) 
     from score_rl.eval.plots import _pyplot
 
     plt = _pyplot()
+    colors = _colors(order)
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.8))
     for g in order:
         series = [_curve_rows(Path(r["run_dir"])) for r in runs.values() if r["run_id"].rsplit("__seed", 1)[0] == g]
@@ -237,14 +237,15 @@ def _plot_curves(out: Path, order: List[str], runs: Dict[str, dict], name: str) 
                      for s in series]
             vals = np.array(table, dtype=float)
             mean, std = np.nanmean(vals, axis=0), np.nanstd(vals, axis=0)
-            line, = ax.plot(steps, mean, label=g)
-            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            ax.plot(steps, mean, label=g, color=colors[g])
+            ax.fill_between(steps, mean - std, mean + std, color=colors[g], alpha=0.2)
     for ax, title in zip(axes, CURVES.values()):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 8), fontsize=8)
     fig.suptitle(f"Sweep '{name}': training curves (mean over seeds, band ±1 std)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)

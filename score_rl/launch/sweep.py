@@ -373,9 +373,11 @@ def run_ray(sweep: Sweep, log: Callable = print) -> Dict[str, bool]:
                 run = pending.pop(0)
                 Path(run.run_dir).mkdir(parents=True, exist_ok=True)
                 # a run that starts Ray itself joins this cluster instead of starting its own
-                command = run.command(sweep.base, python) + ["ray.address=auto"]
+                command = shlex.join(run.command(sweep.base, python) + ["ray.address=auto"])
+                if "working_dir" not in env:  # relative paths in the overrides mean what they mean here
+                    command = f"cd {shlex.quote(str(Path.cwd()))} && {command}"
                 job_id = client.submit_job(
-                    entrypoint=shlex.join(command), runtime_env=env, submission_id=f"{sweep.spec.name}-{run.run_id}-"
+                    entrypoint=command, runtime_env=env, submission_id=f"{sweep.spec.name}-{run.run_id}-"
                     f"{stamp}", entrypoint_num_cpus=rb.num_cpus, entrypoint_num_gpus=rb.num_gpus or None,
                     metadata={"sweep": sweep.spec.name, "run": run.run_id})
                 active[run.run_id] = (run, job_id, time.time())
@@ -384,7 +386,8 @@ def run_ray(sweep: Sweep, log: Callable = print) -> Dict[str, bool]:
                 status = client.get_job_status(job_id)
                 if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
                     log_path = Path(run.run_dir) / "train.log"
-                    log_path.write_text(client.get_job_logs(job_id))
+                    with open(log_path, "a") as f:  # appended, as the local backend does: a resumed run keeps both
+                        f.write(client.get_job_logs(job_id))
                     del active[run_id]
                     results[run_id] = _finished(run, 0 if status == JobStatus.SUCCEEDED else str(status), log_path,
                                                 time.time() - started, log)

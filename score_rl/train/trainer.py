@@ -290,11 +290,14 @@ class Trainer:
         return reduce_rank_stats(self.learners.call("train_step", [(s, denominator) for s in shards]), denominator)
 
     def step_metrics(self, episodes, stage, stats, timings) -> Dict[str, float]:
-        m = self_correction_metrics(episodes)
-        m["stage"] = stage
-        for t in range(1, len(episodes[0].turns) + 1):
-            m[f"reward_t{t}"] = sum(ep.turns[t - 1].shaped_reward for ep in episodes) / len(episodes)
-            m[f"truncated_t{t}"] = sum(ep.turns[t - 1].truncated for ep in episodes) / len(episodes)
+        m: Dict[str, float] = {"stage": stage}
+        # Pair-SFT's batches are fixed pairs (attempt 1 wrong, attempt 2 right by construction), not samples of the
+        # policy: their accuracies would say nothing about it, so only the learner's statistics are logged
+        if self.method != "pair_sft":
+            m.update(self_correction_metrics(episodes))
+            for t in range(1, len(episodes[0].turns) + 1):
+                m[f"reward_t{t}"] = sum(ep.turns[t - 1].shaped_reward for ep in episodes) / len(episodes)
+                m[f"truncated_t{t}"] = sum(ep.turns[t - 1].truncated for ep in episodes) / len(episodes)
         m.update(stats)
         m.update({f"time/{k}": v for k, v in timings.items()})
         return m

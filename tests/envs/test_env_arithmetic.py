@@ -189,6 +189,27 @@ def test_demonstrations_respect_the_teacher_params():
     assert all(first == second for _, (first, second) in always_copy.demonstrations(300, seed=0))
 
 
+def test_testbed_teacher_first_attempts(env):
+    """The ablation testbed's base model: attempt 1 is the right sum on a share demo_first_correct of carry problems
+    (else the forgotten-carry slip), and a large sum loses its hundreds digit whatever else."""
+    testbed = ArithmeticEnv({"demo_first_correct": 0.3, "demo_drop_hundreds": 1.0, "drop_hundreds_from": 150}, seed=0)
+    right = carries = 0
+    for problem, (first, _) in testbed.demonstrations(4000, seed=1):
+        a, b = _operands(problem)
+        if a + b >= 150:
+            assert int(first) == (a + b) % 100, f"{problem.text}: the hundreds digit is dropped"
+        elif forgot_carry_sum(a, b) != a + b:
+            carries += 1
+            right += int(first) == a + b
+            assert int(first) in (a + b, forgot_carry_sum(a, b))
+        else:
+            assert int(first) == a + b
+    assert right / carries == pytest.approx(0.3, abs=0.04)
+    # enabling nothing keeps the quickstart's demonstrations exactly (its cached base model stays valid)
+    assert ArithmeticEnv({"demo_drop_hundreds": 0.0}, seed=0).demonstrations(200, seed=5) == \
+        env.demonstrations(200, seed=5)
+
+
 def test_demonstrations_are_seeded(env):
     assert env.demonstrations(50, seed=7) == env.demonstrations(50, seed=7)
     assert env.demonstrations(50, seed=7) != env.demonstrations(50, seed=8)
