@@ -39,8 +39,9 @@ class ArithmeticEnv(Env):
         num_test: int = 500
         # warm-up teacher of the locally built base model (see module docstring)
         demo_first_correct: float = 0.0  # attempt 1 is the correct sum (else the forgotten-carry slip)
-        demo_drop_hundreds: float = 0.0  # a sum >= drop_hundreds_from: attempt 1 drops its hundreds digit
-        drop_hundreds_from: int = 100  # (overrides the two choices above)
+        # a sum >= drop_hundreds_from (>= 100): attempt 1 drops its hundreds digit, whatever the two choices above
+        demo_drop_hundreds: float = 0.0
+        drop_hundreds_from: int = 100
         demo_copy: float = 0.55  # attempt 2 repeats attempt 1
         demo_fix: float = 0.25  # attempt 2 is the correct sum
         # the rest: attempt 2 is a different wrong answer
@@ -52,6 +53,11 @@ class ArithmeticEnv(Env):
             from score_rl.config import ConfigError
 
             raise ConfigError("config key 'env.params.min_operand' must be in [0, max_operand]")
+        if p.drop_hundreds_from < 100:
+            from score_rl.config import ConfigError
+
+            raise ConfigError("config key 'env.params.drop_hundreds_from' must be >= 100 (a sum below has no hundreds "
+                              f"digit), got {p.drop_hundreds_from}")
         self._splits = self._split(p.min_operand, p.max_operand, p.num_test, self.seed)
 
     @staticmethod
@@ -109,7 +115,7 @@ class ArithmeticEnv(Env):
             first = forgot_carry_sum(a, b)
             if self.params.demo_first_correct > 0 and rng.random() < self.params.demo_first_correct:
                 first = a + b  # (drawn only when enabled: the quickstart's demonstrations stay what they were)
-            if a + b >= max(100, self.params.drop_hundreds_from) and self.params.demo_drop_hundreds > 0 and rng.random() < self.params.demo_drop_hundreds:
+            if a + b >= self.params.drop_hundreds_from and self.params.demo_drop_hundreds > 0 and rng.random() < self.params.demo_drop_hundreds:
                 first = (a + b) % 100
             u = rng.random()
             if u < self.params.demo_copy:

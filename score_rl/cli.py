@@ -133,8 +133,9 @@ def _sweep(args) -> int:
     def _terminate(signum, frame):  # SIGTERM (a scheduler, kill), SIGHUP: stop the runs like Ctrl-C does
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)  # the terminal closed: stop the runs rather than orphan them
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed — stop the runs, don't orphan them
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # `nohup score-rl sweep ...` keeps ignoring SIGHUP
+            signal.signal(sig, _terminate)
     run_sweep(args.sweep_file, args.backend, args.parallel, args.dry_run)
     return 0
 

@@ -1,8 +1,9 @@
 """SCoRe and the paper's comparison methods: named presets (config diffs) and the data each baseline trains on.
 
-A preset is a dotlist applied before the user's overrides (``score-rl train CONFIG --method NAME``, or a sweep
-variant's ``method:``), so every variant stays an ordinary config that is saved with its run. Four presets change
-only SCoRe's shaping; the others select ``method.name``, which changes what the trainer feeds the learner:
+A preset is a dotlist applied before the user's own overrides (``score-rl train CONFIG --method NAME``; in a sweep,
+after the sweep-wide overrides and before the variant's), so every variant stays an ordinary config that is saved with
+its run. Five presets are SCoRe (``method.name=score``) with its shaping changed; the others select another
+``method.name``, which changes what the trainer feeds the learner:
 
 * ``single_turn_rl``: episodes of one attempt, rewarded r1 with the β1 KL; attempt 2 is never trained (it is still
   evaluated, with two attempts).

@@ -94,10 +94,12 @@ def write_report(out_dir: str | Path, log: Callable = print) -> Path:
     groups: Dict[str, Dict[int, Dict[str, float]]] = defaultdict(dict)
     order: List[str] = []
     missing, failed, base_rows = [], [], {}
+    point_of: Dict[str, str] = {}  # group → its grid point's label ("" without a grid)
     for run in plan["runs"]:
         group = run["run_id"].rsplit("__seed", 1)[0]
         if group not in order:
             order.append(group)
+            point_of[group] = group[len(run["variant"]):]
         metrics = final_metrics(Path(run["run_dir"]))
         if metrics is None or not (Path(run["run_dir"]) / "run_complete.json").is_file():
             (failed if (Path(run["run_dir"]) / FAILED).is_file() else missing).append(run["run_id"])
@@ -112,11 +114,14 @@ def write_report(out_dir: str | Path, log: Callable = print) -> Path:
 
     summaries = {g: {k: mean_ci([m[k] for m in groups[g].values() if k in m]) for k in METRICS} for g in order}
     paired: Dict[str, Dict[str, Summary]] = {}
-    if reference and groups.get(reference):
-        for g in order:
-            if g != reference and groups.get(g):
+    ref_of: Dict[str, str] = {}
+    if reference:
+        for g in order:  # each variant against the reference at the same grid point
+            ref = reference + point_of[g]
+            if g != ref and groups.get(g) and groups.get(ref):
+                ref_of[g] = ref
                 paired[g] = {k: paired_difference({s: m[k] for s, m in groups[g].items() if k in m},
-                                                  {s: m[k] for s, m in groups[reference].items() if k in m})
+                                                  {s: m[k] for s, m in groups[ref].items() if k in m})
                              for k in METRICS}
 
     with open(report / "summary.csv", "w", newline="") as f:
@@ -130,7 +135,7 @@ def write_report(out_dir: str | Path, log: Callable = print) -> Path:
         w.writerow(["variant", "reference", "metric", "n", "mean_diff", "std", "ci95_low", "ci95_high"])
         for g, rows in paired.items():
             for k, s in rows.items():
-                w.writerow([g, reference, k, s.n, s.mean, s.std, s.ci_low, s.ci_high])
+                w.writerow([g, ref_of[g], k, s.n, s.mean, s.std, s.ci_low, s.ci_high])
 
     head = "| variant | seeds | " + " | ".join(METRICS.values()) + " |"
     sep = "|---|---:|" + "---:|" * len(METRICS)
@@ -146,11 +151,12 @@ def write_report(out_dir: str | Path, log: Callable = print) -> Path:
         lines.append(f"| {g} | {n} | " + " | ".join(_fmt(summaries[g][k], signed=k.startswith("delta"))
                                                     for k in METRICS) + " |")
     if paired:
-        lines += ["", f"Paired difference against '{reference}' (same seeds), in points: mean ± std [95% CI].", "",
+        lines += ["", f"Paired difference against '{reference}' (same seeds, same grid point), in points: mean ± std "
+                  "[95% CI].", "",
                   "| variant | seeds | " + " | ".join(METRICS.values()) + " |", sep]
         for g, rows in paired.items():
             n = max(s.n for s in rows.values())
-            lines.append(f"| {g} − {reference} | {n} | " + " | ".join(_fmt(rows[k], signed=True) for k in METRICS)
+            lines.append(f"| {g} − {ref_of[g]} | {n} | " + " | ".join(_fmt(rows[k], signed=True) for k in METRICS)
                          + " |")
     if missing or failed:
         lines += [""]
@@ -236,7 +242,8 @@ def _plot_curves(out: Path, order: List[str], runs: Dict[str, dict], name: str) 
             table = [[next((r[key] for r in s if r["step"] == st and r.get(key) is not None), math.nan) for st in steps]
                      for s in series]
             vals = np.array(table, dtype=float)
-            mean, std = np.nanmean(vals, axis=0), np.nanstd(vals, axis=0)
+            mean = np.nanmean(vals, axis=0)
+            std = np.nanstd(vals, axis=0, ddof=1) if len(series) > 1 else np.zeros_like(mean)  # as in the table
             ax.plot(steps, mean, label=g, color=colors[g])
             ax.fill_between(steps, mean - std, mean + std, color=colors[g], alpha=0.2)
     for ax, title in zip(axes, CURVES.values()):
@@ -244,6 +251,9 @@ def _plot_curves(out: Path, order: List[str], runs: Dict[str, dict], name: str) 
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
+    if not handles:  # no run logged training steps (e.g. Self-Refine only)
+        plt.close(fig)
+        return
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 8), fontsize=8)
     fig.suptitle(f"Sweep '{name}': training curves (mean over seeds, band ±1 std)")
     fig.tight_layout(rect=(0, 0.08, 1, 1))

@@ -128,6 +128,9 @@ def is_complete(run: Run) -> bool:
 # --- the sweep file --------------------------------------------------------------------------------------------------
 _EVAL_KEYS = re.compile(r"^(eval\.temperature|trainer\.eval_problems)=")  # what the end-of-run evaluation reads
 _SAFE = re.compile(r"[^A-Za-z0-9_.+-]")
+# keys the sweep sets on every run (a sweep file setting them would be silently overridden, so it is refused)
+_FIXED = ("trainer.seed", "trainer.run_dir", "trainer.checkpoint_every", "trainer.progress_bar",
+          "trainer.eval_before_after")
 
 
 def load_sweep(path: str | Path, backend: Optional[str] = None, parallel: Optional[int] = None) -> Sweep:
@@ -183,13 +186,24 @@ def load_sweep(path: str | Path, backend: Optional[str] = None, parallel: Option
             preset = preset_overrides(variant.method)
         except ConfigError as err:
             raise ConfigError(f"sweep variant '{name}': {err}") from None
-        clash = sorted({o.split("=", 1)[0] for o in preset} & set(spec.grid))
+        keys = lambda items: {o.split("=", 1)[0] for o in items}  # noqa: E731
+        clash = sorted(keys(preset) & set(spec.grid))
         if clash:
             raise ConfigError(f"sweep key 'grid.{clash[0]}' would undo what variant '{name}' (method "
                               f"'{variant.method}') sets; move it into the variants' overrides")
+        clash = sorted(keys(variant.overrides) & set(spec.grid))
+        if clash:
+            raise ConfigError(f"sweep variant '{name}' sets '{clash[0]}', which the grid also sets: one would be lost")
+        for where, items in (("grid", set(spec.grid)), ("overrides", keys(spec.overrides)),
+                             (f"variants.{name}.overrides", keys(variant.overrides))):
+            clash = sorted(items & (keys(spec.eval) | set(_FIXED)))
+            if clash:
+                raise ConfigError(f"sweep key '{where}' sets '{clash[0]}', which the sweep sets itself "
+                                  f"({'the eval list' if clash[0] in keys(spec.eval) else 'per run'})")
         for point in itertools.product(*[[(k, v) for v in vs] for k, vs in axes]):
             grid = dict(point)
             label = "".join(f"__{k}={_label_value(v)}" for k, v in grid.items())
+            point_overrides = [f"{k}={'null' if v is None else v}" for k, v in grid.items()]
             for seed in spec.seeds:
                 run_id = f"{name}{label}__seed{seed}"
                 if run_id in seen:
@@ -198,9 +212,10 @@ def load_sweep(path: str | Path, backend: Optional[str] = None, parallel: Option
                 run_dir = out_dir / "runs" / run_id
                 # the sweep's overrides are the common ground; the preset defines the variant; the variant's own
                 # overrides and the grid point refine it (a grid key the preset sets is refused above)
-                overrides = [*spec.overrides, *preset, *variant.overrides, *[f"{k}={v}" for k, v in grid.items()],
-                             *spec.eval, f"trainer.seed={seed}", f"trainer.run_dir={run_dir}",
-                             f"trainer.checkpoint_every={spec.checkpoint_every}", "trainer.progress_bar=false"]
+                overrides = [*spec.overrides, *preset, *variant.overrides, *point_overrides, *spec.eval,
+                             f"trainer.seed={seed}", f"trainer.run_dir={run_dir}",
+                             f"trainer.checkpoint_every={spec.checkpoint_every}", "trainer.progress_bar=false",
+                             "trainer.eval_before_after=true"]
                 try:
                     cfg = load_config(base, overrides)
                 except ConfigError as err:
@@ -317,9 +332,10 @@ def run_local(sweep: Sweep, log: Callable = print) -> Dict[str, bool]:
 
 
 def _stop_local(active, log: Callable) -> None:
-    """SIGINT to every running trainer's process group (they stop between checkpoints), SIGKILL after 60 s; further
-    Ctrl-C / SIGTERM are ignored meanwhile so the cleanup itself cannot be interrupted."""
-    signals = (signal.SIGINT, signal.SIGTERM)
+    """SIGINT to every running trainer's process group (each stops at once; its re-run resumes from its latest
+    checkpoint), SIGKILL after 60 s; further Ctrl-C / SIGTERM / SIGHUP are ignored meanwhile so the cleanup itself
+    cannot be interrupted."""
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals}
     try:
         for _, proc, _, _, _ in active:
@@ -371,6 +387,9 @@ def run_ray(sweep: Sweep, log: Callable = print) -> Dict[str, bool]:
         while pending or active:
             while pending and len(active) < sweep.spec.backend.parallel:
                 run = pending.pop(0)
+                if run_dir_in_use(Path(run.run_dir)):
+                    log(f"skip   {run.run_id}: another process is training it (its run directory is locked)")
+                    continue
                 Path(run.run_dir).mkdir(parents=True, exist_ok=True)
                 # a run that starts Ray itself joins this cluster instead of starting its own
                 command = shlex.join(run.command(sweep.base, python) + ["ray.address=auto"])
@@ -456,9 +475,9 @@ def slurm_script(sweep: Sweep, runs: List[Run]) -> str:
 
 def run_slurm(sweep: Sweep, dry_run: bool, log: Callable = print) -> Optional[str]:
     """Write the job array of the unfinished runs; submit it with sbatch unless ``dry_run``. Returns the job id."""
-    runs = sweep.pending()
+    runs = [r for r in sweep.pending() if not run_dir_in_use(Path(r.run_dir))]  # training right now: left out
     if not runs:
-        log("every run is finished: nothing to submit")
+        log("every run is finished or training: nothing to submit")
         return None
     (sweep.out_dir / "slurm").mkdir(parents=True, exist_ok=True)
     script = sweep.out_dir / "slurm" / f"{_SAFE.sub('_', sweep.spec.name)}.sbatch"

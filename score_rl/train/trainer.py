@@ -66,9 +66,10 @@ class ProblemSampler:
 class RunDirLock:
     """An exclusive, non-blocking lock on ``run_dir/.lock`` for a trainer's lifetime: two processes never train into
     the same run directory (a sweep re-run while an earlier one's runs still train, a SLURM array submitted twice).
-    The OS drops it when the process dies, so a killed run never leaves a stale lock."""
+    The OS drops it when the process dies (on NFSv3, a crashed node's lock may outlive it until the server reclaims
+    it). Where the filesystem has no locking (e.g. Lustre mounted without flock) it warns and goes on unlocked."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, log=print):
         import fcntl
         import os
 
@@ -81,6 +82,8 @@ class RunDirLock:
             holder = self._file.read().strip() or "?"
             self._file.close()
             raise ConfigError(f"run directory {run_dir} is in use by another score-rl process (pid {holder})") from None
+        except OSError as err:
+            log(f"warning: cannot lock {self.path} ({err.strerror}); nothing stops a second process training here")
         self._file.seek(0)
         self._file.truncate()
         self._file.write(str(os.getpid()))
@@ -92,16 +95,19 @@ class RunDirLock:
 
     @staticmethod
     def held(run_dir: Path) -> bool:
+        """Whether another process holds the lock (False where locking is unsupported)."""
         import fcntl
 
         path = Path(run_dir) / ".lock"
         if not path.is_file():
             return False
-        with open(path) as f:
+        with open(path, "a") as f:  # opened for writing: NFS emulates flock with fcntl locks, which need it
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return True
+            except OSError:
+                return False
             fcntl.flock(f, fcntl.LOCK_UN)
         return False
 
@@ -118,16 +124,20 @@ class Trainer:
         self.model_path = resolve_model_path(cfg, log=log)
         self.run_dir = Path(tc.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.lock = RunDirLock(self.run_dir)
-        save_config(cfg, self.run_dir / "config.yaml")
-        seed_everything(tc.seed)
-        self.method = cfg.method.name
-        self.env = make_env(cfg.env, cfg.prompt)
-        self.sampler = ProblemSampler(self.env.problems("train"), tc.seed)
-        self.eval_set = eval_problems(self.env.problems("test"), tc.eval_problems)
-        self.start_step = 0
-        self._start_actors()
-        self.weight_sync = ObjectStoreSync()
+        self.lock = RunDirLock(self.run_dir, log)
+        try:
+            save_config(cfg, self.run_dir / "config.yaml")
+            seed_everything(tc.seed)
+            self.method = cfg.method.name
+            self.env = make_env(cfg.env, cfg.prompt)
+            self.sampler = ProblemSampler(self.env.problems("train"), tc.seed)
+            self.eval_set = eval_problems(self.env.problems("test"), tc.eval_problems)
+            self.start_step = 0
+            self._start_actors()
+            self.weight_sync = ObjectStoreSync()
+        except BaseException:
+            self.lock.release()  # a failed start must not keep the directory locked in a long-lived process
+            raise
 
     def _start_actors(self) -> None:
         cfg, rc, lc = self.cfg, self.cfg.rollout, self.cfg.learner

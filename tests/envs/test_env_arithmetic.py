@@ -210,6 +210,11 @@ def test_testbed_teacher_first_attempts(env):
         env.demonstrations(200, seed=5)
 
 
+def test_drop_hundreds_below_100_is_an_error():
+    with pytest.raises(ConfigError, match="drop_hundreds_from' must be >= 100"):
+        ArithmeticEnv({"drop_hundreds_from": 50})
+
+
 def test_demonstrations_are_seeded(env):
     assert env.demonstrations(50, seed=7) == env.demonstrations(50, seed=7)
     assert env.demonstrations(50, seed=7) != env.demonstrations(50, seed=8)

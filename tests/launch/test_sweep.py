@@ -61,6 +61,12 @@ def test_plan_is_variants_times_grid_times_seeds_with_deterministic_run_dirs(tmp
     ({"variants": {"a": {"method": "no_shaping"}}, "grid": {"shaping.alpha": [1, 2]}},
      "'grid.shaping.alpha' would undo what variant 'a' (method 'no_shaping') sets"),
     ({"variants": {"a": {}}, "grid": {"model.cache_dir": ["/tmp/c a", "/tmp/c_a"]}}, None),
+    ({"variants": {"a": {"overrides": ["shaping.alpha=5.0"]}}, "grid": {"shaping.alpha": [1.0, 2.0]}},
+     "sweep variant 'a' sets 'shaping.alpha', which the grid also sets"),
+    ({"variants": {"a": {"overrides": ["eval.temperature=0.7"]}}, "eval": ["eval.temperature=0.0"]},
+     "sets 'eval.temperature', which the sweep sets itself (the eval list)"),
+    ({"variants": {"a": {}}, "overrides": ["trainer.checkpoint_every=3"]},
+     "sweep key 'overrides' sets 'trainer.checkpoint_every', which the sweep sets itself (per run)"),
     ({"variants": {}}, "names no variant"),
     ({"variants": {"a__b": {}}}, "must use letters"),
     ({"variants": {"a": {}}, "backend": {"name": "k8s"}}, "must be local, ray or slurm"),
@@ -131,6 +137,21 @@ def _fake_run(run_dir: Path, acc1: float, acc2: float, unchanged: float, steps: 
     (run_dir / "eval_before_after.json").write_text(json.dumps({"base": base, "trained": m}))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, **m}) + "\n" for s in range(steps)))
     (run_dir / "run_complete.json").write_text("{}")
+
+
+def test_report_pairs_each_grid_point_with_the_reference_at_that_point(tmp_path):
+    path = _write(tmp_path, seeds=[0, 1], variants={"score": {}, "plain": {"method": "multi_turn_rl"}},
+                  grid={"learner.lr": [0.0001, 0.0003]}, reference="score")
+    plan = sw.load_sweep(path)
+    sw.write_plan(plan)
+    for run in plan.runs:  # plain beats score by 0.1 Acc@t1 at lr 1e-4 and by 0.2 at 3e-4
+        lr_bonus = 0.1 if "0.0001" in run.run_id else 0.2
+        _fake_run(Path(run.run_dir), 0.5 + (lr_bonus if run.variant == "plain" else 0.0) + 0.01 * run.seed, 0.6, 0.5)
+    write_report(plan.out_dir, log=lambda *_: None)
+    paired = [line.split(",") for line in (plan.out_dir / "report" / "paired.csv").read_text().splitlines()[1:]]
+    acc1 = {(p[0], p[1]): float(p[4]) for p in paired if p[2] == "acc_t1"}
+    assert acc1 == {("plain__learner.lr=0.0001", "score__learner.lr=0.0001"): pytest.approx(0.1),
+                    ("plain__learner.lr=0.0003", "score__learner.lr=0.0003"): pytest.approx(0.2)}
 
 
 def test_report_tables_and_plots_from_run_directories(tmp_path):
