@@ -226,7 +226,7 @@ def test_slurm_python_may_be_a_command(tmp_path):
 
 # --- a real sweep: Ctrl-C, then re-run ---------------------------------------------------------------------------------
 def _tiny_sweep(tmp_path, tiny_model_path, variants, **extra) -> Path:
-    overrides = [o for o in TINY_OVERRIDES if not o.startswith("model.tiny")] + [
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith(("model.tiny", "trainer.progress_bar"))] + [
         f"model.path={tiny_model_path}", "ray.enabled=false", "trainer.steps=6"]
     return _write(tmp_path, seeds=[0], variants={v: {} for v in variants}, overrides=overrides, checkpoint_every=2,
                   **extra)
