@@ -136,7 +136,7 @@ def _sweep(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed — stop the runs, don't orphan them
         if signal.getsignal(sig) is not signal.SIG_IGN:  # `nohup score-rl sweep ...` keeps ignoring SIGHUP
             signal.signal(sig, _terminate)
-    run_sweep(args.sweep_file, args.backend, args.parallel, args.dry_run)
+    run_sweep(args.sweep_file, args.backend, args.parallel, args.dry_run, log=lambda m: print(m, flush=True))
     return 0
 
 

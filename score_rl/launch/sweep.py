@@ -299,21 +299,26 @@ def _finished(run: Run, returncode: Any, log_path: Optional[Path], seconds: floa
 def run_local(sweep: Sweep, log: Callable = print) -> Dict[str, bool]:
     """Every unfinished run as a ``score-rl train`` subprocess, ``backend.parallel`` at a time.
 
-    Ctrl-C, SIGTERM or SIGHUP interrupts the running trainers (each in its own session, so only the sweep decides) and
-    re-raises; re-running the sweep resumes them. Any other exit of the sweep stops them too."""
+    Ctrl-C, SIGTERM or SIGHUP (unless ignored, as under nohup) only *requests* a stop: the loop notices it between
+    two polls, so no trainer is ever started without being recorded; then the running trainers (each in its own
+    session: only the sweep signals them) are interrupted and KeyboardInterrupt is raised. Re-running the sweep resumes
+    them. Any other exit of the sweep stops them too."""
     pending, active, results = sweep.pending(), {}, {}
     parallel = sweep.spec.backend.parallel
+    stop: List[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.append(signum))
+                for sig in _STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
-        while pending or active:
-            while pending and len(active) < parallel:
+        while (pending or active) and not stop:
+            while pending and len(active) < parallel and not stop:
                 run = pending.pop(0)
                 if run_dir_in_use(Path(run.run_dir)):
                     log(f"skip   {run.run_id}: another process is training it (its run directory is locked)")
                     continue
                 Path(run.run_dir).mkdir(parents=True, exist_ok=True)
                 log_path = Path(run.run_dir) / "train.log"
-                handle = open(log_path, "a")
                 resumed = (Path(run.run_dir) / "checkpoints").is_dir()
+                handle = open(log_path, "a")
                 proc = subprocess.Popen(run.command(sweep.base), stdout=handle, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True,
                                         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -325,18 +330,24 @@ def run_local(sweep: Sweep, log: Callable = print) -> Dict[str, bool]:
                     del active[run_id]
                     results[run_id] = _finished(run, proc.returncode, log_path, time.time() - started, log)
             time.sleep(0.2)
+        if stop:
+            raise KeyboardInterrupt
     finally:
         if active:
             _stop_local(active.values(), log)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return results
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _stop_local(active, log: Callable) -> None:
     """SIGINT to every running trainer's process group (each stops at once; its re-run resumes from its latest
     checkpoint), SIGKILL after 60 s; further Ctrl-C / SIGTERM / SIGHUP are ignored meanwhile so the cleanup itself
     cannot be interrupted."""
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals}
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _STOP_SIGNALS}
     try:
         for _, proc, _, _, _ in active:
             if proc.poll() is None:

@@ -242,9 +242,10 @@ def test_interrupted_sweep_reruns_only_what_is_unfinished(tmp_path, tiny_model_p
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(_sweep_cmd(path), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
-    while not ((runs["a"] / sw.COMPLETE).is_file() and (runs["b"] / "train.log").is_file()):
+    while "start  b__seed0" not in (tmp_path / "first.log").read_text():  # a is finished and b is running
         assert proc.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()
         time.sleep(0.2)
+    assert (runs["a"] / sw.COMPLETE).is_file()
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends to the sweep's process group
     assert proc.wait(timeout=120) == 130
     first = (tmp_path / "first.log").read_text()
