@@ -85,6 +85,10 @@ class RolloutConfig:
     problems_per_step: int = doc(32, "Problems sampled from the train split per training step.")
     samples_per_problem: int = doc(4, "Independent episodes per problem (the group of the baseline).")
     num_turns: int = doc(2, "Attempts per episode (2 = attempt, correction).")
+    corrections_per_attempt: int = doc(1, "Second attempts sampled for each first attempt (m). With m > 1 turn 2's "
+                                       "baseline is computed among the m corrections of the same first attempt, turn "
+                                       "1's among the problem's distinct first attempts (each trained once); a step "
+                                       "holds problems_per_step * samples_per_problem * m episodes.")
     temperature: float = doc(1.0, "Sampling temperature; the learner scores tokens at the same temperature.")
     max_new_tokens: int = doc(32, "Maximum tokens per attempt.")
     max_prompt_tokens: int = doc(1024, "Longest allowed prompt of any turn; longer prompts are an error, never silently cut.")
@@ -297,7 +301,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {value!r}")
     positive = ["rollout.num_workers", "rollout.problems_per_step", "rollout.samples_per_problem",
                 "rollout.max_new_tokens", "rollout.num_turns", "learner.num_ranks", "learner.micro_batch_size",
-                "trainer.steps", "method.pair_sft_problems"]
+                "trainer.steps", "method.pair_sft_problems", "rollout.corrections_per_attempt"]
     for key in positive:
         if get_key(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {get_key(cfg, key)}")
@@ -312,6 +316,9 @@ def validate(cfg: Config) -> None:
             "config key 'algo.kl_estimator': k1 is unbiased only as a reward penalty (algo.kl_in_reward=true), and "
             "the reward penalty is implemented with k1 only; use k1 with kl_in_reward=true, or k2/k3/full with false"
         )
+    if cfg.rollout.corrections_per_attempt > 1 and cfg.method.name not in ("score", "star"):
+        raise ConfigError(f"config key 'rollout.corrections_per_attempt' > 1 needs two-attempt rollouts; method "
+                          f"'{cfg.method.name}' does not sample second attempts from the policy")
     if cfg.algo.advantage in ("rloo",) and cfg.rollout.samples_per_problem < 2:
         raise ConfigError("config key 'rollout.samples_per_problem' must be >= 2 for algo.advantage=rloo")
     if not cfg.ray.enabled and (cfg.rollout.num_workers > 1 or cfg.learner.num_ranks > 1):

@@ -38,6 +38,9 @@ class Episode:
     sample_index: int  # which of the problem's samples (the baseline's group is one problem)
     turns: List[Turn]
     reference: Any = None
+    # with rollout.corrections_per_attempt = m > 1: which of the problem's first attempts this episode continues; its m
+    # siblings share that first attempt (turn 2's baseline is computed among them). None: independent episodes.
+    attempt: Optional[int] = None
 
     @property
     def rewards(self) -> List[float]:

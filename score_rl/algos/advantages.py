@@ -3,6 +3,12 @@
 Turn t's return is G_t = R_t + γ · G_{t+1}, where R_t is the turn's shaped reward (minus its KL penalty when the KL
 sits in the reward). With γ = 0 (the paper's choice) turn 1's advantage never depends on turn 2's reward.
 The baseline of turn t is computed from the same turn of the problem's other samples.
+
+Conditional turn-2 groups (``rollout.corrections_per_attempt`` = m > 1; episodes carry ``Episode.attempt``): the m
+sibling episodes that continue one first attempt form turn 2's group — its baseline estimates the value of correcting
+*this* attempt, so anything that depends only on the first attempt (such as the −α·r1 part of SCoRe's bonus) cancels
+out of turn 2's advantage. Turn 1's group is the problem's distinct first attempts, each with return
+R_1 + γ · (mean of its siblings' G_2).
 """
 
 from __future__ import annotations
@@ -56,14 +62,41 @@ def compute_advantages(
     for i, ep in enumerate(episodes):
         groups[ep.problem_id].append(i)
     fn = ADVANTAGE_ESTIMATORS[estimator]
+
+    def rewards_of(i: int) -> List[float]:
+        rewards = [t.shaped_reward for t in episodes[i].turns]
+        if kl_penalties is not None:
+            rewards = [r - t.kl_coef * kl for r, t, kl in zip(rewards, episodes[i].turns, kl_penalties[i])]
+        return rewards
+
     for members in groups.values():
-        rows = []
-        for i in members:
-            rewards = [t.shaped_reward for t in episodes[i].turns]
-            if kl_penalties is not None:
-                rewards = [r - t.kl_coef * kl for r, t, kl in zip(rewards, episodes[i].turns, kl_penalties[i])]
-            rows.append(turn_returns(rewards, gamma))
-        adv = fn(torch.tensor(rows, dtype=torch.float64))
-        for row, i in enumerate(members):
-            for t, turn in enumerate(episodes[i].turns):
+        if all(episodes[i].attempt is None for i in members):
+            adv = fn(torch.tensor([turn_returns(rewards_of(i), gamma) for i in members], dtype=torch.float64))
+            for row, i in enumerate(members):
+                for t, turn in enumerate(episodes[i].turns):
+                    turn.advantage = float(adv[row, t])
+        else:
+            _conditional_advantages(episodes, members, rewards_of, fn, gamma)
+
+
+def _conditional_advantages(episodes, members: List[int], rewards_of, fn, gamma: float) -> None:
+    """Turn ≥ 2 baselined among the siblings of one first attempt; turn 1 among the problem's distinct attempts."""
+    siblings: Dict[int, List[int]] = defaultdict(list)
+    for i in members:
+        if episodes[i].attempt is None:
+            raise ValueError(f"problem {episodes[i].problem_id} mixes episodes with and without a shared first attempt")
+        siblings[episodes[i].attempt].append(i)
+    first_returns = []
+    for attempt, sibs in siblings.items():
+        rewards = {i: rewards_of(i) for i in sibs}
+        later = {i: turn_returns(rewards[i][1:], gamma) for i in sibs}  # G_2, G_3, ... of each sibling
+        adv = fn(torch.tensor([later[i] for i in sibs], dtype=torch.float64))
+        for row, i in enumerate(sibs):
+            for t, turn in enumerate(episodes[i].turns[1:]):
                 turn.advantage = float(adv[row, t])
+        # the first attempt is the same in every sibling: one return, its continuation valued by the siblings' mean
+        first_returns.append(rewards[sibs[0]][0] + gamma * sum(later[i][0] for i in sibs) / len(sibs))
+    adv1 = fn(torch.tensor([[g] for g in first_returns], dtype=torch.float64))
+    for row, sibs in enumerate(siblings.values()):
+        for i in sibs:
+            episodes[i].turns[0].advantage = float(adv1[row, 0])

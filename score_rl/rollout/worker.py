@@ -5,6 +5,7 @@ Ray wraps it at the call site (``ray.remote(RolloutWorker)``); tests and debuggi
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Dict, List, Sequence
 
 import torch
@@ -45,9 +46,12 @@ class RolloutWorker:
 
     def run_episodes(
         self, problems: Sequence[Problem], samples_per_problem: int, temperature: float, seed: int,
-        num_turns: int = 2,
+        num_turns: int = 2, corrections_per_attempt: int = 1,
     ) -> List[Episode]:
-        """``samples_per_problem`` independent episodes of ``num_turns`` attempts for each problem."""
+        """``samples_per_problem`` independent episodes of ``num_turns`` attempts for each problem.
+
+        With ``corrections_per_attempt`` = m > 1, each first attempt is continued m times: m sibling episodes share the
+        first attempt (``Episode.attempt``), which is trained in the first sibling only (``Turn.trained``)."""
         torch.manual_seed(seed)
         episodes = [
             Episode(problem_id=p.id, sample_index=k, turns=[], reference=p.reference)
@@ -56,6 +60,13 @@ class RolloutWorker:
         owners = [p for p in problems for _ in range(samples_per_problem)]
         contexts = [self.prompts.first_attempt(p) for p in owners]
         for turn_index in range(num_turns):
+            if turn_index == 1 and corrections_per_attempt > 1:
+                episodes = [
+                    Episode(problem_id=ep.problem_id, sample_index=ep.sample_index * corrections_per_attempt + j,
+                            turns=[replace(ep.turns[0], trained=j == 0)], reference=ep.reference,
+                            attempt=ep.sample_index)
+                    for ep in episodes for j in range(corrections_per_attempt)
+                ]
             if turn_index > 0:
                 contexts = [
                     self.prompts.correction(ep.turns[-1].prompt_ids, ep.turns[-1].response_ids, ep.problem_id)
@@ -81,8 +92,9 @@ class RolloutWorker:
 
 
 def run_sharded(workers, problems: Sequence[Problem], samples_per_problem: int, temperature: float, seed: int,
-                num_turns: int) -> List[Episode]:
+                num_turns: int, corrections_per_attempt: int = 1) -> List[Episode]:
     """Episodes for the problems, in order, sharded over an ActorGroup of workers (worker i seeds with seed + i)."""
     shards = shard(problems, len(workers))
-    args = [(s, samples_per_problem, temperature, seed + i, num_turns) for i, s in enumerate(shards)]
+    args = [(s, samples_per_problem, temperature, seed + i, num_turns, corrections_per_attempt)
+            for i, s in enumerate(shards)]
     return [ep for part in workers.call("run_episodes", args) for ep in part]

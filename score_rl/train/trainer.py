@@ -118,8 +118,11 @@ class Trainer:
         tc, rc, lc = cfg.trainer, cfg.rollout, cfg.learner
         validate_training(cfg)
         self.episodes_per_step = rc.problems_per_step * rc.samples_per_problem
+        if cfg.method.name in ("score", "star"):  # two-attempt rollouts: m corrections of each first attempt
+            self.episodes_per_step *= rc.corrections_per_attempt
         if self.episodes_per_step % lc.num_ranks:
-            raise ConfigError(f"rollout.problems_per_step * rollout.samples_per_problem = {self.episodes_per_step} "
+            raise ConfigError(f"the step's {self.episodes_per_step} episodes (rollout.problems_per_step * "
+                              "rollout.samples_per_problem * rollout.corrections_per_attempt) "
                               f"must be divisible by learner.num_ranks = {lc.num_ranks}")
         self.model_path = resolve_model_path(cfg, log=log)
         self.run_dir = Path(tc.run_dir)
@@ -221,7 +224,8 @@ class Trainer:
     def rollout(self, problems: Sequence[Problem], step: int, num_turns: int = 2) -> List[Episode]:
         rc = self.cfg.rollout
         seed = self.cfg.trainer.seed * 1_000_003 + step * 1_009
-        return run_sharded(self.workers, problems, rc.samples_per_problem, rc.temperature, seed, num_turns)
+        corrections = rc.corrections_per_attempt if num_turns >= 2 else 1
+        return run_sharded(self.workers, problems, rc.samples_per_problem, rc.temperature, seed, num_turns, corrections)
 
     def prepare(self, episodes: List[Episode], step: int):
         """Per-turn rewards, KL coefficients, advantages and loss masks of the step's method; (stage, extra metrics)."""

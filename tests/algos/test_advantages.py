@@ -178,3 +178,60 @@ def test_compute_advantages_does_not_change_shaped_rewards():
     before = copy.deepcopy([[t.shaped_reward for t in ep.turns] for ep in eps])
     compute_advantages(eps, "rloo", gamma=0.5, kl_penalties=[[1.0, 1.0]] * 4)
     assert [[t.shaped_reward for t in ep.turns] for ep in eps] == before
+
+
+# --- conditional turn-2 groups (rollout.corrections_per_attempt) --------------------------------------------------
+def _siblings(pid: str, attempts: Sequence[Tuple[float, Sequence[float]]]) -> List[Episode]:
+    """Episodes of one problem: for each first attempt (r1, [r2 of each of its corrections]) one episode per
+    correction, sharing the first attempt (trained in the first sibling only, as the rollout makes them)."""
+    out = []
+    for a, (r1, r2s) in enumerate(attempts):
+        for j, r2 in enumerate(r2s):
+            ep = _episode(pid, a * len(r2s) + j, (r1, r2))
+            ep.attempt, ep.turns[0].trained = a, j == 0
+            out.append(ep)
+    return out
+
+
+def _shape_stage2(episodes: Sequence[Episode], alpha: float = 10.0) -> None:
+    for ep in episodes:
+        r1, r2 = ep.turns[0].reward, ep.turns[1].reward
+        ep.turns[0].shaped_reward, ep.turns[1].shaped_reward = r1, r2 + alpha * (r2 - r1)
+
+
+def test_turn2_baselines_use_only_the_siblings_of_the_same_first_attempt():
+    base = [(1.0, [1.0, 0.0]), (0.0, [1.0, 0.0]), (0.0, [0.0, 0.0])]
+    episodes = _siblings("p", base)
+    _shape_stage2(episodes)
+    compute_advantages(episodes, "rloo", gamma=0.0)
+    # RLOO among 2 siblings: ± the difference of their shaped turn-2 rewards, (1 + α)·(r2 − r2'); the −α·r1 part of
+    # the bonus is shared by the siblings and cancels (an independent-episode baseline would mix attempts' r1)
+    assert _adv(episodes, 1) == [pytest.approx(v) for v in (11.0, -11.0, 11.0, -11.0, 0.0, 0.0)]
+    # changing the corrections of another first attempt leaves this attempt's turn-2 advantages alone
+    other = _siblings("p", [(1.0, [1.0, 0.0]), (0.0, [0.0, 0.0]), (0.0, [1.0, 1.0])])
+    _shape_stage2(other)
+    compute_advantages(other, "rloo", gamma=0.0)
+    assert _adv(other, 1)[:2] == _adv(episodes, 1)[:2]
+
+
+def test_turn1_baseline_is_over_distinct_first_attempts():
+    episodes = _siblings("p", [(1.0, [1.0, 0.0, 1.0]), (0.0, [1.0, 1.0, 1.0]), (0.0, [0.0, 0.0, 0.0])])
+    _shape_stage2(episodes)
+    compute_advantages(episodes, "rloo", gamma=0.0)
+    # γ = 0: RLOO over the three first attempts' r1 = (1, 0, 0), whatever their corrections did
+    expected = [1.0, -0.5, -0.5]
+    assert _adv(episodes, 0) == [pytest.approx(e) for e in expected for _ in range(3)]
+    flipped = _siblings("p", [(1.0, [0.0, 0.0, 0.0]), (0.0, [0.0, 1.0, 0.0]), (0.0, [1.0, 1.0, 1.0])])
+    _shape_stage2(flipped)
+    compute_advantages(flipped, "rloo", gamma=0.0)
+    assert _adv(flipped, 0) == _adv(episodes, 0), "γ = 0: turn 1 never sees turn 2's reward"
+
+
+def test_turn1_return_with_gamma_uses_the_siblings_mean_continuation():
+    episodes = _siblings("p", [(1.0, [1.0, 0.0]), (0.0, [1.0, 1.0])])
+    for ep in episodes:
+        ep.turns[0].shaped_reward, ep.turns[1].shaped_reward = ep.turns[0].reward, ep.turns[1].reward
+    compute_advantages(episodes, "none", gamma=0.5)
+    # G1 = r1 + 0.5 * mean(G2 of the siblings): attempt 0 → 1 + 0.5 * 0.5, attempt 1 → 0 + 0.5 * 1
+    assert _adv(episodes, 0) == [1.25, 1.25, 0.5, 0.5]
+    assert _adv(episodes, 1) == [1.0, 0.0, 1.0, 1.0]

@@ -147,3 +147,27 @@ def test_self_refine_trains_nothing(tmp_path, tiny_model_path):
     assert (trainer.run_dir / "metrics.jsonl").read_text() == ""
     assert torch.equal(_weights(trainer.run_dir / "final"), _weights(tiny_model_path))
     assert (trainer.run_dir / "run_complete.json").is_file()
+
+
+def test_corrections_per_attempt_trains_each_first_attempt_once(tmp_path, tiny_model_path):
+    trainer = _trainer(tmp_path, tiny_model_path, "score", ["rollout.corrections_per_attempt=2",
+                                                            "trainer.eval_before_after=false"])
+    assert trainer.episodes_per_step == 4 * 2 * 2
+    seen = []
+    learn = trainer.learn
+    trainer.learn = lambda episodes, denominator: (seen.append((episodes, denominator)), learn(episodes, denominator))[1]
+    trainer.fit()
+    trainer.close()
+    for episodes, denominator in seen:
+        assert len(episodes) == trainer.episodes_per_step
+        firsts = {(ep.problem_id, ep.attempt): len(ep.turns[0].response_ids) for ep in episodes}
+        assert len(firsts) == 4 * 2
+        assert denominator == sum(firsts.values()) + sum(len(ep.turns[1].response_ids) for ep in episodes), \
+            "every first attempt's tokens count once, every correction's once"
+
+
+def test_corrections_per_attempt_needs_second_attempts_from_the_policy(tmp_path, tiny_model_path):
+    from score_rl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="corrections_per_attempt' > 1 needs two-attempt rollouts"):
+        _trainer(tmp_path, tiny_model_path, "single_turn_rl", ["rollout.corrections_per_attempt=2"])
