@@ -87,8 +87,10 @@ class RolloutConfig:
     num_turns: int = doc(2, "Attempts per episode (2 = attempt, correction).")
     corrections_per_attempt: int = doc(1, "Second attempts sampled for each first attempt (m). With m > 1 turn 2's "
                                        "baseline is computed among the m corrections of the same first attempt, turn "
-                                       "1's among the problem's distinct first attempts (each trained once); a step "
-                                       "holds problems_per_step * samples_per_problem * m episodes.")
+                                       "1's among the problem's distinct first attempts (each trained once); each "
+                                       "correction weighs 1/m in the loss. A step holds problems_per_step * "
+                                       "samples_per_problem * m episodes. With method star, m changes the data: a "
+                                       "first attempt counts as often as its corrections are kept.")
     temperature: float = doc(1.0, "Sampling temperature; the learner scores tokens at the same temperature.")
     max_new_tokens: int = doc(32, "Maximum tokens per attempt.")
     max_prompt_tokens: int = doc(1024, "Longest allowed prompt of any turn; longer prompts are an error, never silently cut.")
@@ -319,6 +321,12 @@ def validate(cfg: Config) -> None:
     if cfg.rollout.corrections_per_attempt > 1 and cfg.method.name not in ("score", "star"):
         raise ConfigError(f"config key 'rollout.corrections_per_attempt' > 1 needs two-attempt rollouts; method "
                           f"'{cfg.method.name}' does not sample second attempts from the policy")
+    if cfg.rollout.corrections_per_attempt > 1 and cfg.algo.advantage == "group_norm":
+        raise ConfigError("config key 'algo.advantage': group_norm with rollout.corrections_per_attempt > 1 normalises "
+                          "away the scale of turn 2's shaped reward among siblings (alpha would have no effect)")
+    if cfg.rollout.corrections_per_attempt > 1 and cfg.rollout.samples_per_problem < 2:
+        raise ConfigError("config key 'rollout.samples_per_problem' must be >= 2 with corrections_per_attempt > 1 "
+                          "(turn 1's baseline is over the problem's distinct first attempts)")
     if cfg.algo.advantage in ("rloo",) and cfg.rollout.samples_per_problem < 2:
         raise ConfigError("config key 'rollout.samples_per_problem' must be >= 2 for algo.advantage=rloo")
     if not cfg.ray.enabled and (cfg.rollout.num_workers > 1 or cfg.learner.num_ranks > 1):

@@ -24,6 +24,9 @@ class Turn:
     # False: the turn is context only — none of its tokens is in the loss or its denominator (a baseline's SFT
     # filter, the wrong attempt of a Pair-SFT pair)
     trained: bool = True
+    # the turn's share of the loss and of its denominator: 1, or 1/m for each of m corrections of one first attempt
+    # (rollout.corrections_per_attempt), so turn 2 weighs in the objective what it weighs with m = 1
+    loss_weight: float = 1.0
     # reference-model log-probs of response_ids (set when the KL sits in the reward, so the learner reuses them):
     ref_logprobs: Optional[List[float]] = None
     # filled by the reward shaper and the advantage estimator:

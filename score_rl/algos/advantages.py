@@ -88,6 +88,8 @@ def _conditional_advantages(episodes, members: List[int], rewards_of, fn, gamma:
         siblings[episodes[i].attempt].append(i)
     first_returns = []
     for attempt, sibs in siblings.items():
+        if any(episodes[i].turns[0].response_ids != episodes[sibs[0]].turns[0].response_ids for i in sibs):
+            raise ValueError(f"episodes of first attempt {attempt} ({episodes[sibs[0]].problem_id}) do not share it")
         rewards = {i: rewards_of(i) for i in sibs}
         later = {i: turn_returns(rewards[i][1:], gamma) for i in sibs}  # G_2, G_3, ... of each sibling
         adv = fn(torch.tensor([later[i] for i in sibs], dtype=torch.float64))

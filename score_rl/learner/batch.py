@@ -14,6 +14,7 @@ def collate(episodes: Sequence[Episode], pad_id: int) -> Dict[str, torch.Tensor]
 
     turn: 0 where the token is not a response token, else the 1-based turn index; advantage / kl_coef: that turn's.
     trained: 1 where the token is a response token of a turn with ``trained`` set (the loss mask).
+    loss_weight: that turn's ``loss_weight`` where ``trained``, else 0 (the learner's weighted loss mask).
     ref_logprobs: present only when every turn of every episode carries its reference log-probs.
     """
     width = max(len(ep.full_ids()) for ep in episodes)
@@ -22,6 +23,7 @@ def collate(episodes: Sequence[Episode], pad_id: int) -> Dict[str, torch.Tensor]
     attention_mask = torch.zeros((n, width), dtype=torch.long)
     turn = torch.zeros((n, width - 1), dtype=torch.long)
     trained = torch.zeros((n, width - 1), dtype=torch.bool)
+    loss_weight = torch.zeros((n, width - 1))
     advantage = torch.zeros((n, width - 1))
     kl_coef = torch.zeros((n, width - 1))
     sampling_logprobs = torch.zeros((n, width - 1))
@@ -38,12 +40,13 @@ def collate(episodes: Sequence[Episode], pad_id: int) -> Dict[str, torch.Tensor]
             sl = slice(start - 1, end - 1)
             turn[i, sl] = t
             trained[i, sl] = tr.trained
+            loss_weight[i, sl] = tr.loss_weight if tr.trained else 0.0
             advantage[i, sl] = tr.advantage if tr.advantage is not None else 0.0
             kl_coef[i, sl] = tr.kl_coef if tr.kl_coef is not None else 0.0
             sampling_logprobs[i, sl] = torch.tensor(tr.sampling_logprobs, dtype=torch.float32)
             if ref_logprobs is not None:
                 ref_logprobs[i, sl] = torch.tensor(tr.ref_logprobs, dtype=torch.float32)
-    out = dict(input_ids=input_ids, attention_mask=attention_mask, turn=turn, trained=trained, advantage=advantage,
+    out = dict(input_ids=input_ids, attention_mask=attention_mask, turn=turn, trained=trained, loss_weight=loss_weight, advantage=advantage,
                kl_coef=kl_coef, sampling_logprobs=sampling_logprobs)
     if ref_logprobs is not None:  # every turn carries its reference log-probs: the learner skips the reference pass
         out["ref_logprobs"] = ref_logprobs

@@ -147,7 +147,7 @@ class Learner:
                     ref_logp, ref_logits = token_logprobs(
                         self.reference, b["input_ids"], b["attention_mask"], temperature, full
                     )
-            mask = (b["turn"] > 0) & b["trained"]
+            mask = b["loss_weight"] * ((b["turn"] > 0) & b["trained"])  # 0 off trained turns, else the turn's weight
             loss, parts = reinforce_kl_loss(
                 logp, ref_logp, b["advantage"], b["kl_coef"], mask, kl_estimator=algo.kl_estimator,
                 kl_in_loss=not algo.kl_in_the_reward(), loss_agg=algo.loss_agg, denominator=rank_denominator,
@@ -204,11 +204,12 @@ class Learner:
 
 def loss_denominator(episodes: Sequence[Episode], loss_agg: str) -> float:
     """What the step's summed loss is divided by, over all ranks: trained response tokens (token-mean) or trained
-    turns with at least one response token (seq-mean-token-sum). Turns with ``trained`` unset count for nothing."""
+    turns with at least one response token (seq-mean-token-sum), each counted with its turn's ``loss_weight``.
+    Turns with ``trained`` unset count for nothing."""
     if loss_agg == "token-mean":
-        return float(sum(len(t.response_ids) for ep in episodes for t in ep.turns if t.trained))
+        return float(sum(t.loss_weight * len(t.response_ids) for ep in episodes for t in ep.turns if t.trained))
     if loss_agg == "seq-mean-token-sum":
-        return float(sum(1 for ep in episodes for t in ep.turns if t.trained and t.response_ids))
+        return float(sum(t.loss_weight for ep in episodes for t in ep.turns if t.trained and t.response_ids))
     raise ValueError(f"unknown loss aggregation '{loss_agg}'")
 
 

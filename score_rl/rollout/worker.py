@@ -61,11 +61,10 @@ class RolloutWorker:
         contexts = [self.prompts.first_attempt(p) for p in owners]
         for turn_index in range(num_turns):
             if turn_index == 1 and corrections_per_attempt > 1:
-                episodes = [
+                episodes = [  # attempt: the first attempt's position in this call (unique even if a problem repeats)
                     Episode(problem_id=ep.problem_id, sample_index=ep.sample_index * corrections_per_attempt + j,
-                            turns=[replace(ep.turns[0], trained=j == 0)], reference=ep.reference,
-                            attempt=ep.sample_index)
-                    for ep in episodes for j in range(corrections_per_attempt)
+                            turns=[replace(ep.turns[0], trained=j == 0)], reference=ep.reference, attempt=a)
+                    for a, ep in enumerate(episodes) for j in range(corrections_per_attempt)
                 ]
             if turn_index > 0:
                 contexts = [
@@ -80,6 +79,8 @@ class RolloutWorker:
                     prompt_ids=ctx, response_ids=gen.response_ids, sampling_logprobs=gen.logprobs,
                     response_text=text, reward=verdict.reward, reason=verdict.reason, info=verdict.info,
                     truncated=gen.truncated,
+                    # the m corrections of one first attempt share turn 2's weight in the objective
+                    loss_weight=1.0 / corrections_per_attempt if turn_index > 0 and ep.attempt is not None else 1.0,
                 ))
         return episodes
 
@@ -97,4 +98,11 @@ def run_sharded(workers, problems: Sequence[Problem], samples_per_problem: int, 
     shards = shard(problems, len(workers))
     args = [(s, samples_per_problem, temperature, seed + i, num_turns, corrections_per_attempt)
             for i, s in enumerate(shards)]
-    return [ep for part in workers.call("run_episodes", args) for ep in part]
+    out, offset = [], 0
+    for part in workers.call("run_episodes", args):
+        for ep in part:  # first-attempt ids unique over the whole step, not only within one worker's shard
+            if ep.attempt is not None:
+                ep.attempt += offset
+        offset += 1 + max((ep.attempt - offset for ep in part if ep.attempt is not None), default=-1)
+        out += part
+    return out

@@ -61,6 +61,24 @@ def test_an_untrained_turn_has_no_gradient_and_is_not_in_the_denominator(setup):
     assert (a - d).abs().max() > 1e-3, "a trained turn 2 changes the update"
 
 
+def test_loss_weight_scales_a_turns_share_of_loss_and_denominator(setup):
+    cfg, path, episodes = setup
+    zero = _with_turn2(episodes, True, 5.0)
+    for ep in zero:
+        ep.turns[1].loss_weight = 0.0
+    a, _ = _update(cfg, path, zero)
+    b, _ = _update(cfg, path, _with_turn2(episodes, False, 5.0))
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8, msg="weight 0 == untrained")
+    # halving turn 2's weight == halving its advantage with the denominator counting its tokens half
+    half = _with_turn2(episodes, True, 5.0)
+    for ep in half:
+        ep.turns[1].loss_weight = 0.5
+    c, _ = _update(cfg, path, half)
+    assert loss_denominator(half, "token-mean") == pytest.approx(
+        sum(len(ep.turns[0].response_ids) + 0.5 * len(ep.turns[1].response_ids) for ep in half))
+    assert (c - a).abs().max() > 1e-4 and (c - _update(cfg, path, _with_turn2(episodes, True, 5.0))[0]).abs().max() > 1e-4
+
+
 def test_advantage_one_without_kl_is_the_nll_of_the_trained_tokens(setup):
     cfg, path, episodes = setup
     sft = copy.deepcopy(episodes)

@@ -89,11 +89,14 @@ def test_a_model_generation_config_cannot_change_the_sampled_distribution(cfg, t
 
 def test_corrections_per_attempt_continue_each_first_attempt_m_times(worker):
     problems = worker.env.problems("train")[:3]
+    problems = problems + problems[:1]  # a problem drawn twice in one step keeps its first attempts apart
     episodes = worker.run_episodes(problems, samples_per_problem=2, temperature=1.0, seed=0, corrections_per_attempt=3)
-    assert len(episodes) == 3 * 2 * 3
+    assert len(episodes) == 4 * 2 * 3
+    assert len({ep.attempt for ep in episodes}) == 4 * 2, "one id per first attempt, unique in the call"
     for start in range(0, len(episodes), 3):
         sibs = episodes[start:start + 3]
-        assert len({(ep.problem_id, ep.attempt) for ep in sibs}) == 1 and sibs[0].attempt in (0, 1)
+        assert len({(ep.problem_id, ep.attempt) for ep in sibs}) == 1
+        assert all(ep.turns[1].loss_weight == pytest.approx(1 / 3) and ep.turns[0].loss_weight == 1.0 for ep in sibs)
         assert all(ep.turns[0].response_ids == sibs[0].turns[0].response_ids for ep in sibs), "one shared attempt 1"
         assert [ep.turns[0].trained for ep in sibs] == [True, False, False], "attempt 1 is trained once"
         assert all(ep.turns[1].prompt_ids[:len(ep.turns[0].prompt_ids)] == ep.turns[0].prompt_ids for ep in sibs)

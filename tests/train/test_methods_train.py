@@ -162,8 +162,8 @@ def test_corrections_per_attempt_trains_each_first_attempt_once(tmp_path, tiny_m
         assert len(episodes) == trainer.episodes_per_step
         firsts = {(ep.problem_id, ep.attempt): len(ep.turns[0].response_ids) for ep in episodes}
         assert len(firsts) == 4 * 2
-        assert denominator == sum(firsts.values()) + sum(len(ep.turns[1].response_ids) for ep in episodes), \
-            "every first attempt's tokens count once, every correction's once"
+        assert denominator == pytest.approx(sum(firsts.values()) + sum(len(ep.turns[1].response_ids) for ep in episodes)
+                                            / 2), "a first attempt's tokens count once, each of its 2 corrections half"
 
 
 def test_corrections_per_attempt_needs_second_attempts_from_the_policy(tmp_path, tiny_model_path):
