@@ -318,3 +318,18 @@ def test_ray_backend_runs_each_run_as_a_job_on_a_running_cluster(tmp_path, tiny_
         assert (Path(run.run_dir) / sw.COMPLETE).is_file()
         assert "final policy saved" in (Path(run.run_dir) / "train.log").read_text()
     assert "| a | 1 |" in text
+    # the backend changes where a run runs, not what it computes: the same sweep run locally gives the same numbers
+    local = tmp_path / "local"
+    local.mkdir()
+    spec = yaml.safe_load(path.read_text())
+    spec.update(out_dir=str(local / "out"), backend={"name": "local", "parallel": 2})
+    (local / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    sw.run_sweep(local / "sweep.yaml", log=lambda *_: None)
+    for name in ("a__seed0", "b__seed0"):
+        on_ray, here = (json.loads((d / "runs" / name / "eval_before_after.json").read_text())
+                        for d in (tmp_path / "out", local / "out"))
+        assert on_ray == here, name
+        rows = [[{k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
+                 for line in (d / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+                for d in (tmp_path / "out", local / "out")]
+        assert rows[0] == rows[1], f"{name}: training metrics differ between the Ray and the local backend"
