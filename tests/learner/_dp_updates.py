@@ -53,6 +53,18 @@ def without_advantages(episodes):
     return episodes
 
 
+def weighted(episodes):
+    """The same episodes with uneven loss weights (as corrections_per_attempt gives): turn 2 of every other episode
+    at 0.5, turn 1 of every third at 0.25."""
+    episodes = copy.deepcopy(episodes)
+    for i, ep in enumerate(episodes):
+        if i % 2:
+            ep.turns[1].loss_weight = 0.5
+        if i % 3 == 0:
+            ep.turns[0].loss_weight = 0.25
+    return episodes
+
+
 def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence[Dict], steps: List[list]) -> List[Dict]:
     """For each combo (learner.* overrides), run len(steps) training steps; return weight changes and stats."""
     import torch
@@ -76,6 +88,8 @@ def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence
         for episodes in steps:
             if combo.get("kl_only"):
                 episodes = without_advantages(episodes)
+            if combo.get("weighted"):
+                episodes = weighted(episodes)
             before = torch.cat([p.detach().flatten().clone() for p in learner.engine.module.parameters()])
             mine = shard(episodes, world)[rank]
             if combo.get("cache_ref"):  # what the trainer does when the KL sits in the reward

@@ -40,6 +40,8 @@ def _combos(world: int):
     combos += [{"zero_stage": z, "micro_batch_size": per_rank // 2, "kl_estimator": "k1", "k": 2} for z in (0, 2)]
     # ... with the reference log-probs computed once, before the step (as the trainer does): the same update
     combos += [{"zero_stage": 0, "micro_batch_size": per_rank // 2, "kl_estimator": "k1", "k": 2, "cache_ref": True}]
+    # uneven per-turn loss weights (Turn.loss_weight): weighted sums and denominators add up across ranks too
+    combos += [{"zero_stage": z, "micro_batch_size": per_rank // 2, "k": 2, "weighted": True} for z in (0, 2)]
     # the KL loss terms alone (advantages 0; the reference is perturbed, so they have a gradient from step 1)
     combos += [{"zero_stage": z, "micro_batch_size": per_rank // 8, "kl_estimator": est, "k": 8, "kl_only": True}
                for est in KL_LOSS_ESTIMATORS for z in (0, 2)]
@@ -67,6 +69,7 @@ def one_rank(cfg, tiny_model_path, steps):
                  for agg in LOSS_AGGS]
     reference += [{"zero_stage": 0, "micro_batch_size": N_EPISODES, "kl_estimator": "k1", "k": 1, "reference": True}]
     reference += [{"zero_stage": 0, "micro_batch_size": N_EPISODES, "grad_clip": 1e-3, "k": 1, "reference": True}]
+    reference += [{"zero_stage": 0, "micro_batch_size": N_EPISODES, "k": 1, "weighted": True, "reference": True}]
     reference += [{"zero_stage": 0, "micro_batch_size": N_EPISODES, "kl_estimator": est, "k": 1, "kl_only": True,
                    "reference": True} for est in KL_LOSS_ESTIMATORS]
     return dp.run(cfg, tiny_model_path, 0, 1, _port(), reference + _combos(1), steps)
@@ -93,7 +96,7 @@ def two_ranks(cfg, tiny_model_path, steps):
 
 def _kind(combo):
     return (combo.get("loss_agg", "token-mean"), combo.get("kl_estimator", "k2"), combo.get("grad_clip", 0.0),
-            bool(combo.get("kl_only")))
+            bool(combo.get("kl_only")), bool(combo.get("weighted")))
 
 
 def _reference(one_rank, combo):
@@ -112,9 +115,11 @@ def _check(result, reference):
             f"{combo}: logged grad_norm, step {step}"
 
 
-@pytest.mark.parametrize("kind", [("token-mean", "k2", 0.0, False), ("seq-mean-token-sum", "k2", 0.0, False),
-                                  ("token-mean", "k1", 0.0, False), ("token-mean", "k3", 0.0, True),
-                                  ("token-mean", "full", 0.0, True)], ids=str)
+@pytest.mark.parametrize("kind", [("token-mean", "k2", 0.0, False, False),
+                                  ("seq-mean-token-sum", "k2", 0.0, False, False),
+                                  ("token-mean", "k1", 0.0, False, False), ("token-mean", "k3", 0.0, True, False),
+                                  ("token-mean", "full", 0.0, True, False), ("token-mean", "k2", 0.0, False, True)],
+                         ids=str)
 def test_the_reference_update_is_the_autograd_gradient_of_the_steps_loss(one_rank, cfg, tiny_model_path, steps, kind):
     """Independent of DeepSpeed and the Learner: plain autograd of the step's loss over all episodes at once."""
     from score_rl.algos.losses import reinforce_kl_loss
@@ -123,9 +128,10 @@ def test_the_reference_update_is_the_autograd_gradient_of_the_steps_loss(one_ran
     from score_rl.learner.logprobs import token_logprobs
     from score_rl.utils import load_model, load_tokenizer
 
-    loss_agg, estimator, _, kl_only = kind
+    loss_agg, estimator, _, kl_only, weighted = kind
     reference = next(r for r in one_rank if r["combo"].get("reference") and _kind(r["combo"]) == kind)
     episodes = dp.without_advantages(steps[0]) if kl_only else steps[0]
+    episodes = dp.weighted(episodes) if weighted else episodes
     policy, ref_model = load_model(tiny_model_path, "float32"), load_model(tiny_model_path, "float32")
     dp.perturb(ref_model)
     b = collate(episodes, load_tokenizer(tiny_model_path).pad_token_id)
@@ -135,9 +141,12 @@ def test_the_reference_update_is_the_autograd_gradient_of_the_steps_loss(one_ran
     with torch.no_grad():
         ref_logp, ref_logits = token_logprobs(ref_model, b["input_ids"], b["attention_mask"], temperature, full)
     # the denominator counted here from the batch, not with the learner's loss_denominator
-    mask = b["turn"] > 0
+    weight = {(i, t): ep.turns[t - 1].loss_weight for i, ep in enumerate(episodes) for t in (1, 2)}
+    mask = torch.zeros(b["turn"].shape)
+    for (i, t), w in weight.items():
+        mask[i][b["turn"][i] == t] = w
     count = mask.sum() if loss_agg == "token-mean" else sum(
-        int(((b["turn"][i] == t).sum() > 0)) for i in range(len(episodes)) for t in (1, 2))
+        w * int(((b["turn"][i] == t).sum() > 0)) for (i, t), w in weight.items())
     assert float(count) == loss_denominator(episodes, loss_agg)
     loss, _ = reinforce_kl_loss(logp, ref_logp, b["advantage"], b["kl_coef"], mask, kl_estimator=estimator,
                                 kl_in_loss=estimator != "k1", loss_agg=loss_agg, denominator=float(count),
