@@ -200,6 +200,9 @@ class Config:
     eval: EvalConfig = doc(EvalConfig, "Evaluation.")
 
 
+# the methods whose steps sample second attempts from the policy (rollout.corrections_per_attempt applies to them)
+TWO_ATTEMPT_METHODS = ("score", "star")
+
 _CHOICES = {
     "algo.advantage": ("rloo", "group_mean", "group_norm", "none"),
     "algo.kl_estimator": ("k1", "k2", "k3", "full"),
@@ -318,7 +321,7 @@ def validate(cfg: Config) -> None:
             "config key 'algo.kl_estimator': k1 is unbiased only as a reward penalty (algo.kl_in_reward=true), and "
             "the reward penalty is implemented with k1 only; use k1 with kl_in_reward=true, or k2/k3/full with false"
         )
-    if cfg.rollout.corrections_per_attempt > 1 and cfg.method.name not in ("score", "star"):
+    if cfg.rollout.corrections_per_attempt > 1 and cfg.method.name not in TWO_ATTEMPT_METHODS:
         raise ConfigError(f"config key 'rollout.corrections_per_attempt' > 1 needs two-attempt rollouts; method "
                           f"'{cfg.method.name}' does not sample second attempts from the policy")
     if cfg.rollout.corrections_per_attempt > 1 and cfg.algo.advantage == "group_norm":

@@ -96,7 +96,7 @@ def write_report(out_dir: str | Path, log: Callable = print) -> Path:
     missing, failed, base_rows = [], [], {}
     point_of: Dict[str, str] = {}  # group → its grid point's label ("" without a grid)
     for run in plan["runs"]:
-        group = run["run_id"].rsplit("__seed", 1)[0]
+        group = run["group"]
         if group not in order:
             order.append(group)
             point_of[group] = group[len(run["variant"]):]
@@ -231,7 +231,7 @@ def _plot_curves(out: Path, order: List[str], runs: Dict[str, dict], name: str) 
     colors = _colors(order)
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.8))
     for g in order:
-        series = [_curve_rows(Path(r["run_dir"])) for r in runs.values() if r["run_id"].rsplit("__seed", 1)[0] == g]
+        series = [_curve_rows(Path(r["run_dir"])) for r in runs.values() if r["group"] == g]
         series = [s for s in series if s]
         if not series:
             continue

@@ -260,7 +260,7 @@ def _diff(a: Any, b: Any, prefix: str = ""):
 def write_plan(sweep: Sweep) -> Path:
     sweep.out_dir.mkdir(parents=True, exist_ok=True)
     plan = {"name": sweep.spec.name, "base": sweep.base, "reference": sweep.spec.reference,
-            "seeds": list(sweep.spec.seeds), "runs": [asdict(r) for r in sweep.runs]}
+            "seeds": list(sweep.spec.seeds), "runs": [{**asdict(r), "group": r.group} for r in sweep.runs]}
     out = sweep.out_dir / PLAN
     out.write_text(json.dumps(plan, indent=2))
     return out

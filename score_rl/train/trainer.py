@@ -18,7 +18,7 @@ from score_rl.algos import methods
 from score_rl.algos.advantages import compute_advantages
 from score_rl.train.base_model import resolve_model_path
 from score_rl.train.checkpoint import latest_checkpoint, save_checkpoint
-from score_rl.config import Config, ConfigError, save_config, validate_training
+from score_rl.config import TWO_ATTEMPT_METHODS, Config, ConfigError, save_config, validate_training
 from score_rl.launch.distributed import ActorGroup, init_ray, make_placement_group, shard
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode
@@ -118,7 +118,7 @@ class Trainer:
         tc, rc, lc = cfg.trainer, cfg.rollout, cfg.learner
         validate_training(cfg)
         self.episodes_per_step = rc.problems_per_step * rc.samples_per_problem
-        if cfg.method.name in ("score", "star"):  # two-attempt rollouts: m corrections of each first attempt
+        if cfg.method.name in TWO_ATTEMPT_METHODS:  # m corrections of each first attempt
             self.episodes_per_step *= rc.corrections_per_attempt
         if self.episodes_per_step % lc.num_ranks:
             raise ConfigError(f"the step's {self.episodes_per_step} episodes (rollout.problems_per_step * "
@@ -274,17 +274,13 @@ class Trainer:
         return pairs
 
     def pair_batch(self, step: int) -> List[Episode]:
-        """The step's ``episodes_per_step`` pairs: passes over the pairs in a seeded order per pass, a function of
-        the step alone (so a resumed run sees exactly the pairs an uninterrupted one would)."""
+        """The step's ``episodes_per_step`` pairs: shuffled passes over the pairs (the ProblemSampler's order), taken
+        from the step's position alone, so a resumed run sees exactly the pairs an uninterrupted one would."""
         n, size = len(self.pairs), self.episodes_per_step
-        batch = []
-        for i in range(step * size, (step + 1) * size):
-            order = list(range(n))
-            random.Random(self.cfg.trainer.seed * 100_003 + i // n).shuffle(order)
-            k = order[i % n]
-            wrong, right = self.pairs[k]
-            batch.append(methods.pair_episode(wrong, right, self.pair_contexts[k], i))
-        return batch
+        order = ProblemSampler(range(n), self.cfg.trainer.seed)
+        order.load({"epoch": step * size // n, "position": step * size % n})
+        return [methods.pair_episode(*self.pairs[k], self.pair_contexts[k], i)
+                for i, k in enumerate(order.next(size), start=step * size)]
 
     def reward_kl(self, episodes: Sequence[Episode]) -> List[List[float]]:
         """Per-turn k1 = Σ_tok (log π_old − log π_ref) of every episode; the reference log-probs stay on the turns,
