@@ -75,6 +75,11 @@ def final_metrics(run_dir: Path, which: str = "trained") -> Optional[Dict[str, f
     return out
 
 
+def _group(run: dict) -> str:
+    """A planned run's variant and grid point (plans written before it was recorded: derived from the run id)."""
+    return run.get("group") or run["run_id"].rsplit("__seed", 1)[0]
+
+
 def _fmt(s: Summary, percent: bool = True, signed: bool = False) -> str:
     if s.n == 0:
         return "—"
@@ -96,7 +101,7 @@ def write_report(out_dir: str | Path, log: Callable = print) -> Path:
     missing, failed, base_rows = [], [], {}
     point_of: Dict[str, str] = {}  # group → its grid point's label ("" without a grid)
     for run in plan["runs"]:
-        group = run["group"]
+        group = _group(run)
         if group not in order:
             order.append(group)
             point_of[group] = group[len(run["variant"]):]
@@ -231,7 +236,7 @@ def _plot_curves(out: Path, order: List[str], runs: Dict[str, dict], name: str) 
     colors = _colors(order)
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.8))
     for g in order:
-        series = [_curve_rows(Path(r["run_dir"])) for r in runs.values() if r["group"] == g]
+        series = [_curve_rows(Path(r["run_dir"])) for r in runs.values() if _group(r) == g]
         series = [s for s in series if s]
         if not series:
             continue
