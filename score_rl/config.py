@@ -107,8 +107,36 @@ class ShapingConfig:
 
 
 @dataclass
+class PPOConfig:
+    epochs: int = doc(1, "K: passes over the step's episodes, each split into algo.ppo.minibatches minibatches (one "
+                      "optimizer update of policy and critic per minibatch).")
+    minibatches: int = doc(1, "Minibatches per epoch; the step's episodes are shuffled (seeded) into this many equal "
+                           "parts each epoch.")
+    clip_eps: float = doc(0.2, "ε of the clipped surrogate: the ratio π/π_old is clipped to [1 - ε, 1 + ε] "
+                          "(0 = no clipping).")
+    value_clip: float = doc(0.2, "Value clipping: the new value may move at most this far from the value before the "
+                            "step before the clipped loss takes over (0 = no value clipping).")
+    lam: float = doc(0.95, "GAE λ over the tokens of an episode (1: every token's advantage is the return minus its "
+                     "value, REINFORCE with the critic as baseline).")
+    whiten_advantages: bool = doc(False, "Normalise the step's token advantages to mean 0 and std 1 (over trained "
+                                  "tokens).")
+
+
+@dataclass
+class CriticConfig:
+    path: Optional[str] = doc(None, "Critic initialisation: a model directory (a critic saved by an earlier run, or a "
+                              "causal LM whose backbone is used); null = the policy's base model. A missing value "
+                              "head starts at zero.")
+    lr: float = doc(1e-4, "Learning rate of the critic (its own AdamW; learner.optimizer=sgd makes it SGD).")
+
+
+@dataclass
 class AlgoConfig:
-    advantage: str = doc("rloo", "Per-turn baseline over a problem's samples: rloo, group_mean, group_norm or none.")
+    name: str = doc("reinforce", "Policy-gradient algorithm: reinforce (the paper's: per-turn group baselines, one "
+                    "update per step) or ppo (a critic, per-turn GAE, the clipped surrogate, K epochs of minibatches). "
+                    "Formulas: docs/algorithms.md.")
+    advantage: str = doc("rloo", "Per-turn baseline over a problem's samples: rloo, group_mean, group_norm or none "
+                         "(algo.name=reinforce; PPO's baseline is its critic).")
     kl_estimator: str = doc("k1", "KL penalty: k1 (a detached per-turn reward penalty: the gradient of the paper's "
                             "sequence-level KL), k2 or k3 (per-token loss terms), or full (exact per-position KL). "
                             "Which gradient each follows: docs/config.md.")
@@ -122,6 +150,10 @@ class AlgoConfig:
         """Where the KL sits: algo.kl_in_reward, or (null) derived from the estimator — k1 in the reward, the
         others in the loss. The saved config keeps null, so a later estimator override still derives it."""
         return self.kl_estimator == "k1" if self.kl_in_reward is None else bool(self.kl_in_reward)
+
+    ppo: PPOConfig = doc(PPOConfig, "PPO (algo.name=ppo only).")
+    critic: CriticConfig = doc(CriticConfig, "PPO's value model: a scalar head on the last hidden state, its own "
+                               "DeepSpeed engine beside the policy on every learner rank (algo.name=ppo only).")
 
 
 @dataclass
@@ -204,6 +236,7 @@ class Config:
 TWO_ATTEMPT_METHODS = ("score", "star")
 
 _CHOICES = {
+    "algo.name": ("reinforce", "ppo"),
     "algo.advantage": ("rloo", "group_mean", "group_norm", "none"),
     "algo.kl_estimator": ("k1", "k2", "k3", "full"),
     "algo.loss_agg": ("token-mean", "seq-mean-token-sum"),
@@ -324,13 +357,14 @@ def validate(cfg: Config) -> None:
     if cfg.rollout.corrections_per_attempt > 1 and cfg.method.name not in TWO_ATTEMPT_METHODS:
         raise ConfigError(f"config key 'rollout.corrections_per_attempt' > 1 needs two-attempt rollouts; method "
                           f"'{cfg.method.name}' does not sample second attempts from the policy")
-    if cfg.rollout.corrections_per_attempt > 1 and cfg.algo.advantage == "group_norm":
+    group_baselines = cfg.algo.name == "reinforce"  # PPO's baseline is its critic
+    if group_baselines and cfg.rollout.corrections_per_attempt > 1 and cfg.algo.advantage == "group_norm":
         raise ConfigError("config key 'algo.advantage': group_norm with rollout.corrections_per_attempt > 1 normalises "
                           "away the scale of turn 2's shaped reward among siblings (alpha would have no effect)")
-    if cfg.rollout.corrections_per_attempt > 1 and cfg.rollout.samples_per_problem < 2:
+    if group_baselines and cfg.rollout.corrections_per_attempt > 1 and cfg.rollout.samples_per_problem < 2:
         raise ConfigError("config key 'rollout.samples_per_problem' must be >= 2 with corrections_per_attempt > 1 "
                           "(turn 1's baseline is over the problem's distinct first attempts)")
-    if cfg.algo.advantage in ("rloo",) and cfg.rollout.samples_per_problem < 2:
+    if group_baselines and cfg.algo.advantage == "rloo" and cfg.rollout.samples_per_problem < 2:
         raise ConfigError("config key 'rollout.samples_per_problem' must be >= 2 for algo.advantage=rloo")
     if not cfg.ray.enabled and (cfg.rollout.num_workers > 1 or cfg.learner.num_ranks > 1):
         raise ConfigError("config key 'ray.enabled': more than one rollout worker or learner rank needs Ray")
@@ -340,8 +374,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'eval.num_turns' must be >= 1, got {cfg.eval.num_turns}")
     if cfg.eval.scaling_samples and cfg.eval.scaling_samples < 2:
         raise ConfigError("config key 'eval.scaling_samples' must be 0 (off) or >= 2")
+    if cfg.algo.name == "ppo":
+        _validate_ppo(cfg)
     if cfg.shaping.stage1_steps < 0:
         raise ConfigError("config key 'shaping.stage1_steps' must be >= 0")
+
+
+def _validate_ppo(cfg: Config) -> None:
+    ppo = cfg.algo.ppo
+    if cfg.method.name not in ("score", "single_turn_rl"):
+        raise ConfigError(f"config key 'algo.name': ppo trains the RL methods (score, single_turn_rl); method "
+                          f"'{cfg.method.name}' is not policy-gradient RL")
+    for key in ("algo.ppo.epochs", "algo.ppo.minibatches"):
+        if get_key(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {get_key(cfg, key)}")
+    for key in ("algo.ppo.clip_eps", "algo.ppo.value_clip", "algo.critic.lr"):
+        if get_key(cfg, key) < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {get_key(cfg, key)}")
+    if not 0.0 <= ppo.lam <= 1.0:
+        raise ConfigError(f"config key 'algo.ppo.lam' must be in [0, 1], got {ppo.lam}")
 
 
 def validate_training(cfg: Config) -> None:

@@ -33,6 +33,11 @@ class Turn:
     shaped_reward: Optional[float] = None
     kl_coef: Optional[float] = None
     advantage: Optional[float] = None
+    # PPO (algo.name=ppo), one value per response token, filled before the step's first update:
+    old_logprobs: Optional[List[float]] = None  # log π_old: the policy's log-probs before the step's first update
+    values: Optional[List[float]] = None  # the critic's V of the state each token was sampled in
+    token_advantages: Optional[List[float]] = None  # GAE advantages; they replace ``advantage`` in the loss
+    returns: Optional[List[float]] = None  # the critic's targets (token_advantages + values, before whitening)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_tokenizer(path: str):
@@ -23,7 +23,7 @@ def load_tokenizer(path: str):
 def load_model(path: str, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype])
+    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
 
 
 def set_threads(n: float) -> None:

@@ -19,7 +19,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from score_rl.algos.losses import reinforce_kl_loss
+from score_rl.algos.losses import ppo_kl_loss, reinforce_kl_loss, value_loss
 from score_rl.learner.batch import collate
 from score_rl.config import Config
 from score_rl.episode import Episode
@@ -81,11 +81,19 @@ class Learner:
         model = load_model(self.model_path, self.cfg.model.dtype)
         self.reference = load_model(self.model_path, self.cfg.model.dtype).to(device).eval().requires_grad_(False)
         self.grad_accum = max(1, -(-self.episodes_per_rank // cfg.micro_batch_size))
+        self.engine = self._engine(deepspeed, model, cfg.lr)
+        self.critic = None
+        if self.cfg.algo.name == "ppo":  # the critic sits beside the policy: same ranks, ZeRO stage, micro-batches
+            critic = load_critic(self.cfg.algo.critic.path or self.model_path, self.cfg.model.dtype)
+            self.critic = self._engine(deepspeed, critic, self.cfg.algo.critic.lr)
+
+    def _engine(self, deepspeed, model, lr: float):
+        cfg = self.cfg.learner
         if cfg.optimizer == "sgd":
-            optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         else:
             optimizer = torch.optim.AdamW(
-                model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
+                model.parameters(), lr=lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
             )
         ds_config = {
             "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
@@ -99,8 +107,9 @@ class Learner:
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-        self.engine.train()
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        engine.train()
+        return engine
 
     # ------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -121,21 +130,63 @@ class Learner:
         return out
 
     def train_step(self, episodes: Sequence[Episode], denominator: float) -> Dict[str, float]:
-        """One optimizer update over this rank's episodes. ``denominator``: ``loss_denominator`` of the whole step.
+        """One REINFORCE update over this rank's episodes. ``denominator``: ``loss_denominator`` of the whole step.
 
         Returns sums and counts (``reduce_rank_stats`` turns the ranks' results into the step's metrics).
         """
-        cfg, algo = self.cfg.learner, self.cfg.algo
+        return self._update(episodes, denominator, ppo=False)
+
+    def ppo_update(self, episodes: Sequence[Episode], denominator: float) -> Dict[str, float]:
+        """One PPO update of policy and critic over this rank's share of a minibatch (its turns carry old_logprobs,
+        values, token_advantages and returns). ``denominator``: ``loss_denominator`` of the whole minibatch."""
+        if self.critic is None:
+            raise RuntimeError("ppo_update needs the critic (algo.name=ppo)")
+        return self._update(episodes, denominator, ppo=True)
+
+    @torch.no_grad()
+    def ppo_forward(self, minibatches: Sequence[Sequence[Episode]]) -> List[List[List[List[List[float]]]]]:
+        """log π_old and V of every response token before the step's first update: ``out[m][i][t]`` = (old log-probs,
+        values) of turn t+1 of episode i of minibatch m. Micro-batched exactly as ``ppo_update`` will see the first
+        epoch's minibatches, so the first update's ratio is exactly 1."""
+        out = []
+        for episodes in minibatches:
+            rows = []
+            for chunk in self._micro_batches(episodes):
+                b = self._to_device(collate(chunk, self.tokenizer.pad_token_id))
+                logp, _ = token_logprobs(self.engine, b["input_ids"], b["attention_mask"], self.cfg.rollout.temperature)
+                values = self._values(b)
+                logp, values, turn = logp.cpu(), values.cpu(), b["turn"].cpu()
+                for i, ep in enumerate(chunk):
+                    rows.append([(logp[i][turn[i] == t].tolist(), values[i][turn[i] == t].tolist())
+                                 for t in range(1, len(ep.turns) + 1)])
+            out.append(rows)
+        return out
+
+    def _values(self, b: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """V(state before each target token), aligned with the targets like the log-probs: [B, L-1]."""
+        return self.critic(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1, 0].float()
+
+    def _micro_batches(self, episodes: Sequence[Episode]) -> List[Sequence[Episode]]:
+        size = self.cfg.learner.micro_batch_size
+        return [episodes[i:i + size] for i in range(0, len(episodes), size)]
+
+    def _update(self, episodes: Sequence[Episode], denominator: float, ppo: bool) -> Dict[str, float]:
+        """One optimizer update (of the policy, and with ``ppo`` of the critic) over this rank's episodes: every
+        micro-batch's loss is summed over its tokens and divided by the update's count over all ranks."""
+        algo = self.cfg.algo
         temperature = self.cfg.rollout.temperature
         if len(episodes) != self.episodes_per_rank:  # then there are exactly grad_accum micro-batches
             raise ValueError(f"rank {self.rank} got {len(episodes)} episodes; expected {self.episodes_per_rank}")
-        micro = [episodes[i:i + cfg.micro_batch_size] for i in range(0, len(episodes), cfg.micro_batch_size)]
+        micro = self._micro_batches(episodes)
         # DP averages gradients over ranks: scale each rank's share up so the applied gradient is Σ_ranks / denominator
         rank_denominator = max(denominator, 1.0) / self.world_size
         full = algo.kl_estimator == "full"
         stats = {"loss": 0.0, "pg_loss_sum": 0.0, "logprob_mismatch_sum": 0.0, "neg_logp_sum": 0.0, "tokens": 0.0,
                  "kl_turn1_sum": 0.0, "kl_turn2_sum": 0.0, "tokens_turn1": 0.0, "tokens_turn2": 0.0}
-        pre_clip_norm = None
+        if ppo:
+            stats.update(value_loss_sum=0.0, clipped_sum=0.0, approx_kl_sum=0.0, ratio_dev_sum=0.0)
+        engines = [self.engine, self.critic] if ppo else [self.engine]
+        pre_clip_norms = None
         for i, chunk in enumerate(micro):
             b = self._to_device(collate(chunk, self.tokenizer.pad_token_id))
             logp, logits = token_logprobs(self.engine, b["input_ids"], b["attention_mask"], temperature, full)
@@ -148,18 +199,27 @@ class Learner:
                         self.reference, b["input_ids"], b["attention_mask"], temperature, full
                     )
             mask = b["loss_weight"] * ((b["turn"] > 0) & b["trained"])  # 0 off trained turns, else the turn's weight
-            loss, parts = reinforce_kl_loss(
-                logp, ref_logp, b["advantage"], b["kl_coef"], mask, kl_estimator=algo.kl_estimator,
-                kl_in_loss=not algo.kl_in_the_reward(), loss_agg=algo.loss_agg, denominator=rank_denominator,
-                logits=logits, ref_logits=ref_logits,
-            )
-            self.engine.backward(loss, scale_wrt_gas=False)
+            kl = dict(kl_estimator=algo.kl_estimator, kl_in_loss=not algo.kl_in_the_reward(), loss_agg=algo.loss_agg,
+                      denominator=rank_denominator, logits=logits, ref_logits=ref_logits)
+            if ppo:
+                loss, parts = ppo_kl_loss(logp, b["old_logprobs"], ref_logp, b["advantage"], b["kl_coef"], mask,
+                                          algo.ppo.clip_eps, **kl)
+                v_loss, v_parts = value_loss(self._values(b), b["values"], b["returns"], mask, algo.ppo.value_clip,
+                                             algo.loss_agg, rank_denominator)
+                parts.update(v_parts)
+                losses = [loss, v_loss]
+            else:
+                loss, parts = reinforce_kl_loss(logp, ref_logp, b["advantage"], b["kl_coef"], mask, **kl)
+                losses = [loss]
+            for engine, engine_loss in zip(engines, losses):
+                engine.backward(engine_loss, scale_wrt_gas=False)
             if i == len(micro) - 1:
-                if not self.engine.is_gradient_accumulation_boundary():  # never: k micro-batches, GAS = k
+                if not all(e.is_gradient_accumulation_boundary() for e in engines):  # never: k micro-batches, GAS = k
                     raise RuntimeError("learner: the last micro-batch is not DeepSpeed's accumulation boundary")
                 if self.cfg.learner.zero_stage == 0:  # ZeRO 0: the all-reduced gradient sits on the parameters
-                    pre_clip_norm = self._grad_norm()
-            self.engine.step()  # applies the update at the boundary (the last micro-batch), else only counts
+                    pre_clip_norms = [_grad_norm(e) for e in engines]
+            for engine in engines:
+                engine.step()  # applies the update at the boundary (the last micro-batch), else only counts
             with torch.no_grad():
                 k1 = (logp - ref_logp).detach()
                 for t in (1, 2):
@@ -171,35 +231,74 @@ class Learner:
                 stats["logprob_mismatch_sum"] += float(((logp.detach() - b["sampling_logprobs"]).abs() * mask).sum())
                 stats["neg_logp_sum"] += float((-logp.detach() * mask).sum())
                 stats["tokens"] += float(mask.sum())
-        norm = self.engine.get_global_grad_norm() if pre_clip_norm is None else pre_clip_norm
-        stats["grad_norm"] = float(norm) if norm is not None else float("nan")
+                if ppo:
+                    for key in ("value_loss", "clipped", "approx_kl", "ratio_dev"):
+                        stats[f"{key}_sum"] += float(parts[key])
+        names = ["grad_norm", "critic_grad_norm"]
+        for k, engine in enumerate(engines):
+            norm = engine.get_global_grad_norm() if pre_clip_norms is None else pre_clip_norms[k]
+            stats[names[k]] = float(norm) if norm is not None else float("nan")
         return stats
-
-    def _grad_norm(self) -> float:
-        """Global gradient norm before clipping (ZeRO 0: full, DP-averaged gradients live on the parameters)."""
-        grads = [p.grad.detach().float().norm() ** 2 for p in self.engine.module.parameters() if p.grad is not None]
-        return float(torch.stack(grads).sum().sqrt()) if grads else 0.0
 
     # ------------------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """Full policy weights on CPU (ZeRO 0-2 keep full parameters on every rank)."""
         return {k: v.detach().to("cpu", copy=True) for k, v in self.engine.module.state_dict().items()}
 
-    def save_pretrained(self, out_dir: str) -> None:
+    def save_pretrained(self, out_dir: str, critic_dir: str | None = None) -> None:
+        """The policy (a Hugging Face model directory); with ``critic_dir`` and a critic, the critic too (loadable
+        as ``algo.critic.path``)."""
         if self.rank == 0:
             self.engine.module.save_pretrained(out_dir)
             self.tokenizer.save_pretrained(out_dir)
+            if critic_dir is not None and self.critic is not None:
+                self.critic.module.save_pretrained(critic_dir)
+                self.tokenizer.save_pretrained(critic_dir)
 
     def save_checkpoint(self, ckpt_dir: str, tag: str) -> None:
-        self.engine.save_checkpoint(ckpt_dir, tag=tag)
+        for engine, engine_tag in self._tagged_engines(tag):
+            engine.save_checkpoint(ckpt_dir, tag=engine_tag)
 
     def load_checkpoint(self, ckpt_dir: str, tag: str) -> None:
-        path, _ = self.engine.load_checkpoint(ckpt_dir, tag=tag)
-        if path is None:
-            raise FileNotFoundError(f"no learner checkpoint '{tag}' in {ckpt_dir}")
+        for engine, engine_tag in self._tagged_engines(tag):
+            path, _ = engine.load_checkpoint(ckpt_dir, tag=engine_tag)
+            if path is None:
+                raise FileNotFoundError(f"no learner checkpoint '{engine_tag}' in {ckpt_dir}")
+
+    def _tagged_engines(self, tag: str):
+        return [(self.engine, tag)] + ([(self.critic, f"{tag}_critic")] if self.critic is not None else [])
 
     def _to_device(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return {k: v.to(self.device) for k, v in batch.items()}
+
+
+def _grad_norm(engine) -> float:
+    """Global gradient norm before clipping (ZeRO 0: full, DP-averaged gradients live on the parameters)."""
+    grads = [p.grad.detach().float().norm() ** 2 for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.stack(grads).sum().sqrt()) if grads else 0.0
+
+
+def load_critic(path: str, dtype: str = "float32"):
+    """A value model: the backbone of the model at ``path`` with a scalar head on its last hidden state
+    (``AutoModelForTokenClassification`` with one label, no dropout). A head missing from ``path`` (a causal LM)
+    starts at zero, so every initial value is 0 and the same on every rank."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    from score_rl.utils import DTYPES
+
+    config = AutoConfig.from_pretrained(path, num_labels=1)
+    config.classifier_dropout = 0.0  # set after loading: the config class may drop unknown keyword arguments
+    model, info = AutoModelForTokenClassification.from_pretrained(
+        path, config=config, dtype=DTYPES[dtype], output_loading_info=True
+    )
+    if getattr(model, "dropout", None) is not None and getattr(model.dropout, "p", 0.0) != 0.0:
+        raise RuntimeError(f"the value head of {path} applies dropout {model.dropout.p}; values must be deterministic")
+    if any(key.startswith("score.") for key in info["missing_keys"]):
+        with torch.no_grad():
+            model.score.weight.zero_()
+            if model.score.bias is not None:
+                model.score.bias.zero_()
+    return model
 
 
 def loss_denominator(episodes: Sequence[Episode], loss_agg: str) -> float:
@@ -228,4 +327,9 @@ def reduce_rank_stats(per_rank: Sequence[Dict[str, float]], denominator: float) 
     }
     for t in (1, 2):  # mean per-token k1 estimate of KL(π_old ‖ π_ref) per turn
         out[f"kl_turn{t}"] = total[f"kl_turn{t}_sum"] / max(total[f"tokens_turn{t}"], 1.0)
+    if "value_loss_sum" in total:  # PPO: per-token means over the update's trained tokens (weighted as in the loss)
+        out["value_loss"] = total["value_loss_sum"] / max(denominator, 1.0)
+        for key in ("clipped", "approx_kl", "ratio_dev"):
+            out[{"clipped": "clip_frac"}.get(key, key)] = total[f"{key}_sum"] / tokens
+        out["critic_grad_norm"] = per_rank[0]["critic_grad_norm"]
     return out

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from score_rl.algos import methods
-from score_rl.algos.advantages import compute_advantages
+from score_rl.train.algorithms import make_algorithm
 from score_rl.train.base_model import resolve_model_path
 from score_rl.train.checkpoint import latest_checkpoint, save_checkpoint
 from score_rl.config import TWO_ATTEMPT_METHODS, Config, ConfigError, save_config, validate_training
@@ -23,7 +23,7 @@ from score_rl.launch.distributed import ActorGroup, init_ray, make_placement_gro
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode
 from score_rl.eval.evaluation import TRAINED_MARKER, eval_problems, run_eval_episodes
-from score_rl.learner.learner import Learner, loss_denominator, reduce_rank_stats
+from score_rl.learner.learner import Learner
 from score_rl.eval.metrics import format_table, self_correction_metrics
 from score_rl.rollout.worker import RolloutWorker, run_sharded
 from score_rl.train.run_log import RunLogger
@@ -120,10 +120,13 @@ class Trainer:
         self.episodes_per_step = rc.problems_per_step * rc.samples_per_problem
         if cfg.method.name in TWO_ATTEMPT_METHODS:  # m corrections of each first attempt
             self.episodes_per_step *= rc.corrections_per_attempt
-        if self.episodes_per_step % lc.num_ranks:
+        self.algorithm = make_algorithm(cfg)  # algo.name: reinforce or ppo (score_rl/train/algorithms.py)
+        parts = lc.num_ranks * self.algorithm.minibatches
+        if self.episodes_per_step % parts:
+            by = f"learner.num_ranks * algo.ppo.minibatches = {parts}" if cfg.algo.name == "ppo" else \
+                f"learner.num_ranks = {lc.num_ranks}"
             raise ConfigError(f"the step's {self.episodes_per_step} episodes (rollout.problems_per_step * "
-                              "rollout.samples_per_problem * rollout.corrections_per_attempt) "
-                              f"must be divisible by learner.num_ranks = {lc.num_ranks}")
+                              f"rollout.samples_per_problem * rollout.corrections_per_attempt) must be divisible by {by}")
         self.model_path = resolve_model_path(cfg, log=log)
         self.run_dir = Path(tc.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +160,7 @@ class Trainer:
         self.workers = ActorGroup(
             RolloutWorker, [(cfg, self.model_path, i) for i in range(rc.num_workers)], use_ray, worker_res, pg, 0
         )
-        per_rank = self.episodes_per_step // lc.num_ranks
+        per_rank = self.episodes_per_step // (lc.num_ranks * self.algorithm.minibatches)  # episodes per update
         self.learners = ActorGroup(
             Learner, [(cfg, self.model_path, r, lc.num_ranks, per_rank) for r in range(lc.num_ranks)],
             use_ray, learner_res, pg, rc.num_workers,
@@ -184,10 +187,8 @@ class Trainer:
                 episodes = self.step_episodes(step)
             with _timed(timings, "shape"):
                 stage, extra = self.prepare(episodes, step)
-            with _timed(timings, "learn"):
-                denominator = loss_denominator(episodes, cfg.algo.loss_agg)
-                # nothing kept (a STaR batch without a successful trace): no update at all, not a zero-gradient one
-                stats = self.learn(episodes, denominator) if denominator > 0 else {}
+            with _timed(timings, "learn"):  # {} when nothing is trained (a STaR batch without a kept trace)
+                stats = self.algorithm.update(self.learners, episodes, step)
             with _timed(timings, "sync"):
                 if stats:
                     self.weight_sync.push(self.learners, self.workers)
@@ -242,7 +243,7 @@ class Trainer:
             stage = stage_at(step, cfg.shaping)
             shape_episodes(episodes, stage, cfg.shaping)  # Eq. 3 / Eq. 4: per-turn rewards and KL coefficients
         kl_penalty = self.reward_kl(episodes) if cfg.algo.kl_in_the_reward() else None
-        compute_advantages(episodes, cfg.algo.advantage, cfg.shaping.gamma, kl_penalty)
+        self.algorithm.advantages(episodes, kl_penalty)  # REINFORCE's group baselines (PPO: GAE, in its update)
         return stage, {}
 
     def collect_pairs(self) -> List[Tuple[Episode, Episode]]:
@@ -293,11 +294,6 @@ class Trainer:
                 turn.ref_logprobs = turn_ref
             penalties.append([sum(t.sampling_logprobs) - sum(t.ref_logprobs) for t in ep.turns])
         return penalties
-
-    def learn(self, episodes: Sequence[Episode], denominator: float) -> Dict[str, float]:
-        """One optimizer update on every rank; the loss is normalised by the whole step's tokens (or turns)."""
-        shards = shard(episodes, len(self.learners))
-        return reduce_rank_stats(self.learners.call("train_step", [(s, denominator) for s in shards]), denominator)
 
     def step_metrics(self, episodes, stage, stats, timings) -> Dict[str, float]:
         m: Dict[str, float] = {"stage": stage}
@@ -359,7 +355,7 @@ class Trainer:
 
     def save_final(self, steps: int) -> None:
         out = self.run_dir / "final"
-        self.learners.call_one(0, "save_pretrained", str(out))
+        self.learners.call_one(0, "save_pretrained", str(out), str(self.run_dir / "final_critic"))
         (out / TRAINED_MARKER).write_text(json.dumps(
             {"base_model": self.model_path, "run_dir": str(self.run_dir), "steps": steps, "method": self.method},
             indent=2))

@@ -65,9 +65,44 @@ def weighted(episodes):
     return episodes
 
 
-def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence[Dict], steps: List[list]) -> List[Dict]:
-    """For each combo (learner.* overrides), run len(steps) training steps; return weight changes and stats."""
+def save_critic_with_a_head(model_path: str, out_dir: str, seed: int = 99) -> str:
+    """A critic with a nonzero value head, saved for ``algo.critic.path`` (so the critic's backbone has a gradient
+    from the first update). Saved before the engine is built: ZeRO 1-2 keep their own fp32 copy of the weights from
+    ``deepspeed.initialize`` on, so weights changed in place afterwards would not be the ones the optimizer updates."""
     import torch
+
+    from score_rl.learner.learner import load_critic
+
+    critic = load_critic(model_path)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        critic.score.weight.copy_(torch.randn(critic.score.weight.shape, generator=gen) * 0.5)
+    critic.save_pretrained(out_dir)
+    return out_dir
+
+
+def with_ppo_inputs(learner, episodes):
+    """Copies of this rank's episodes carrying what PPO's update reads: log π_old and V from the learner's own
+    pre-update pass, and token advantages / returns that vary token by token (deterministic, the same on every rank)."""
+    episodes = copy.deepcopy(episodes)
+    for ep, row in zip(episodes, learner.ppo_forward([episodes])[0]):
+        for turn, (old_logprobs, values) in zip(ep.turns, row):
+            turn.old_logprobs, turn.values = old_logprobs, values
+            n = len(turn.response_ids)
+            turn.token_advantages = [turn.advantage + 0.3 * (j - n / 2) for j in range(n)]
+            turn.returns = [2.0 * turn.advantage - 0.2 * j for j in range(n)]
+    return episodes
+
+
+def _flat(model):
+    import torch
+
+    return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+
+def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence[Dict], steps: List[list]) -> List[Dict]:
+    """For each combo (learner.* overrides), run len(steps) training steps; return weight changes and stats.
+    With ``ppo`` in a combo: PPO updates (1 epoch, 1 minibatch), and the critic's weight changes too."""
 
     from score_rl.launch.distributed import shard
     from score_rl.learner.learner import Learner, loss_denominator
@@ -80,29 +115,38 @@ def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence
         c.learner.zero_stage, c.learner.micro_batch_size = combo["zero_stage"], combo["micro_batch_size"]
         c.algo.loss_agg = combo.get("loss_agg", "token-mean")
         c.algo.kl_estimator, c.algo.kl_in_reward = combo.get("kl_estimator", "k2"), None
+        ppo = combo.get("ppo", False)
+        if ppo:  # algo.critic.path: a critic with a nonzero head (save_critic_with_a_head)
+            c.algo.name, c.algo.critic.lr = "ppo", LR
         per_rank = len(steps[0]) // world
         learner = Learner(c, model_path, rank, world, per_rank)
         learner.setup("127.0.0.1", port)
         perturb(learner.reference)
-        updates, norms, kls = [], [], []
+        updates, norms, kls, critic_updates, critic_norms = [], [], [], [], []
         for episodes in steps:
             if combo.get("kl_only"):
                 episodes = without_advantages(episodes)
             if combo.get("weighted"):
                 episodes = weighted(episodes)
-            before = torch.cat([p.detach().flatten().clone() for p in learner.engine.module.parameters()])
+            before = _flat(learner.engine.module)
+            critic_before = _flat(learner.critic.module) if ppo else None
             mine = shard(episodes, world)[rank]
             if combo.get("cache_ref"):  # what the trainer does when the KL sits in the reward
                 mine = copy.deepcopy(mine)
                 for ep, ref in zip(mine, learner.reference_logprobs(mine)):
                     for turn, turn_ref in zip(ep.turns, ref):
                         turn.ref_logprobs = turn_ref
-            stats = learner.train_step(mine, loss_denominator(episodes, c.algo.loss_agg))
-            after = torch.cat([p.detach().flatten() for p in learner.engine.module.parameters()])
-            updates.append((after - before).tolist())
+            if ppo:
+                stats = learner.ppo_update(with_ppo_inputs(learner, mine), loss_denominator(episodes, c.algo.loss_agg))
+                critic_updates.append((_flat(learner.critic.module) - critic_before).tolist())
+                critic_norms.append(stats["critic_grad_norm"])
+            else:
+                stats = learner.train_step(mine, loss_denominator(episodes, c.algo.loss_agg))
+            updates.append((_flat(learner.engine.module) - before).tolist())
             norms.append(stats["grad_norm"])
             kls.append((stats.get("kl_turn1_sum"), stats.get("kl_turn2_sum")))
-        results.append({"combo": combo, "updates": updates, "grad_norms": norms, "kl_sums": kls})
+        results.append({"combo": combo, "updates": updates, "grad_norms": norms, "kl_sums": kls,
+                        "critic_updates": critic_updates, "critic_grad_norms": critic_norms})
         del learner
     return results
 

@@ -45,6 +45,10 @@ def _combos(world: int):
     # the KL loss terms alone (advantages 0; the reference is perturbed, so they have a gradient from step 1)
     combos += [{"zero_stage": z, "micro_batch_size": per_rank // 8, "kl_estimator": est, "k": 8, "kl_only": True}
                for est in KL_LOSS_ESTIMATORS for z in (0, 2)]
+    # PPO: the policy and the critic beside it (its own engine on the same ranks, ZeRO stage and micro-batches)
+    combos += [{"zero_stage": z, "micro_batch_size": per_rank // k, "kl_estimator": "k1", "k": k, "ppo": True}
+               for z in ZERO_STAGES for k in (1, 2)]
+    combos += [{"zero_stage": 2, "micro_batch_size": per_rank // 2, "k": 2, "ppo": True}]  # + the k2 loss term
     return combos
 
 
@@ -52,7 +56,9 @@ def _combos(world: int):
 def cfg(tmp_path_factory, tiny_model_path):
     from tests.conftest import tiny_config
 
-    return tiny_config(tmp_path_factory.mktemp("updates"), [f"model.path={tiny_model_path}"])
+    critic = dp.save_critic_with_a_head(tiny_model_path, str(tmp_path_factory.mktemp("critic")))
+    return tiny_config(tmp_path_factory.mktemp("updates"), [f"model.path={tiny_model_path}",
+                                                             f"algo.critic.path={critic}"])
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +78,8 @@ def one_rank(cfg, tiny_model_path, steps):
     reference += [{"zero_stage": 0, "micro_batch_size": N_EPISODES, "k": 1, "weighted": True, "reference": True}]
     reference += [{"zero_stage": 0, "micro_batch_size": N_EPISODES, "kl_estimator": est, "k": 1, "kl_only": True,
                    "reference": True} for est in KL_LOSS_ESTIMATORS]
+    reference += [{"zero_stage": 0, "micro_batch_size": N_EPISODES, "kl_estimator": est, "k": 1, "ppo": True,
+                   "reference": True} for est in ("k1", "k2")]
     return dp.run(cfg, tiny_model_path, 0, 1, _port(), reference + _combos(1), steps)
 
 
@@ -91,12 +99,13 @@ def two_ranks(cfg, tiny_model_path, steps):
     # every rank holds the same full weights after each step (ZeRO 0-2)
     for a, b in zip(results[0], results[1]):
         assert torch.allclose(torch.tensor(a["updates"]), torch.tensor(b["updates"]), atol=1e-7), a["combo"]
+        assert torch.allclose(torch.tensor(a["critic_updates"]), torch.tensor(b["critic_updates"]), atol=1e-7)
     return results[0]
 
 
 def _kind(combo):
     return (combo.get("loss_agg", "token-mean"), combo.get("kl_estimator", "k2"), combo.get("grad_clip", 0.0),
-            bool(combo.get("kl_only")), bool(combo.get("weighted")))
+            bool(combo.get("kl_only")), bool(combo.get("weighted")), bool(combo.get("ppo")))
 
 
 def _reference(one_rank, combo):
@@ -113,12 +122,20 @@ def _check(result, reference):
                            f"at step {step}"
         assert result["grad_norms"][step] == pytest.approx(reference["grad_norms"][step], rel=1e-4), \
             f"{combo}: logged grad_norm, step {step}"
+    for step, (upd, ref_upd) in enumerate(zip(result["critic_updates"], reference["critic_updates"])):
+        upd, ref_upd = torch.tensor(upd, dtype=torch.float64), torch.tensor(ref_upd, dtype=torch.float64)
+        err = float((upd - ref_upd).norm() / ref_upd.norm())
+        assert float(upd.norm()) > 0 and err < 1e-4, f"{combo}: critic update differs by {err:.3g} at step {step}"
+        assert result["critic_grad_norms"][step] == pytest.approx(reference["critic_grad_norms"][step], rel=1e-4)
+    assert len(result["critic_updates"]) == (len(result["updates"]) if combo.get("ppo") else 0)
 
 
-@pytest.mark.parametrize("kind", [("token-mean", "k2", 0.0, False, False),
-                                  ("seq-mean-token-sum", "k2", 0.0, False, False),
-                                  ("token-mean", "k1", 0.0, False, False), ("token-mean", "k3", 0.0, True, False),
-                                  ("token-mean", "full", 0.0, True, False), ("token-mean", "k2", 0.0, False, True)],
+@pytest.mark.parametrize("kind", [("token-mean", "k2", 0.0, False, False, False),
+                                  ("seq-mean-token-sum", "k2", 0.0, False, False, False),
+                                  ("token-mean", "k1", 0.0, False, False, False),
+                                  ("token-mean", "k3", 0.0, True, False, False),
+                                  ("token-mean", "full", 0.0, True, False, False),
+                                  ("token-mean", "k2", 0.0, False, True, False)],
                          ids=str)
 def test_the_reference_update_is_the_autograd_gradient_of_the_steps_loss(one_rank, cfg, tiny_model_path, steps, kind):
     """Independent of DeepSpeed and the Learner: plain autograd of the step's loss over all episodes at once."""
@@ -128,7 +145,7 @@ def test_the_reference_update_is_the_autograd_gradient_of_the_steps_loss(one_ran
     from score_rl.learner.logprobs import token_logprobs
     from score_rl.utils import load_model, load_tokenizer
 
-    loss_agg, estimator, _, kl_only, weighted = kind
+    loss_agg, estimator, _, kl_only, weighted, _ = kind
     reference = next(r for r in one_rank if r["combo"].get("reference") and _kind(r["combo"]) == kind)
     episodes = dp.without_advantages(steps[0]) if kl_only else steps[0]
     episodes = dp.weighted(episodes) if weighted else episodes
@@ -186,7 +203,8 @@ def _ids(combos):
     return [f"zero{c['zero_stage']}-k{c['k']}-{c.get('loss_agg', 'token-mean')}"
             + (f"-clip{c['grad_clip']}" if c.get("grad_clip") else "")
             + (f"-{c['kl_estimator']}" if c.get("kl_estimator") else "") + ("-cached-ref" if c.get("cache_ref") else "")
-            + ("-kl-only" if c.get("kl_only") else "")
+            + ("-kl-only" if c.get("kl_only") else "") + ("-weighted" if c.get("weighted") else "")
+            + ("-ppo" if c.get("ppo") else "")
             for c in combos]
 
 

@@ -28,14 +28,30 @@ def _weights(path):
     return torch.cat([p.detach().flatten() for p in load_model(str(path), "float32").parameters()])
 
 
+def _record_updates(trainer, batches):
+    """Record (episodes, denominator) of every learner update the trainer makes."""
+    call = trainer.learners.call
+
+    def recording(method, per_member_args=None, *args):
+        if method in ("train_step", "ppo_update"):
+            batches.append(([ep for a in per_member_args for ep in a[0]], per_member_args[0][1]))
+        return call(method, per_member_args, *args)
+
+    trainer.learners.call = recording
+
+
+def _no_updates(trainer, why):
+    call = trainer.learners.call
+    trainer.learners.call = lambda method, *a: pytest.fail(why) if method == "train_step" else call(method, *a)
+
+
 def test_single_turn_rl_trains_on_one_attempt_and_evaluates_two(tmp_path, tiny_model_path):
     trainer = _trainer(tmp_path, tiny_model_path, "single_turn_rl")
     seen = []
-    learn = trainer.learn
-    trainer.learn = lambda episodes, denominator: (seen.append(episodes), learn(episodes, denominator))[1]
+    _record_updates(trainer, seen)
     results = trainer.fit()
     trainer.close()
-    assert seen and all(len(ep.turns) == 1 for batch in seen for ep in batch), "turn 2 is never in the loss"
+    assert seen and all(len(ep.turns) == 1 for batch, _ in seen for ep in batch), "turn 2 is never in the loss"
     rows = _rows(trainer)
     assert "acc_t1" in rows[0] and "acc_t2" not in rows[0]
     assert "acc_t2" in results["trained"] and "delta" in results["trained"], "evaluated with two attempts"
@@ -46,8 +62,7 @@ def test_single_turn_rl_trains_on_one_attempt_and_evaluates_two(tmp_path, tiny_m
 def test_star_trains_only_kept_second_attempts(tmp_path, tiny_model_path, keep):
     trainer = _trainer(tmp_path, tiny_model_path, "star" if keep == "D+" else "star_d")
     batches = []
-    learn = trainer.learn
-    trainer.learn = lambda episodes, denominator: (batches.append((episodes, denominator)), learn(episodes, denominator))[1]
+    _record_updates(trainer, batches)
     trainer.fit()
     trainer.close()
     rows = _rows(trainer)
@@ -65,7 +80,7 @@ def test_star_trains_only_kept_second_attempts(tmp_path, tiny_model_path, keep):
 def test_star_without_kept_traces_does_not_update(tmp_path, tiny_model_path):
     # min_operand > max sums the tiny model can produce: rewards are all 0, nothing is kept
     trainer = _trainer(tmp_path, tiny_model_path, "star", ["env.params.min_operand=90"])
-    trainer.learn = lambda *a: pytest.fail("no kept trace: the learner must not be called")
+    _no_updates(trainer, "no kept trace: the learner must not be called")
     trainer.step_episodes = _all_wrong(trainer.step_episodes)
     trainer.fit()
     trainer.close()
@@ -99,11 +114,11 @@ def test_pair_sft_trains_on_fixed_pairs_from_the_base_model(tmp_path, tiny_model
                                                                "rollout.samples_per_problem=4",
                                                                "trainer.eval_before_after=false"])
     batches = []
-    learn = trainer.learn
-    trainer.learn = lambda episodes, denominator: (batches.append(episodes), learn(episodes, denominator))[1]
+    _record_updates(trainer, batches)
     trainer.fit()
     trainer.close()
     assert trainer.pairs, "the base model's samples gave pairs"
+    batches = [episodes for episodes, _ in batches]
     for episodes in batches:
         assert len(episodes) == trainer.episodes_per_step
         for ep in episodes:
@@ -140,7 +155,7 @@ def test_a_run_directory_is_trained_by_one_process_at_a_time(tmp_path, tiny_mode
 
 def test_self_refine_trains_nothing(tmp_path, tiny_model_path):
     trainer = _trainer(tmp_path, tiny_model_path, "self_refine")
-    trainer.learn = lambda *a: pytest.fail("Self-Refine must not train")
+    _no_updates(trainer, "Self-Refine must not train")
     results = trainer.fit()
     trainer.close()
     assert results["trained"] == results["base"]
@@ -154,8 +169,7 @@ def test_corrections_per_attempt_trains_each_first_attempt_once(tmp_path, tiny_m
                                                             "trainer.eval_before_after=false"])
     assert trainer.episodes_per_step == 4 * 2 * 2
     seen = []
-    learn = trainer.learn
-    trainer.learn = lambda episodes, denominator: (seen.append((episodes, denominator)), learn(episodes, denominator))[1]
+    _record_updates(trainer, seen)
     trainer.fit()
     trainer.close()
     for episodes, denominator in seen:

@@ -83,12 +83,29 @@ def test_reference_log_probs_are_computed_once_per_step(tmp_path, tiny_model_pat
     assert sum(rows) == reference_passes * episodes * cfg.trainer.steps
 
 
-def test_a_resumed_run_logs_what_an_uninterrupted_run_logs(tmp_path, tiny_model_path):
+PPO = ["algo.name=ppo", "algo.ppo.epochs=2", "algo.ppo.minibatches=2", "learner.micro_batch_size=2"]
+
+
+@pytest.mark.parametrize("algo", [[], PPO], ids=["reinforce", "ppo"])
+def test_a_resumed_run_logs_what_an_uninterrupted_run_logs(tmp_path, tiny_model_path, algo):
     """Resume point invariance: 4 steps straight vs 2 steps, a new process-like Trainer, then 2 more (with gradient
-    accumulation: 2 micro-batches a step, so the accumulation boundary must stay aligned after the resume)."""
-    _, straight = _run(tmp_path, tiny_model_path, "straight", ["trainer.steps=4"])
-    run = [f"trainer.run_dir={tmp_path / 'resumed'}", "trainer.checkpoint_every=2"]
+    accumulation: 2 micro-batches a step, so the accumulation boundary must stay aligned after the resume). PPO:
+    2 epochs of 2 minibatches (4 updates a step), so the critic and its optimizer must be checkpointed too."""
+    _, straight = _run(tmp_path, tiny_model_path, "straight", ["trainer.steps=4", *algo])
+    run = [f"trainer.run_dir={tmp_path / 'resumed'}", "trainer.checkpoint_every=2", *algo]
     _run(tmp_path, tiny_model_path, "first", run + ["trainer.steps=2"])
     _, resumed = _run(tmp_path, tiny_model_path, "second", run + ["trainer.steps=4"])
     assert [r["step"] for r in resumed] == [0, 1, 2, 3]
     assert _without_timings(resumed) == _without_timings(straight)
+    if algo:
+        assert all(r["updates"] == 4 and r["ratio_dev_first_update"] == 0.0 for r in resumed)
+        assert all(r["ratio_dev"] > 0 and r["value_loss"] > 0 for r in resumed)
+        for key in ("clip_frac", "approx_kl", "explained_var_t1", "explained_var_t2", "critic_grad_norm"):
+            assert key in resumed[0], key
+
+
+def test_ppo_minibatches_must_divide_the_step(tmp_path, tiny_model_path):
+    from score_rl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"learner.num_ranks \* algo.ppo.minibatches = 3"):
+        _run(tmp_path, tiny_model_path, "bad", ["algo.name=ppo", "algo.ppo.minibatches=3"])
