@@ -110,8 +110,8 @@ class ShapingConfig:
 class PPOConfig:
     epochs: int = doc(1, "K: passes over the step's episodes, each split into algo.ppo.minibatches minibatches (one "
                       "optimizer update of policy and critic per minibatch).")
-    minibatches: int = doc(1, "Minibatches per epoch; the step's episodes are shuffled (seeded) into this many equal "
-                           "parts each epoch.")
+    minibatches: int = doc(4, "Minibatches per epoch; the step's episodes are shuffled (seeded) into this many equal "
+                           "parts each epoch (the step's episode count must be divisible by this × learner.num_ranks).")
     clip_eps: float = doc(0.2, "ε of the clipped surrogate: the ratio π/π_old is clipped to [1 - ε, 1 + ε] "
                           "(0 = no clipping).")
     value_clip: float = doc(0.2, "Value clipping: the new value may move at most this far from the value before the "
@@ -127,7 +127,8 @@ class CriticConfig:
     path: Optional[str] = doc(None, "Critic initialisation: a model directory (a critic saved by an earlier run, or a "
                               "causal LM whose backbone is used); null = the policy's base model. A missing value "
                               "head starts at zero.")
-    lr: float = doc(1e-4, "Learning rate of the critic (its own AdamW; learner.optimizer=sgd makes it SGD).")
+    lr: float = doc(1e-4, "Learning rate of the critic (its own AdamW; learner.optimizer=sgd makes it SGD). The "
+                    "quickstart uses 10 × learner.lr.")
 
 
 @dataclass

@@ -101,6 +101,7 @@ def test_wrong_float_and_bool():
     ("algo.loss_agg=sum", "algo.loss_agg"),
     ("model.dtype=int8", "model.dtype"),
     ("learner.zero_stage=3", "learner.zero_stage"),
+    ("algo.name=grpo", "algo.name"),
 ])
 def test_invalid_choices_name_the_key_and_the_choices(override, key):
     msg = _error([override])
@@ -175,6 +176,28 @@ def test_k1_in_reward_is_accepted():
 ])
 def test_cross_field_checks_name_the_key(override, key):
     assert key in _error([override])
+
+
+@pytest.mark.parametrize("override,key", [
+    (["method.name=star"], "algo.name"),  # PPO trains the RL methods only
+    (["method.name=pair_sft"], "algo.name"),
+    (["algo.ppo.epochs=0"], "algo.ppo.epochs"),
+    (["algo.ppo.minibatches=0"], "algo.ppo.minibatches"),
+    (["algo.ppo.clip_eps=-0.1"], "algo.ppo.clip_eps"),
+    (["algo.ppo.value_clip=-1"], "algo.ppo.value_clip"),
+    (["algo.ppo.lam=1.5"], "algo.ppo.lam"),
+    (["algo.critic.lr=-1"], "algo.critic.lr"),
+    (["algo.ppo.lamda=0.9"], "algo.ppo.lam"),  # a typo names the closest key
+])
+def test_ppo_checks_name_the_key(override, key):
+    assert key in _error(["algo.name=ppo", *override])
+
+
+def test_ppo_needs_no_group_of_samples():
+    """PPO's baseline is its critic: one sample per problem is fine (RLOO's >= 2 check is REINFORCE's)."""
+    cfg = load_config(QUICKSTART, ["algo.name=ppo", "rollout.samples_per_problem=1"])
+    assert cfg.algo.name == "ppo" and cfg.algo.advantage == "rloo"
+    assert load_config(QUICKSTART, []).algo.name == "reinforce", "REINFORCE stays the default"
 
 
 def test_one_sample_is_fine_without_rloo():

@@ -28,7 +28,7 @@ def base(tmp_path_factory, tiny_model_path):
     cfg = tiny_config(tmp_path_factory.mktemp("ppo"), [f"algo.critic.path={critic}",
         f"model.path={tiny_model_path}", "ray.enabled=false", "learner.optimizer=sgd", "learner.lr=1.0",
         "learner.grad_clip=0", "algo.kl_estimator=k2", "algo.name=ppo", "algo.ppo.lam=1.0", "shaping.gamma=0.5",
-        "algo.critic.lr=0.1", "learner.micro_batch_size=4"])
+        "algo.critic.lr=0.1", "learner.micro_batch_size=4", "algo.ppo.minibatches=1"])
     episodes = dp.make_episodes(len(load_tokenizer(tiny_model_path)), N, seed=5)
     for i, ep in enumerate(episodes):
         ep.turns[0].shaped_reward, ep.turns[1].shaped_reward = float(i % 2), 2.0 * ((i // 2) % 2) - 0.5
