@@ -113,11 +113,13 @@ class PPOConfig:
     minibatches: int = doc(4, "Minibatches per epoch; the step's episodes are shuffled (seeded) into this many equal "
                            "parts each epoch (the step's episode count must be divisible by this × learner.num_ranks).")
     clip_eps: float = doc(0.2, "ε of the clipped surrogate: the ratio π/π_old is clipped to [1 - ε, 1 + ε] "
-                          "(0 = no clipping).")
-    value_clip: float = doc(0.2, "Value clipping: the new value may move at most this far from the value before the "
-                            "step before the clipped loss takes over (0 = no value clipping).")
-    lam: float = doc(0.95, "GAE λ over the tokens of an episode (1: every token's advantage is the return minus its "
-                     "value, REINFORCE with the critic as baseline).")
+                          "(0 = no clipping; < 1).")
+    value_clip: float = doc(0.0, "Value clipping c, in reward units: a token whose value has moved more than c from "
+                            "its value before the step, towards its return, stops pulling it (0 = off; SCoRe's shaped "
+                            "returns span about ±(1 + alpha), so a c of 0.2 would stall the critic).")
+    lam: float = doc(1.0, "GAE λ over the tokens of an episode. 1: a token's advantage is its reward-to-go minus its "
+                     "value (REINFORCE with the critic as baseline; a reward at a turn's end reaches every token); "
+                     "< 1 discounts the credit of early tokens by λ per token.")
     whiten_advantages: bool = doc(False, "Normalise the step's token advantages to mean 0 and std 1 (over trained "
                                   "tokens).")
 
@@ -392,12 +394,29 @@ def _validate_ppo(cfg: Config) -> None:
     for key in ("algo.ppo.clip_eps", "algo.ppo.value_clip", "algo.critic.lr"):
         if get_key(cfg, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {get_key(cfg, key)}")
+    if ppo.clip_eps >= 1:
+        raise ConfigError(f"config key 'algo.ppo.clip_eps' must be < 1 (the ratio's lower bound 1 - ε), got {ppo.clip_eps}")
     if not 0.0 <= ppo.lam <= 1.0:
         raise ConfigError(f"config key 'algo.ppo.lam' must be in [0, 1], got {ppo.lam}")
 
 
+def episodes_per_step(cfg: Config) -> int:
+    """problems_per_step × samples_per_problem, × corrections_per_attempt for methods that sample second attempts."""
+    n = cfg.rollout.problems_per_step * cfg.rollout.samples_per_problem
+    return n * cfg.rollout.corrections_per_attempt if cfg.method.name in TWO_ATTEMPT_METHODS else n
+
+
 def validate_training(cfg: Config) -> None:
-    """Checks that only matter when a learner trains (evaluation may use any dtype)."""
+    """Checks that only matter when a learner trains (evaluation may use any dtype); a sweep runs them on every run
+    before starting any."""
+    n, parts = episodes_per_step(cfg), cfg.learner.num_ranks
+    by = f"learner.num_ranks = {parts}"
+    if cfg.algo.name == "ppo":
+        parts *= cfg.algo.ppo.minibatches
+        by = f"learner.num_ranks * algo.ppo.minibatches = {parts}"
+    if n % parts:
+        raise ConfigError(f"the step's {n} episodes (rollout.problems_per_step * rollout.samples_per_problem * "
+                          f"rollout.corrections_per_attempt) must be divisible by {by}")
     if cfg.model.dtype == "float16" and cfg.learner.zero_stage == 0:
         # DeepSpeed 0.19 wraps a client optimizer in its fp16 optimizer, which unscales gradients that ZeRO 0 never
         # scaled: the update would be the gradient / 65536, silently

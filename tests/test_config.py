@@ -184,6 +184,7 @@ def test_cross_field_checks_name_the_key(override, key):
     (["algo.ppo.epochs=0"], "algo.ppo.epochs"),
     (["algo.ppo.minibatches=0"], "algo.ppo.minibatches"),
     (["algo.ppo.clip_eps=-0.1"], "algo.ppo.clip_eps"),
+    (["algo.ppo.clip_eps=1.0"], "algo.ppo.clip_eps"),
     (["algo.ppo.value_clip=-1"], "algo.ppo.value_clip"),
     (["algo.ppo.lam=1.5"], "algo.ppo.lam"),
     (["algo.critic.lr=-1"], "algo.critic.lr"),
@@ -191,6 +192,18 @@ def test_cross_field_checks_name_the_key(override, key):
 ])
 def test_ppo_checks_name_the_key(override, key):
     assert key in _error(["algo.name=ppo", *override])
+
+
+def test_the_step_must_split_into_ppo_minibatches_on_every_rank():
+    """Checked by validate_training, which a sweep runs on every run before starting any."""
+    from score_rl.config import ConfigError, validate_training
+
+    cfg = load_config(QUICKSTART, ["algo.name=ppo", "rollout.problems_per_step=3", "rollout.samples_per_problem=2"])
+    with pytest.raises(ConfigError, match=r"6 episodes .* divisible by learner.num_ranks \* algo.ppo.minibatches = 4"):
+        validate_training(cfg)
+    validate_training(load_config(QUICKSTART, ["algo.name=ppo", "rollout.problems_per_step=3",
+                                               "rollout.samples_per_problem=2", "algo.ppo.minibatches=3"]))
+    validate_training(load_config(QUICKSTART, ["rollout.problems_per_step=3", "rollout.samples_per_problem=2"]))
 
 
 def test_ppo_needs_no_group_of_samples():

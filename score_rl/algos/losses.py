@@ -78,8 +78,8 @@ def value_loss(
     loss_agg: str = "token-mean", denominator: float | None = None,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """½ (V − R)², or with ``value_clip`` = c > 0 the larger of that and ½ (V_old + clip(V − V_old, −c, c) − R)²:
-    once V has moved more than c from V_old towards (and past the point where the clipped error is larger), the token
-    stops pulling — the update of a value is bounded by c per step. Masked sum / ``denominator``."""
+    once V has moved more than c from V_old towards its return R, this token stops pulling it (other tokens, through
+    shared weights, still can). Masked sum / ``denominator``."""
     err = (values - returns) ** 2
     if value_clip > 0:
         clipped = old_values + torch.clamp(values - old_values, -value_clip, value_clip)

@@ -132,7 +132,7 @@ _FIXED = ("trainer.seed", "trainer.run_dir", "trainer.checkpoint_every", "traine
 def load_sweep(path: str | Path, backend: Optional[str] = None, parallel: Optional[int] = None) -> Sweep:
     """Parse, validate and plan a sweep file. Every run's config is loaded (and so checked) before anything runs."""
     from score_rl.algos.methods import preset_overrides
-    from score_rl.config import load_config
+    from score_rl.config import load_config, validate_training
 
     path = Path(path)
     if not path.is_file():
@@ -214,6 +214,7 @@ def load_sweep(path: str | Path, backend: Optional[str] = None, parallel: Option
                              "trainer.eval_before_after=true"]
                 try:
                     cfg = load_config(base, overrides)
+                    validate_training(cfg)
                 except ConfigError as err:
                     raise ConfigError(f"sweep run '{run_id}': {err}") from None
                 _check_run_dir_config(run_id, run_dir, cfg)

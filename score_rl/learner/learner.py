@@ -144,23 +144,37 @@ class Learner:
         return self._update(episodes, denominator, ppo=True)
 
     @torch.no_grad()
-    def ppo_forward(self, minibatches: Sequence[Sequence[Episode]]) -> List[List[List[List[List[float]]]]]:
-        """log π_old and V of every response token before the step's first update: ``out[m][i][t]`` = (old log-probs,
-        values) of turn t+1 of episode i of minibatch m. Micro-batched exactly as ``ppo_update`` will see the first
-        epoch's minibatches, so the first update's ratio is exactly 1."""
-        out = []
+    def ppo_forward(self, minibatches: Sequence[Sequence[Episode]]) -> Dict[str, list | Dict[str, float]]:
+        """log π_old and V of every response token before the step's first update: ``rows[m][i][t]`` = (old
+        log-probs, values) of turn t+1 of episode i of minibatch m. Micro-batched exactly as ``ppo_update`` will see
+        the first epoch's minibatches, so the first update's ratio is exactly 1. ``stats``: sums describing the
+        policy before the step (what ``train_step`` logs for REINFORCE), for ``reduce_rank_stats``-style merging."""
+        temperature = self.cfg.rollout.temperature
+        rows: List[list] = []
+        stats = {"logprob_mismatch_sum": 0.0, "neg_logp_sum": 0.0, "tokens": 0.0,
+                 "kl_turn1_sum": 0.0, "kl_turn2_sum": 0.0, "tokens_turn1": 0.0, "tokens_turn2": 0.0}
         for episodes in minibatches:
-            rows = []
+            out = []
             for chunk in self._micro_batches(episodes):
                 b = self._to_device(collate(chunk, self.tokenizer.pad_token_id))
-                logp, _ = token_logprobs(self.engine, b["input_ids"], b["attention_mask"], self.cfg.rollout.temperature)
+                logp, _ = token_logprobs(self.engine, b["input_ids"], b["attention_mask"], temperature)
                 values = self._values(b)
+                ref_logp = b["ref_logprobs"] if "ref_logprobs" in b else token_logprobs(
+                    self.reference, b["input_ids"], b["attention_mask"], temperature)[0]
+                mask = b["loss_weight"] * ((b["turn"] > 0) & b["trained"])
+                stats["logprob_mismatch_sum"] += float(((logp - b["sampling_logprobs"]).abs() * mask).sum())
+                stats["neg_logp_sum"] += float((-logp * mask).sum())
+                stats["tokens"] += float(mask.sum())
+                for t in (1, 2):
+                    m = b["turn"] == t
+                    stats[f"kl_turn{t}_sum"] += float(((logp - ref_logp) * m).sum())
+                    stats[f"tokens_turn{t}"] += float(m.sum())
                 logp, values, turn = logp.cpu(), values.cpu(), b["turn"].cpu()
                 for i, ep in enumerate(chunk):
-                    rows.append([(logp[i][turn[i] == t].tolist(), values[i][turn[i] == t].tolist())
-                                 for t in range(1, len(ep.turns) + 1)])
-            out.append(rows)
-        return out
+                    out.append([(logp[i][turn[i] == t].tolist(), values[i][turn[i] == t].tolist())
+                                for t in range(1, len(ep.turns) + 1)])
+            rows.append(out)
+        return {"rows": rows, "stats": stats}
 
     def _values(self, b: Dict[str, torch.Tensor]) -> torch.Tensor:
         """V(state before each target token), aligned with the targets like the log-probs: [B, L-1]."""
@@ -241,9 +255,10 @@ class Learner:
         return stats
 
     # ------------------------------------------------------------------------------------------------------------
-    def state_dict(self) -> Dict[str, torch.Tensor]:
-        """Full policy weights on CPU (ZeRO 0-2 keep full parameters on every rank)."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.engine.module.state_dict().items()}
+    def state_dict(self, critic: bool = False) -> Dict[str, torch.Tensor]:
+        """Full policy (or critic) weights on CPU (ZeRO 0-2 keep full parameters on every rank)."""
+        module = (self.critic if critic else self.engine).module
+        return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
     def save_pretrained(self, out_dir: str, critic_dir: str | None = None) -> None:
         """The policy (a Hugging Face model directory); with ``critic_dir`` and a critic, the critic too (loadable
@@ -261,6 +276,9 @@ class Learner:
 
     def load_checkpoint(self, ckpt_dir: str, tag: str) -> None:
         for engine, engine_tag in self._tagged_engines(tag):
+            if engine is self.critic and not os.path.isdir(os.path.join(ckpt_dir, engine_tag)):
+                raise FileNotFoundError(f"checkpoint {ckpt_dir} has no critic ('{engine_tag}'): it was saved by a run "
+                                        "with algo.name=reinforce; resume it with the same algorithm")
             path, _ = engine.load_checkpoint(ckpt_dir, tag=engine_tag)
             if path is None:
                 raise FileNotFoundError(f"no learner checkpoint '{engine_tag}' in {ckpt_dir}")

@@ -59,7 +59,7 @@ class PPO:
         # the epochs' minibatches, seeded by (seed, step): a resumed run sees the same ones
         rng = random.Random(self.cfg.trainer.seed * 1_000_003 + step * 7_919 + 17)
         epochs = [self._split(episodes, rng) for _ in range(ppo.epochs)]
-        self.old_logprobs_and_values(learners, epochs[0])
+        before = self.old_logprobs_and_values(learners, epochs[0])
         metrics = self.gae(episodes)
         updates = []
         for minibatches in epochs:
@@ -72,23 +72,35 @@ class PPO:
         metrics.update({k: sum(u[k] for u in updates) / len(updates) for k in updates[0]})
         metrics["ratio_dev_first_update"] = updates[0]["ratio_dev"]  # exactly 0: π_old is the policy of update 1
         metrics["updates"] = len(updates)
+        # what describes the policy itself is measured before the first update, over the whole step (as REINFORCE
+        # logs it), not averaged over a policy that moves between the minibatches
+        tokens = max(before["tokens"], 1.0)
+        metrics.update(logprob_mismatch=before["logprob_mismatch_sum"] / tokens,
+                       entropy_proxy=before["neg_logp_sum"] / tokens, tokens=before["tokens"])
+        for t in (1, 2):
+            metrics[f"kl_turn{t}"] = before[f"kl_turn{t}_sum"] / max(before[f"tokens_turn{t}"], 1.0)
         return metrics
 
     def _split(self, episodes: Sequence[Episode], rng: random.Random) -> List[List[Episode]]:
+        if len(episodes) % self.minibatches:  # validate_training checks this for the trainer's steps
+            raise ValueError(f"{len(episodes)} episodes do not split into algo.ppo.minibatches = {self.minibatches}")
         order = list(range(len(episodes)))
         rng.shuffle(order)
         size = len(episodes) // self.minibatches
         return [[episodes[k] for k in order[m * size:(m + 1) * size]] for m in range(self.minibatches)]
 
-    def old_logprobs_and_values(self, learners: ActorGroup, minibatches: Sequence[Sequence[Episode]]) -> None:
-        """log π_old and V on every turn, each rank scoring exactly its shares of the first epoch's minibatches."""
+    def old_logprobs_and_values(self, learners: ActorGroup, minibatches: Sequence[Sequence[Episode]]
+                                ) -> Dict[str, float]:
+        """log π_old and V on every turn, each rank scoring exactly its shares of the first epoch's minibatches.
+        Returns the ranks' summed statistics of the policy before the step."""
         shards = [shard(batch, len(learners)) for batch in minibatches]
         per_rank = learners.call("ppo_forward", [([s[r] for s in shards],) for r in range(len(learners))])
         for m, batch_shards in enumerate(shards):
             for r, rank_episodes in enumerate(batch_shards):
-                for ep, row in zip(rank_episodes, per_rank[r][m]):
+                for ep, row in zip(rank_episodes, per_rank[r]["rows"][m]):
                     for turn, (old_logprobs, values) in zip(ep.turns, row):
                         turn.old_logprobs, turn.values = old_logprobs, values
+        return {k: sum(r["stats"][k] for r in per_rank) for k in per_rank[0]["stats"]}
 
     def gae(self, episodes: Sequence[Episode]) -> Dict[str, float]:
         """Token advantages and returns on every turn; the critic's explained variance per turn (before the step)."""

@@ -18,7 +18,7 @@ from score_rl.algos import methods
 from score_rl.train.algorithms import make_algorithm
 from score_rl.train.base_model import resolve_model_path
 from score_rl.train.checkpoint import latest_checkpoint, save_checkpoint
-from score_rl.config import TWO_ATTEMPT_METHODS, Config, ConfigError, save_config, validate_training
+from score_rl.config import Config, ConfigError, episodes_per_step, save_config, validate_training
 from score_rl.launch.distributed import ActorGroup, init_ray, make_placement_group, shard
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode
@@ -115,18 +115,10 @@ class RunDirLock:
 class Trainer:
     def __init__(self, cfg: Config, log=print):
         self.cfg, self.log = cfg, log
-        tc, rc, lc = cfg.trainer, cfg.rollout, cfg.learner
+        tc = cfg.trainer
         validate_training(cfg)
-        self.episodes_per_step = rc.problems_per_step * rc.samples_per_problem
-        if cfg.method.name in TWO_ATTEMPT_METHODS:  # m corrections of each first attempt
-            self.episodes_per_step *= rc.corrections_per_attempt
+        self.episodes_per_step = episodes_per_step(cfg)  # × corrections_per_attempt for two-attempt methods
         self.algorithm = make_algorithm(cfg)  # algo.name: reinforce or ppo (score_rl/train/algorithms.py)
-        parts = lc.num_ranks * self.algorithm.minibatches
-        if self.episodes_per_step % parts:
-            by = f"learner.num_ranks * algo.ppo.minibatches = {parts}" if cfg.algo.name == "ppo" else \
-                f"learner.num_ranks = {lc.num_ranks}"
-            raise ConfigError(f"the step's {self.episodes_per_step} episodes (rollout.problems_per_step * "
-                              f"rollout.samples_per_problem * rollout.corrections_per_attempt) must be divisible by {by}")
         self.model_path = resolve_model_path(cfg, log=log)
         self.run_dir = Path(tc.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ def with_ppo_inputs(learner, episodes):
     """Copies of this rank's episodes carrying what PPO's update reads: log π_old and V from the learner's own
     pre-update pass, and token advantages / returns that vary token by token (deterministic, the same on every rank)."""
     episodes = copy.deepcopy(episodes)
-    for ep, row in zip(episodes, learner.ppo_forward([episodes])[0]):
+    for ep, row in zip(episodes, learner.ppo_forward([episodes])["rows"][0]):
         for turn, (old_logprobs, values) in zip(ep.turns, row):
             turn.old_logprobs, turn.values = old_logprobs, values
             n = len(turn.response_ids)

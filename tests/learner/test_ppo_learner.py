@@ -94,7 +94,7 @@ def test_the_critic_moves_towards_the_returns(base):
     assert algo.update(group, eps, step=0)["updates"] == 3
 
     def error(batch):
-        fresh = learner.ppo_forward([batch])[0]
+        fresh = learner.ppo_forward([batch])["rows"][0]
         return sum((v - r) ** 2 for ep, row in zip(batch, fresh) for turn, (_, values) in zip(ep.turns, row)
                    for v, r in zip(values, turn.returns))
 
@@ -121,3 +121,27 @@ def test_a_critic_from_a_causal_lm_starts_at_zero(tiny_model_path):
     assert critic.score.weight.abs().sum() == 0 and critic.dropout.p == 0.0
     out = critic(input_ids=torch.tensor([[3, 4, 5]])).logits
     assert out.shape == (1, 3, 1) and out.abs().sum() == 0
+
+
+def test_each_value_is_that_of_the_state_before_its_token(base):
+    """V at a response token's target position is the critic's output on the prefix *before* that token (a baseline
+    must not see the action it judges): the critic run on input_ids[:p] gives, at its last position, the value of the
+    state in which token p was sampled."""
+    from score_rl.learner.batch import collate
+
+    cfg, model_path, episodes = base
+    _, learner = _group(cfg, model_path)
+    ep = episodes[0]
+    b = collate([ep], learner.tokenizer.pad_token_id)
+    with torch.no_grad():
+        values = learner._values(b)[0]
+    ids = b["input_ids"]
+    critic = learner.critic.module
+    with torch.no_grad():
+        for p in range(1, ids.shape[1]):
+            prefix_value = critic(input_ids=ids[:, :p]).logits[0, -1, 0]
+            assert float(prefix_value) == pytest.approx(float(values[p - 1]), abs=1e-5), p
+    row = learner.ppo_forward([[ep]])["rows"][0][0]
+    for t, ((start, end), (_, turn_values)) in enumerate(zip(ep.response_spans(), row)):
+        assert turn_values == pytest.approx(values[start - 1:end - 1].tolist(), abs=1e-6)
+    assert float(values.std()) > 0, "a nonzero head: the check can tell positions apart"

@@ -18,12 +18,13 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.mark.parametrize("zero_stage", [2])
-def test_two_steps_two_workers_two_ranks(tmp_path, tiny_model_path, ray_cluster, zero_stage):
+@pytest.mark.parametrize("zero_stage, algo", [(2, []), (2, ["algo.name=ppo", "algo.ppo.minibatches=2"])],
+                         ids=["reinforce", "ppo"])
+def test_two_steps_two_workers_two_ranks(tmp_path, tiny_model_path, ray_cluster, zero_stage, algo):
     cfg = tiny_config(tmp_path, [
         f"model.path={tiny_model_path}", "ray.enabled=true", "ray.num_cpus=4", "rollout.num_workers=2",
         "learner.num_ranks=2", f"learner.zero_stage={zero_stage}", "trainer.steps=2", "trainer.checkpoint_every=2",
-        "rollout.cpus_per_worker=0.5", "learner.cpus_per_rank=0.5",
+        "rollout.cpus_per_worker=0.5", "learner.cpus_per_rank=0.5", *algo,
     ])
     trainer = Trainer(cfg, log=lambda *_: None)
     assert len(trainer.workers) == 2 and len(trainer.learners) == 2
@@ -38,6 +39,11 @@ def test_two_steps_two_workers_two_ranks(tmp_path, tiny_model_path, ray_cluster,
 
     w0, w1 = trainer.learners.call("state_dict")
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    if algo:  # PPO: the critics beside the two ranks are identical too, and updated 2 x 2 times
+        c0, c1 = trainer.learners.call("state_dict", None, True)
+        assert all(torch.equal(c0[k], c1[k]) for k in c0)
+        assert all(r["updates"] == 2 and r["ratio_dev_first_update"] == 0.0 for r in rows)
+        assert (trainer.run_dir / "final_critic" / "config.json").is_file()
     base = trainer.workers.members[0]
     import ray
 

@@ -42,7 +42,8 @@ def _record_updates(trainer, batches):
 
 def _no_updates(trainer, why):
     call = trainer.learners.call
-    trainer.learners.call = lambda method, *a: pytest.fail(why) if method == "train_step" else call(method, *a)
+    trainer.learners.call = lambda method, *a: pytest.fail(why) if method in ("train_step", "ppo_update") \
+        else call(method, *a)
 
 
 def test_single_turn_rl_trains_on_one_attempt_and_evaluates_two(tmp_path, tiny_model_path):
