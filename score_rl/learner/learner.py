@@ -151,8 +151,7 @@ class Learner:
         policy before the step (what ``train_step`` logs for REINFORCE), for ``reduce_rank_stats``-style merging."""
         temperature = self.cfg.rollout.temperature
         rows: List[list] = []
-        stats = {"logprob_mismatch_sum": 0.0, "neg_logp_sum": 0.0, "tokens": 0.0,
-                 "kl_turn1_sum": 0.0, "kl_turn2_sum": 0.0, "tokens_turn1": 0.0, "tokens_turn2": 0.0}
+        stats = dict.fromkeys(POLICY_STATS, 0.0)
         for episodes in minibatches:
             out = []
             for chunk in self._micro_batches(episodes):
@@ -161,14 +160,7 @@ class Learner:
                 values = self._values(b)
                 ref_logp = b["ref_logprobs"] if "ref_logprobs" in b else token_logprobs(
                     self.reference, b["input_ids"], b["attention_mask"], temperature)[0]
-                mask = b["loss_weight"] * ((b["turn"] > 0) & b["trained"])
-                stats["logprob_mismatch_sum"] += float(((logp - b["sampling_logprobs"]).abs() * mask).sum())
-                stats["neg_logp_sum"] += float((-logp * mask).sum())
-                stats["tokens"] += float(mask.sum())
-                for t in (1, 2):
-                    m = b["turn"] == t
-                    stats[f"kl_turn{t}_sum"] += float(((logp - ref_logp) * m).sum())
-                    stats[f"tokens_turn{t}"] += float(m.sum())
+                _add_policy_stats(stats, b, logp, ref_logp, _loss_mask(b))
                 logp, values, turn = logp.cpu(), values.cpu(), b["turn"].cpu()
                 for i, ep in enumerate(chunk):
                     out.append([(logp[i][turn[i] == t].tolist(), values[i][turn[i] == t].tolist())
@@ -195,8 +187,7 @@ class Learner:
         # DP averages gradients over ranks: scale each rank's share up so the applied gradient is Σ_ranks / denominator
         rank_denominator = max(denominator, 1.0) / self.world_size
         full = algo.kl_estimator == "full"
-        stats = {"loss": 0.0, "pg_loss_sum": 0.0, "logprob_mismatch_sum": 0.0, "neg_logp_sum": 0.0, "tokens": 0.0,
-                 "kl_turn1_sum": 0.0, "kl_turn2_sum": 0.0, "tokens_turn1": 0.0, "tokens_turn2": 0.0}
+        stats = {"loss": 0.0, "pg_loss_sum": 0.0, **dict.fromkeys(POLICY_STATS, 0.0)}
         if ppo:
             stats.update(value_loss_sum=0.0, clipped_sum=0.0, approx_kl_sum=0.0, ratio_dev_sum=0.0)
         engines = [self.engine, self.critic] if ppo else [self.engine]
@@ -212,7 +203,7 @@ class Learner:
                     ref_logp, ref_logits = token_logprobs(
                         self.reference, b["input_ids"], b["attention_mask"], temperature, full
                     )
-            mask = b["loss_weight"] * ((b["turn"] > 0) & b["trained"])  # 0 off trained turns, else the turn's weight
+            mask = _loss_mask(b)
             kl = dict(kl_estimator=algo.kl_estimator, kl_in_loss=not algo.kl_in_the_reward(), loss_agg=algo.loss_agg,
                       denominator=rank_denominator, logits=logits, ref_logits=ref_logits)
             if ppo:
@@ -235,16 +226,9 @@ class Learner:
             for engine in engines:
                 engine.step()  # applies the update at the boundary (the last micro-batch), else only counts
             with torch.no_grad():
-                k1 = (logp - ref_logp).detach()
-                for t in (1, 2):
-                    m = b["turn"] == t
-                    stats[f"kl_turn{t}_sum"] += float((k1 * m).sum())
-                    stats[f"tokens_turn{t}"] += float(m.sum())
+                _add_policy_stats(stats, b, logp.detach(), ref_logp, mask)
                 stats["loss"] += float(loss.detach()) / self.world_size
                 stats["pg_loss_sum"] += float(parts["pg"])
-                stats["logprob_mismatch_sum"] += float(((logp.detach() - b["sampling_logprobs"]).abs() * mask).sum())
-                stats["neg_logp_sum"] += float((-logp.detach() * mask).sum())
-                stats["tokens"] += float(mask.sum())
                 if ppo:
                     for key in ("value_loss", "clipped", "approx_kl", "ratio_dev"):
                         stats[f"{key}_sum"] += float(parts[key])
@@ -288,6 +272,27 @@ class Learner:
 
     def _to_device(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return {k: v.to(self.device) for k, v in batch.items()}
+
+
+# sums describing the policy on a batch (reduce_rank_stats turns them into logprob_mismatch, entropy_proxy, kl_turn*)
+POLICY_STATS = ("logprob_mismatch_sum", "neg_logp_sum", "tokens", "kl_turn1_sum", "kl_turn2_sum", "tokens_turn1",
+                "tokens_turn2")
+
+
+def _loss_mask(b: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """0 off trained turns' response tokens, else the turn's loss weight."""
+    return b["loss_weight"] * ((b["turn"] > 0) & b["trained"])
+
+
+def _add_policy_stats(stats: Dict[str, float], b: Dict[str, torch.Tensor], logp: torch.Tensor,
+                      ref_logp: torch.Tensor, mask: torch.Tensor) -> None:
+    stats["logprob_mismatch_sum"] += float(((logp - b["sampling_logprobs"]).abs() * mask).sum())
+    stats["neg_logp_sum"] += float((-logp * mask).sum())
+    stats["tokens"] += float(mask.sum())
+    for t in (1, 2):  # per-token k1 estimate of KL(π ‖ π_ref), over every response token of the turn
+        m = b["turn"] == t
+        stats[f"kl_turn{t}_sum"] += float(((logp - ref_logp) * m).sum())
+        stats[f"tokens_turn{t}"] += float(m.sum())
 
 
 def _grad_norm(engine) -> float:
