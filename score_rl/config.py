@@ -176,7 +176,9 @@ class LearnerConfig:
     num_ranks: int = doc(1, "Data-parallel learner ranks (Ray actors with a DeepSpeed engine each).")
     cpus_per_rank: float = doc(1.0, "CPUs reserved per learner rank.")
     gpus_per_rank: float = doc(0.0, "GPUs per learner rank (0 = CPU with gloo; 1 = GPU with nccl).")
-    zero_stage: int = doc(0, "DeepSpeed ZeRO stage (0, 1 or 2).")
+    zero_stage: int = doc(0, "DeepSpeed ZeRO stage: 0, 1 (optimizer state sharded over the ranks), 2 (+ gradients) or "
+                          "3 (+ parameters; the reference model and PPO's critic are sharded too, and the weight sync "
+                          "gathers the policy one parameter at a time).")
     optimizer: str = doc("adamw", "adamw, or sgd (plain SGD: update = -lr * gradient; used to check gradients).")
     lr: float = doc(1e-5, "Learning rate.")
     weight_decay: float = doc(0.0, "Weight decay (decoupled for adamw).")
@@ -248,7 +250,7 @@ _CHOICES = {
     "method.star_keep": ("D", "D+"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.tiny.architecture": ("qwen2", "llama"),
-    "learner.zero_stage": (0, 1, 2),
+    "learner.zero_stage": (0, 1, 2, 3),
 }
 
 

@@ -100,7 +100,7 @@ def test_wrong_float_and_bool():
     ("algo.kl_estimator=k4", "algo.kl_estimator"),
     ("algo.loss_agg=sum", "algo.loss_agg"),
     ("model.dtype=int8", "model.dtype"),
-    ("learner.zero_stage=3", "learner.zero_stage"),
+    ("learner.zero_stage=4", "learner.zero_stage"),
     ("algo.name=grpo", "algo.name"),
 ])
 def test_invalid_choices_name_the_key_and_the_choices(override, key):

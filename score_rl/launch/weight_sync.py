@@ -16,6 +16,14 @@ class WeightSync:
 
 
 class ObjectStoreSync(WeightSync):
+    def __init__(self, sharded: bool = False):
+        self.sharded = sharded  # ZeRO 3: every rank takes part in gathering the weights; rank 0 returns them
+
     def push(self, learners: ActorGroup, workers: ActorGroup) -> None:
-        weights = learners.remote_ref(0, "state_dict")  # rank 0 holds full weights under ZeRO 0-2
-        workers.call("load_weights", None, weights)
+        ranks = range(len(learners)) if self.sharded else [0]  # rank 0 holds full weights under ZeRO 0-2
+        refs = [learners.remote_ref(r, "state_dict", False, True) for r in ranks]
+        workers.call("load_weights", None, refs[0])
+        if learners.use_ray and len(refs) > 1:
+            import ray
+
+            ray.get(refs[1:])  # the other ranks' part of the gather is done (they return None)

@@ -79,9 +79,14 @@ class Learner:
         self.device = device
         self.tokenizer = load_tokenizer(self.model_path)
         model = load_model(self.model_path, self.cfg.model.dtype)
-        self.reference = load_model(self.model_path, self.cfg.model.dtype).to(device).eval().requires_grad_(False)
+        reference = load_model(self.model_path, self.cfg.model.dtype).eval().requires_grad_(False)
         self.grad_accum = max(1, -(-self.episodes_per_rank // cfg.micro_batch_size))
         self.engine = self._engine(deepspeed, model, cfg.lr)
+        if cfg.zero_stage == 3:  # the frozen reference is sharded over the ranks too: an engine without optimizer
+            self.reference, *_ = deepspeed.initialize(model=reference, config=self._ds_config(1))
+            self.reference.eval()
+        else:
+            self.reference = reference.to(device)
         self.critic = None
         if self.cfg.algo.name == "ppo":  # the critic sits beside the policy: same ranks, ZeRO stage, micro-batches
             critic = load_critic(self.cfg.algo.critic.path or self.model_path, self.cfg.model.dtype)
@@ -95,21 +100,24 @@ class Learner:
             optimizer = torch.optim.AdamW(
                 model.parameters(), lr=lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
             )
-        ds_config = {
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self._ds_config(self.grad_accum))
+        engine.train()
+        return engine
+
+    def _ds_config(self, grad_accum: int) -> Dict:
+        cfg = self.cfg.learner
+        return {
             "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-            "gradient_accumulation_steps": self.grad_accum,
-            "train_batch_size": cfg.micro_batch_size * self.grad_accum * self.world_size,
+            "gradient_accumulation_steps": grad_accum,
+            "train_batch_size": cfg.micro_batch_size * grad_accum * self.world_size,
             "gradient_clipping": cfg.grad_clip,  # >= 0 (validated); 0 = off
             "zero_optimization": {"stage": cfg.zero_stage},
-            "zero_allow_untested_optimizer": cfg.optimizer == "sgd",  # plain SGD is correct under ZeRO 1-2
+            "zero_allow_untested_optimizer": cfg.optimizer == "sgd",  # plain SGD is correct under ZeRO 1-3
             "bf16": {"enabled": self.cfg.model.dtype == "bfloat16"},
             "fp16": {"enabled": self.cfg.model.dtype == "float16"},
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-        engine.train()
-        return engine
 
     # ------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -239,20 +247,37 @@ class Learner:
         return stats
 
     # ------------------------------------------------------------------------------------------------------------
-    def state_dict(self, critic: bool = False) -> Dict[str, torch.Tensor]:
-        """Full policy (or critic) weights on CPU (ZeRO 0-2 keep full parameters on every rank)."""
+    def state_dict(self, critic: bool = False, rank0_only: bool = False) -> Dict[str, torch.Tensor] | None:
+        """Full policy (or critic) weights on CPU. ZeRO 0-2 keep full parameters on every rank; under ZeRO 3 they are
+        gathered one parameter at a time (a collective: every rank must call this). ``rank0_only``: other ranks
+        return None (what the weight sync needs)."""
         module = (self.critic if critic else self.engine).module
-        return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        if self.cfg.learner.zero_stage != 3:
+            if rank0_only and self.rank != 0:
+                return None
+            return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        deepspeed = _import_deepspeed()
+        params = dict(module.named_parameters(remove_duplicate=False))
+        out = {}
+        for key, value in module.state_dict().items():
+            if key in params:
+                with deepspeed.zero.GatheredParameters([params[key]]):
+                    out[key] = params[key].detach().to("cpu", copy=True)
+            else:  # a buffer: never partitioned
+                out[key] = value.detach().to("cpu", copy=True)
+        return None if rank0_only and self.rank != 0 else out
 
     def save_pretrained(self, out_dir: str, critic_dir: str | None = None) -> None:
         """The policy (a Hugging Face model directory); with ``critic_dir`` and a critic, the critic too (loadable
-        as ``algo.critic.path``)."""
-        if self.rank == 0:
-            self.engine.module.save_pretrained(out_dir)
-            self.tokenizer.save_pretrained(out_dir)
-            if critic_dir is not None and self.critic is not None:
-                self.critic.module.save_pretrained(critic_dir)
-                self.tokenizer.save_pretrained(critic_dir)
+        as ``algo.critic.path``). Call it on every rank (ZeRO 3 gathers the weights); rank 0 writes."""
+        saves = [(self.engine.module, out_dir, False)]
+        if critic_dir is not None and self.critic is not None:
+            saves.append((self.critic.module, critic_dir, True))
+        for module, directory, is_critic in saves:
+            weights = self.state_dict(critic=is_critic, rank0_only=True)
+            if self.rank == 0:
+                module.save_pretrained(directory, state_dict=weights)
+                self.tokenizer.save_pretrained(directory)
 
     def save_checkpoint(self, ckpt_dir: str, tag: str) -> None:
         for engine, engine_tag in self._tagged_engines(tag):

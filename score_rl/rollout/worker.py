@@ -88,6 +88,10 @@ class RolloutWorker:
         """Turn-2 contexts for (turn-1 prompt ids, attempt-1 ids, problem id) triples (Pair-SFT builds its pairs)."""
         return [self.prompts.correction(prompt, attempt, pid) for prompt, attempt, pid in items]
 
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        """The weights this worker samples with (a CPU copy; tests compare them with the learner's)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
     def load_weights(self, state_dict: Dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict, strict=True)
 

@@ -132,7 +132,7 @@ class Trainer:
             self.eval_set = eval_problems(self.env.problems("test"), tc.eval_problems)
             self.start_step = 0
             self._start_actors()
-            self.weight_sync = ObjectStoreSync()
+            self.weight_sync = ObjectStoreSync(sharded=cfg.learner.zero_stage == 3)
         except BaseException:
             self.lock.release()  # a failed start must not keep the directory locked in a long-lived process
             raise
@@ -347,7 +347,7 @@ class Trainer:
 
     def save_final(self, steps: int) -> None:
         out = self.run_dir / "final"
-        self.learners.call_one(0, "save_pretrained", str(out), str(self.run_dir / "final_critic"))
+        self.learners.call("save_pretrained", None, str(out), str(self.run_dir / "final_critic"))
         (out / TRAINED_MARKER).write_text(json.dumps(
             {"base_model": self.model_path, "run_dir": str(self.run_dir), "steps": steps, "method": self.method},
             indent=2))

@@ -100,6 +100,28 @@ def _flat(model):
     return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
 
 
+def _weights(learner, critic: bool = False):
+    """Every parameter of the policy (or critic), in ``parameters()`` order (tied weights once), gathered under
+    ZeRO 3 (a collective: every rank calls it)."""
+    import torch
+
+    state = learner.state_dict(critic=critic)
+    module = (learner.critic if critic else learner.engine).module
+    return torch.cat([state[name].flatten() for name, _ in module.named_parameters()])
+
+
+def perturb_reference(learner, scale: float = 0.05, seed: int = 1234) -> None:
+    """``perturb`` of the learner's reference; under ZeRO 3 it is an engine with sharded weights: gather them, perturb
+    (the same noise on every rank) and let DeepSpeed re-shard rank 0's values."""
+    reference = learner.reference
+    if learner.cfg.learner.zero_stage != 3:
+        return perturb(reference, scale, seed)
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(reference.module.parameters()), modifier_rank=0):
+        perturb(reference.module, scale, seed)
+
+
 def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence[Dict], steps: List[list]) -> List[Dict]:
     """For each combo (learner.* overrides), run len(steps) training steps; return weight changes and stats.
     With ``ppo`` in a combo: PPO updates (1 epoch, 1 minibatch), and the critic's weight changes too."""
@@ -121,15 +143,15 @@ def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence
         per_rank = len(steps[0]) // world
         learner = Learner(c, model_path, rank, world, per_rank)
         learner.setup("127.0.0.1", port)
-        perturb(learner.reference)
+        perturb_reference(learner)
         updates, norms, kls, critic_updates, critic_norms = [], [], [], [], []
         for episodes in steps:
             if combo.get("kl_only"):
                 episodes = without_advantages(episodes)
             if combo.get("weighted"):
                 episodes = weighted(episodes)
-            before = _flat(learner.engine.module)
-            critic_before = _flat(learner.critic.module) if ppo else None
+            before = _weights(learner)
+            critic_before = _weights(learner, critic=True) if ppo else None
             mine = shard(episodes, world)[rank]
             if combo.get("cache_ref"):  # what the trainer does when the KL sits in the reward
                 mine = copy.deepcopy(mine)
@@ -138,14 +160,15 @@ def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence
                         turn.ref_logprobs = turn_ref
             if ppo:
                 stats = learner.ppo_update(with_ppo_inputs(learner, mine), loss_denominator(episodes, c.algo.loss_agg))
-                critic_updates.append((_flat(learner.critic.module) - critic_before).tolist())
+                critic_updates.append((_weights(learner, critic=True) - critic_before).tolist())
                 critic_norms.append(stats["critic_grad_norm"])
             else:
                 stats = learner.train_step(mine, loss_denominator(episodes, c.algo.loss_agg))
-            updates.append((_flat(learner.engine.module) - before).tolist())
+            updates.append((_weights(learner) - before).tolist())
             norms.append(stats["grad_norm"])
             kls.append((stats.get("kl_turn1_sum"), stats.get("kl_turn2_sum")))
-        results.append({"combo": combo, "updates": updates, "grad_norms": norms, "kl_sums": kls,
+        held = sum(p.numel() for p in learner.engine.module.parameters())  # ZeRO 3: 0 outside a gather
+        results.append({"combo": combo, "updates": updates, "grad_norms": norms, "kl_sums": kls, "held": held,
                         "critic_updates": critic_updates, "critic_grad_norms": critic_norms})
         del learner
     return results

@@ -49,6 +49,11 @@ def _combos(world: int):
     combos += [{"zero_stage": z, "micro_batch_size": per_rank // k, "kl_estimator": "k1", "k": k, "ppo": True}
                for z in ZERO_STAGES for k in (1, 2)]
     combos += [{"zero_stage": 2, "micro_batch_size": per_rank // 2, "k": 2, "ppo": True}]  # + the k2 loss term
+    # ZeRO 3: parameters, the reference and the critic sharded over the ranks
+    combos += [{"zero_stage": 3, "micro_batch_size": per_rank // k, "k": k} for k in (1, 2)]
+    combos += [{"zero_stage": 3, "micro_batch_size": per_rank // 8, "kl_estimator": "k3", "k": 8, "kl_only": True},
+               {"zero_stage": 3, "micro_batch_size": per_rank // 2, "kl_estimator": "k1", "k": 2, "cache_ref": True},
+               {"zero_stage": 3, "micro_batch_size": per_rank // 2, "kl_estimator": "k1", "k": 2, "ppo": True}]
     return combos
 
 
@@ -66,7 +71,7 @@ def steps(cfg, tiny_model_path):
     from score_rl.utils import load_tokenizer
 
     vocab = len(load_tokenizer(tiny_model_path))
-    return [dp.make_episodes(vocab, N_EPISODES, seed) for seed in (1, 2)]
+    return [dp.make_episodes(vocab, N_EPISODES, seed) for seed in (1, 2, 3)]  # 3 steps
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +222,12 @@ def test_one_rank_update_is_independent_of_micro_batching_and_zero_stage(one_ran
 @pytest.mark.parametrize("index", range(len(_combos(2))), ids=_ids(_combos(2)))
 def test_two_ranks_apply_the_one_rank_update(one_rank, two_ranks, index):
     _check(two_ranks[index], _reference(one_rank, two_ranks[index]["combo"]))
+
+
+def test_zero_3_shards_the_parameters(one_rank, two_ranks):
+    """ZeRO 3 combos really ran sharded: outside a gather a rank holds none of the policy's parameters."""
+    for result in one_rank + two_ranks:
+        assert (result["held"] == 0) == (result["combo"]["zero_stage"] == 3), result["combo"]
 
 
 def test_cached_reference_logprobs_give_the_same_kl_statistics(one_rank):

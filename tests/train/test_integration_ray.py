@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from score_rl.train.trainer import Trainer
 from tests.conftest import tiny_config
@@ -18,8 +19,9 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.mark.parametrize("zero_stage, algo", [(2, []), (2, ["algo.name=ppo", "algo.ppo.minibatches=2"])],
-                         ids=["reinforce", "ppo"])
+@pytest.mark.parametrize("zero_stage, algo", [(2, []), (2, ["algo.name=ppo", "algo.ppo.minibatches=2"]),
+                                              (3, ["algo.name=ppo", "algo.ppo.minibatches=2"])],
+                         ids=["reinforce", "ppo", "ppo-zero3"])
 def test_two_steps_two_workers_two_ranks(tmp_path, tiny_model_path, ray_cluster, zero_stage, algo):
     cfg = tiny_config(tmp_path, [
         f"model.path={tiny_model_path}", "ray.enabled=true", "ray.num_cpus=4", "rollout.num_workers=2",
@@ -28,17 +30,30 @@ def test_two_steps_two_workers_two_ranks(tmp_path, tiny_model_path, ray_cluster,
     ])
     trainer = Trainer(cfg, log=lambda *_: None)
     assert len(trainer.workers) == 2 and len(trainer.learners) == 2
+    synced = []  # after every sync, both workers hold exactly the learner's (under ZeRO 3: gathered) weights
+    push = trainer.weight_sync.push
+
+    def checked_push(learners, workers):
+        push(learners, workers)
+        learner_weights = learners.call("state_dict")[0]
+        synced.append(all(all(torch.equal(w[k], learner_weights[k]) for k in learner_weights)
+                          for w in workers.call("state_dict")))
+
+    trainer.weight_sync.push = checked_push
     results = trainer.fit()
+    assert synced == [True, True], "one sync per step, each exact"
     rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1]
     assert set(results) == {"base", "trained"}
     assert (trainer.run_dir / "final" / "config.json").is_file()
     assert (trainer.run_dir / "checkpoints" / "latest").is_file()
     # both ranks hold identical weights after the data-parallel step, and the workers got them
-    import torch
-
     w0, w1 = trainer.learners.call("state_dict")
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    from score_rl.utils import load_model
+
+    final = load_model(str(trainer.run_dir / "final")).state_dict()  # saved from the gathered weights under ZeRO 3
+    assert final.keys() <= w0.keys() and all(torch.equal(final[k], w0[k]) for k in final)
     if algo:  # PPO: the critics beside the two ranks are identical too, and updated 2 x 2 times
         c0, c1 = trainer.learners.call("state_dict", None, True)
         assert all(torch.equal(c0[k], c1[k]) for k in c0)
