@@ -86,7 +86,7 @@ def test_reference_log_probs_are_computed_once_per_step(tmp_path, tiny_model_pat
 PPO = ["algo.name=ppo", "algo.ppo.epochs=2", "algo.ppo.minibatches=2", "learner.micro_batch_size=2"]
 
 
-@pytest.mark.parametrize("algo", [[], PPO], ids=["reinforce", "ppo"])
+@pytest.mark.parametrize("algo", [[], PPO, ["learner.zero_stage=3", *PPO]], ids=["reinforce", "ppo", "ppo-zero3"])
 def test_a_resumed_run_logs_what_an_uninterrupted_run_logs(tmp_path, tiny_model_path, algo):
     """Resume point invariance: 4 steps straight vs 2 steps, a new process-like Trainer, then 2 more (with gradient
     accumulation: 2 micro-batches a step, so the accumulation boundary must stay aligned after the resume). PPO:
