@@ -47,6 +47,18 @@ class TinyModelConfig:
 
 
 @dataclass
+class LoRAConfig:
+    r: int = doc(0, "LoRA rank; 0 = full fine-tuning. With r > 0 the learner trains peft low-rank adapters on "
+                 "model.lora.target_modules; the reference is the same weights with the adapter disabled (no second "
+                 "copy); rollout workers receive merged weights; final/ is the merged model, final/adapter the adapter.")
+    alpha: float = doc(16.0, "LoRA alpha: the adapter's update is alpha / r · B A.")
+    dropout: float = doc(0.0, "Dropout on the adapter's input while training (0 keeps the trained distribution the "
+                         "sampled one).")
+    target_modules: List[str] = doc(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                    "Module names that get adapters (Qwen2 / Llama naming).")
+
+
+@dataclass
 class ModelConfig:
     path: Optional[str] = doc(
         None, "Hugging Face model directory (local path). null builds the tiny base model described by model.tiny."
@@ -55,6 +67,7 @@ class ModelConfig:
     dtype: str = doc("float32", "Parameter dtype: float32, bfloat16 or float16 (training in float16 needs "
                                 "learner.zero_stage >= 1).")
     tiny: TinyModelConfig = doc(TinyModelConfig, "The locally built base model (used when model.path is null).")
+    lora: LoRAConfig = doc(LoRAConfig, "Low-rank adapters instead of full fine-tuning of the policy (model.lora.r > 0).")
 
 
 @dataclass
@@ -381,6 +394,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'eval.scaling_samples' must be 0 (off) or >= 2")
     if cfg.algo.name == "ppo":
         _validate_ppo(cfg)
+    lora = cfg.model.lora
+    if lora.r < 0:
+        raise ConfigError(f"config key 'model.lora.r' must be >= 0 (0 = full fine-tuning), got {lora.r}")
+    if lora.r > 0 and not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"config key 'model.lora.dropout' must be in [0, 1), got {lora.dropout}")
+    if lora.r > 0 and not lora.target_modules:
+        raise ConfigError("config key 'model.lora.target_modules' must name at least one module")
+    if lora.r > 0 and cfg.learner.zero_stage == 3:
+        raise ConfigError("config key 'model.lora.r': LoRA with learner.zero_stage=3 is not supported (the adapter "
+                          "is small; use ZeRO 0-2)")
     if cfg.shaping.stage1_steps < 0:
         raise ConfigError("config key 'shaping.stage1_steps' must be >= 0")
 

@@ -79,26 +79,36 @@ class Learner:
         self.device = device
         self.tokenizer = load_tokenizer(self.model_path)
         model = load_model(self.model_path, self.cfg.model.dtype)
-        reference = load_model(self.model_path, self.cfg.model.dtype).eval().requires_grad_(False)
         self.grad_accum = max(1, -(-self.episodes_per_rank // cfg.micro_batch_size))
-        self.engine = self._engine(deepspeed, model, cfg.lr)
-        if cfg.zero_stage == 3:  # the frozen reference is sharded over the ranks too: an engine without optimizer
-            self.reference, *_ = deepspeed.initialize(model=reference, config=self._ds_config(1))
-            self.reference.eval()
+        lora = self.cfg.model.lora
+        if lora.r > 0:  # only the adapter trains; the reference is the same weights with the adapter disabled
+            model = with_lora(model, lora)
+            self.engine = self._engine(deepspeed, model, cfg.lr)
+            self.reference = AdapterDisabled(self.engine.module)
         else:
-            self.reference = reference.to(device)
+            self.engine = self._engine(deepspeed, model, cfg.lr)
+            self._setup_reference(deepspeed, device)
         self.critic = None
         if self.cfg.algo.name == "ppo":  # the critic sits beside the policy: same ranks, ZeRO stage, micro-batches
             critic = load_critic(self.cfg.algo.critic.path or self.model_path, self.cfg.model.dtype)
             self.critic = self._engine(deepspeed, critic, self.cfg.algo.critic.lr)
 
+    def _setup_reference(self, deepspeed, device) -> None:
+        reference = load_model(self.model_path, self.cfg.model.dtype).eval().requires_grad_(False)
+        if self.cfg.learner.zero_stage == 3:  # the frozen reference is sharded over the ranks too: an engine without optimizer
+            self.reference, *_ = deepspeed.initialize(model=reference, config=self._ds_config(1))
+            self.reference.eval()
+        else:
+            self.reference = reference.to(device)
+
     def _engine(self, deepspeed, model, lr: float):
         cfg = self.cfg.learner
+        trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapter only
         if cfg.optimizer == "sgd":
-            optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+            optimizer = torch.optim.SGD(trainable, lr=lr, weight_decay=cfg.weight_decay)
         else:
             optimizer = torch.optim.AdamW(
-                model.parameters(), lr=lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
+                trainable, lr=lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
             )
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self._ds_config(self.grad_accum))
         engine.train()
@@ -255,6 +265,8 @@ class Learner:
         if self.cfg.learner.zero_stage != 3:
             if rank0_only and self.rank != 0:
                 return None
+            if not critic and self.cfg.model.lora.r > 0:  # the weights the workers sample with: base + adapter
+                module = merged_model(module)
             return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
         deepspeed = _import_deepspeed()
         params = dict(module.named_parameters(remove_duplicate=False))
@@ -275,9 +287,14 @@ class Learner:
             saves.append((self.critic.module, critic_dir, True))
         for module, directory, is_critic in saves:
             weights = self.state_dict(critic=is_critic, rank0_only=True)
-            if self.rank == 0:
+            if self.rank != 0:
+                continue
+            if not is_critic and self.cfg.model.lora.r > 0:  # final/: the merged model; final/adapter: the adapter
+                merged_model(module).save_pretrained(directory)
+                module.save_pretrained(os.path.join(directory, "adapter"))
+            else:
                 module.save_pretrained(directory, state_dict=weights)
-                self.tokenizer.save_pretrained(directory)
+            self.tokenizer.save_pretrained(directory)
 
     def save_checkpoint(self, ckpt_dir: str, tag: str) -> None:
         for engine, engine_tag in self._tagged_engines(tag):
@@ -324,6 +341,35 @@ def _grad_norm(engine) -> float:
     """Global gradient norm before clipping (ZeRO 0: full, DP-averaged gradients live on the parameters)."""
     grads = [p.grad.detach().float().norm() ** 2 for p in engine.module.parameters() if p.grad is not None]
     return float(torch.stack(grads).sum().sqrt()) if grads else 0.0
+
+
+def with_lora(model, lora):
+    """``model`` with peft LoRA adapters on ``lora.target_modules`` (B = 0: at first the policy is the base model)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def merged_model(peft_model):
+    """A plain Hugging Face model with W + (alpha / r) · B A in every adapted layer (a copy: the policy keeps training
+    its adapter)."""
+    import copy
+
+    return copy.deepcopy(peft_model).merge_and_unload()
+
+
+class AdapterDisabled:
+    """The reference model of a LoRA policy: the policy's own base weights with the adapter switched off (peft's
+    ``disable_adapter``), so the reference is not a second copy of the weights. Called like a model, without grad."""
+
+    def __init__(self, peft_model):
+        self.model = peft_model
+
+    def __call__(self, **inputs):
+        with torch.no_grad(), self.model.disable_adapter():
+            return self.model(**inputs)
 
 
 def load_critic(path: str, dtype: str = "float32"):
