@@ -192,6 +192,9 @@ class LearnerConfig:
     zero_stage: int = doc(0, "DeepSpeed ZeRO stage: 0, 1 (optimizer state sharded over the ranks), 2 (+ gradients) or "
                           "3 (+ parameters; the reference model and PPO's critic are sharded too, and the weight sync "
                           "gathers the policy one parameter at a time).")
+    zero3_param_persistence_threshold: int = doc(100000, "ZeRO 3: parameters with fewer elements stay whole on "
+                                                 "every rank (DeepSpeed's stage3_param_persistence_threshold; 0 shards "
+                                                 "every parameter).")
     optimizer: str = doc("adamw", "adamw, or sgd (plain SGD: update = -lr * gradient; used to check gradients).")
     lr: float = doc(1e-5, "Learning rate.")
     weight_decay: float = doc(0.0, "Weight decay (decoupled for adamw).")
@@ -399,6 +402,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'model.lora.r' must be >= 0 (0 = full fine-tuning), got {lora.r}")
     if lora.r > 0 and not 0.0 <= lora.dropout < 1.0:
         raise ConfigError(f"config key 'model.lora.dropout' must be in [0, 1), got {lora.dropout}")
+    if lora.r > 0 and lora.alpha <= 0:
+        raise ConfigError(f"config key 'model.lora.alpha' must be > 0 (0 makes the adapter a no-op), got {lora.alpha}")
+    if lora.r > 0 and lora.dropout > 0 and cfg.algo.name == "ppo":
+        raise ConfigError("config key 'model.lora.dropout' must be 0 with algo.name=ppo (dropout makes log π_old differ "
+                          "from the policy of the first update)")
+    if cfg.learner.zero3_param_persistence_threshold < 0:
+        raise ConfigError("config key 'learner.zero3_param_persistence_threshold' must be >= 0")
     if lora.r > 0 and not lora.target_modules:
         raise ConfigError("config key 'model.lora.target_modules' must name at least one module")
     if lora.r > 0 and cfg.learner.zero_stage == 3:

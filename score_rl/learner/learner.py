@@ -82,7 +82,7 @@ class Learner:
         self.grad_accum = max(1, -(-self.episodes_per_rank // cfg.micro_batch_size))
         lora = self.cfg.model.lora
         if lora.r > 0:  # only the adapter trains; the reference is the same weights with the adapter disabled
-            model = with_lora(model, lora)
+            model = with_lora(model, lora, seed=self.cfg.trainer.seed)
             self.engine = self._engine(deepspeed, model, cfg.lr)
             self.reference = AdapterDisabled(self.engine.module)
         else:
@@ -121,7 +121,8 @@ class Learner:
             "gradient_accumulation_steps": grad_accum,
             "train_batch_size": cfg.micro_batch_size * grad_accum * self.world_size,
             "gradient_clipping": cfg.grad_clip,  # >= 0 (validated); 0 = off
-            "zero_optimization": {"stage": cfg.zero_stage},
+            "zero_optimization": {"stage": cfg.zero_stage,
+                                  "stage3_param_persistence_threshold": cfg.zero3_param_persistence_threshold},
             "zero_allow_untested_optimizer": cfg.optimizer == "sgd",  # plain SGD is correct under ZeRO 1-3
             "bf16": {"enabled": self.cfg.model.dtype == "bfloat16"},
             "fp16": {"enabled": self.cfg.model.dtype == "float16"},
@@ -271,13 +272,15 @@ class Learner:
         deepspeed = _import_deepspeed()
         params = dict(module.named_parameters(remove_duplicate=False))
         out = {}
+        keep = self.rank == 0 or not rank0_only  # the other ranks only take part in the gathers
         for key, value in module.state_dict().items():
             if key in params:
                 with deepspeed.zero.GatheredParameters([params[key]]):
-                    out[key] = params[key].detach().to("cpu", copy=True)
-            else:  # a buffer: never partitioned
+                    if keep:
+                        out[key] = params[key].detach().to("cpu", copy=True)
+            elif keep:  # a buffer: never partitioned
                 out[key] = value.detach().to("cpu", copy=True)
-        return None if rank0_only and self.rank != 0 else out
+        return out if keep else None
 
     def save_pretrained(self, out_dir: str, critic_dir: str | None = None) -> None:
         """The policy (a Hugging Face model directory); with ``critic_dir`` and a critic, the critic too (loadable
@@ -286,15 +289,16 @@ class Learner:
         if critic_dir is not None and self.critic is not None:
             saves.append((self.critic.module, critic_dir, True))
         for module, directory, is_critic in saves:
-            weights = self.state_dict(critic=is_critic, rank0_only=True)
-            if self.rank != 0:
-                continue
             if not is_critic and self.cfg.model.lora.r > 0:  # final/: the merged model; final/adapter: the adapter
-                merged_model(module).save_pretrained(directory)
-                module.save_pretrained(os.path.join(directory, "adapter"))
+                if self.rank == 0:  # (LoRA runs with ZeRO 0-2: nothing to gather)
+                    merged_model(module).save_pretrained(directory)
+                    module.save_pretrained(os.path.join(directory, "adapter"))
             else:
-                module.save_pretrained(directory, state_dict=weights)
-            self.tokenizer.save_pretrained(directory)
+                weights = self.state_dict(critic=is_critic, rank0_only=True)  # ZeRO 3: every rank gathers
+                if self.rank == 0:
+                    module.save_pretrained(directory, state_dict=weights)
+            if self.rank == 0:
+                self.tokenizer.save_pretrained(directory)
 
     def save_checkpoint(self, ckpt_dir: str, tag: str) -> None:
         for engine, engine_tag in self._tagged_engines(tag):
@@ -343,13 +347,17 @@ def _grad_norm(engine) -> float:
     return float(torch.stack(grads).sum().sqrt()) if grads else 0.0
 
 
-def with_lora(model, lora):
-    """``model`` with peft LoRA adapters on ``lora.target_modules`` (B = 0: at first the policy is the base model)."""
+def with_lora(model, lora, seed: int):
+    """``model`` with peft LoRA adapters on ``lora.target_modules`` (B = 0: at first the policy is the base model).
+    A is drawn from a generator seeded by ``seed`` (peft draws from torch's global one, which a Ray actor never seeds:
+    the same trainer.seed must give the same adapter in every process)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
 
 
 def merged_model(peft_model):

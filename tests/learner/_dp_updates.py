@@ -135,6 +135,7 @@ def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence
         c.learner.optimizer, c.learner.lr, c.learner.weight_decay = "sgd", LR, 0.0
         c.learner.grad_clip = combo.get("grad_clip", 0.0)
         c.learner.zero_stage, c.learner.micro_batch_size = combo["zero_stage"], combo["micro_batch_size"]
+        c.learner.zero3_param_persistence_threshold = 0  # ZeRO 3: shard every parameter of the tiny model
         c.algo.loss_agg = combo.get("loss_agg", "token-mean")
         c.algo.kl_estimator, c.algo.kl_in_reward = combo.get("kl_estimator", "k2"), None
         ppo = combo.get("ppo", False)
@@ -144,7 +145,7 @@ def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence
         learner = Learner(c, model_path, rank, world, per_rank)
         learner.setup("127.0.0.1", port)
         perturb_reference(learner)
-        updates, norms, kls, critic_updates, critic_norms = [], [], [], [], []
+        updates, norms, kls, critic_updates, critic_norms, held, critic_held = [], [], [], [], [], [], []
         for episodes in steps:
             if combo.get("kl_only"):
                 episodes = without_advantages(episodes)
@@ -160,15 +161,18 @@ def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence
                         turn.ref_logprobs = turn_ref
             if ppo:
                 stats = learner.ppo_update(with_ppo_inputs(learner, mine), loss_denominator(episodes, c.algo.loss_agg))
+                held.append(sum(p.numel() for p in learner.engine.module.parameters()))  # right after the update
+                critic_held.append(sum(p.numel() for p in learner.critic.module.parameters()))
                 critic_updates.append((_weights(learner, critic=True) - critic_before).tolist())
                 critic_norms.append(stats["critic_grad_norm"])
             else:
                 stats = learner.train_step(mine, loss_denominator(episodes, c.algo.loss_agg))
+                held.append(sum(p.numel() for p in learner.engine.module.parameters()))  # right after the update
             updates.append((_weights(learner) - before).tolist())
             norms.append(stats["grad_norm"])
             kls.append((stats.get("kl_turn1_sum"), stats.get("kl_turn2_sum")))
-        held = sum(p.numel() for p in learner.engine.module.parameters())  # ZeRO 3: 0 outside a gather
-        results.append({"combo": combo, "updates": updates, "grad_norms": norms, "kl_sums": kls, "held": held,
+        results.append({"combo": combo, "updates": updates, "grad_norms": norms, "kl_sums": kls,
+                        "held": held + critic_held,
                         "critic_updates": critic_updates, "critic_grad_norms": critic_norms})
         del learner
     return results

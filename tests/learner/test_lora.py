@@ -96,3 +96,17 @@ def test_lora_with_zero_3_is_a_config_error():
         load_config(QUICKSTART, ["model.lora.r=8", "learner.zero_stage=3"])
     with pytest.raises(ConfigError, match="model.lora.r"):
         load_config(QUICKSTART, ["model.lora.r=-1"])
+
+
+def test_the_adapter_is_drawn_from_the_trainer_seed_not_the_global_generator(tiny_model_path):
+    """Ray actors never seed torch's global generator: the adapter must depend on trainer.seed alone."""
+    from score_rl.config import LoRAConfig
+    from score_rl.learner.learner import with_lora
+
+    def lora_a(seed, global_seed):
+        torch.manual_seed(global_seed)
+        model = with_lora(load_model(tiny_model_path), LoRAConfig(r=4), seed=seed)
+        return torch.cat([p.flatten() for k, p in model.named_parameters() if "lora_A" in k])
+
+    assert torch.equal(lora_a(0, 1), lora_a(0, 2))
+    assert not torch.equal(lora_a(0, 1), lora_a(1, 1))
