@@ -164,8 +164,9 @@ class Learner:
 
     @torch.no_grad()
     def ppo_forward(self, minibatches: Sequence[Sequence[Episode]]) -> Dict[str, list | Dict[str, float]]:
-        """log π_old and V of every response token before the step's first update: ``rows[m][i][t]`` = (old
-        log-probs, values) of turn t+1 of episode i of minibatch m. Micro-batched exactly as ``ppo_update`` will see
+        """log π_old, V and log π_ref of every response token before the step's first update: ``rows[m][i][t]`` =
+        (old log-probs, values, reference log-probs) of turn t+1 of episode i of minibatch m (the reference ones are
+        kept on the turns, so the K × M updates need no reference pass of their own). Micro-batched exactly as ``ppo_update`` will see
         the first epoch's minibatches, so the first update's ratio is exactly 1. ``stats``: sums describing the
         policy before the step (what ``train_step`` logs for REINFORCE), for ``reduce_rank_stats``-style merging."""
         temperature = self.cfg.rollout.temperature
@@ -180,9 +181,9 @@ class Learner:
                 ref_logp = b["ref_logprobs"] if "ref_logprobs" in b else token_logprobs(
                     self.reference, b["input_ids"], b["attention_mask"], temperature)[0]
                 _add_policy_stats(stats, b, logp, ref_logp, _loss_mask(b))
-                logp, values, turn = logp.cpu(), values.cpu(), b["turn"].cpu()
+                logp, values, ref_logp, turn = logp.cpu(), values.cpu(), ref_logp.cpu(), b["turn"].cpu()
                 for i, ep in enumerate(chunk):
-                    out.append([(logp[i][turn[i] == t].tolist(), values[i][turn[i] == t].tolist())
+                    out.append([tuple(x[i][turn[i] == t].tolist() for x in (logp, values, ref_logp))
                                 for t in range(1, len(ep.turns) + 1)])
             rows.append(out)
         return {"rows": rows, "stats": stats}

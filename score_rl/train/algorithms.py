@@ -91,15 +91,16 @@ class PPO:
 
     def old_logprobs_and_values(self, learners: ActorGroup, minibatches: Sequence[Sequence[Episode]]
                                 ) -> Dict[str, float]:
-        """log π_old and V on every turn, each rank scoring exactly its shares of the first epoch's minibatches.
+        """log π_old, V and log π_ref on every turn (the reference is frozen: one pass serves every update), each rank
+        scoring exactly its shares of the first epoch's minibatches.
         Returns the ranks' summed statistics of the policy before the step."""
         shards = [shard(batch, len(learners)) for batch in minibatches]
         per_rank = learners.call("ppo_forward", [([s[r] for s in shards],) for r in range(len(learners))])
         for m, batch_shards in enumerate(shards):
             for r, rank_episodes in enumerate(batch_shards):
                 for ep, row in zip(rank_episodes, per_rank[r]["rows"][m]):
-                    for turn, (old_logprobs, values) in zip(ep.turns, row):
-                        turn.old_logprobs, turn.values = old_logprobs, values
+                    for turn, (old_logprobs, values, ref_logprobs) in zip(ep.turns, row):
+                        turn.old_logprobs, turn.values, turn.ref_logprobs = old_logprobs, values, ref_logprobs
         return {k: sum(r["stats"][k] for r in per_rank) for k in per_rank[0]["stats"]}
 
     def gae(self, episodes: Sequence[Episode]) -> Dict[str, float]:

@@ -86,7 +86,7 @@ def with_ppo_inputs(learner, episodes):
     pre-update pass, and token advantages / returns that vary token by token (deterministic, the same on every rank)."""
     episodes = copy.deepcopy(episodes)
     for ep, row in zip(episodes, learner.ppo_forward([episodes])["rows"][0]):
-        for turn, (old_logprobs, values) in zip(ep.turns, row):
+        for turn, (old_logprobs, values, _) in zip(ep.turns, row):
             turn.old_logprobs, turn.values = old_logprobs, values
             n = len(turn.response_ids)
             turn.token_advantages = [turn.advantage + 0.3 * (j - n / 2) for j in range(n)]

@@ -95,7 +95,7 @@ def test_the_critic_moves_towards_the_returns(base):
 
     def error(batch):
         fresh = learner.ppo_forward([batch])["rows"][0]
-        return sum((v - r) ** 2 for ep, row in zip(batch, fresh) for turn, (_, values) in zip(ep.turns, row)
+        return sum((v - r) ** 2 for ep, row in zip(batch, fresh) for turn, (_, values, _) in zip(ep.turns, row)
                    for v, r in zip(values, turn.returns))
 
     before = sum((v - r) ** 2 for ep in eps for t in ep.turns for v, r in zip(t.values, t.returns))
@@ -142,6 +142,6 @@ def test_each_value_is_that_of_the_state_before_its_token(base):
             prefix_value = critic(input_ids=ids[:, :p]).logits[0, -1, 0]
             assert float(prefix_value) == pytest.approx(float(values[p - 1]), abs=1e-5), p
     row = learner.ppo_forward([[ep]])["rows"][0][0]
-    for t, ((start, end), (_, turn_values)) in enumerate(zip(ep.response_spans(), row)):
+    for t, ((start, end), (_, turn_values, _)) in enumerate(zip(ep.response_spans(), row)):
         assert turn_values == pytest.approx(values[start - 1:end - 1].tolist(), abs=1e-6)
     assert float(values.std()) > 0, "a nonzero head: the check can tell positions apart"
