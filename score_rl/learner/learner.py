@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 
@@ -281,6 +281,72 @@ class Learner:
                         out[key] = params[key].detach().to("cpu", copy=True)
             elif keep:  # a buffer: never partitioned
                 out[key] = value.detach().to("cpu", copy=True)
+        return out if keep else None
+
+    def _sync_sources(self) -> Dict[str, Any]:
+        """What the rollout workers sample with, by Hugging Face name: every weight of the policy (a tensor shared
+        by two names, e.g. tied embeddings, once). With LoRA an adapted layer's weight is sent merged,
+        W + (alpha / r) · B A, and with the HF engine only those (the workers start from the same base model, whose
+        other weights never change); vLLM gets every weight, as it re-processes a fused layer (qkv_proj, or
+        gate_up_proj) only once all of its weights, biases included, have arrived."""
+        module = self.engine.module
+        adapted: Dict[str, Any] = {}
+        prefix = "base_model.model."
+        if self.cfg.model.lora.r > 0:
+            from peft.tuners.lora import LoraLayer
+
+            adapted = {f"{name.removeprefix(prefix)}.weight": layer for name, layer in module.named_modules()
+                       if isinstance(layer, LoraLayer)}
+            if self.cfg.rollout.engine == "hf":
+                return adapted
+        sources, seen = {}, set()
+        for name, tensor in module.state_dict(keep_vars=True).items():
+            if "lora_" in name or id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            name = name.removeprefix(prefix).replace(".base_layer.", ".") if adapted else name
+            sources[name] = adapted.get(name, tensor)
+        return sources
+
+    def weight_sync_plan(self, bucket_bytes: int) -> List[List[str]]:
+        """The weights of ``_sync_sources`` in buckets of at most ``bucket_bytes`` (a larger weight is a bucket of
+        its own), in a fixed order: every rank computes the same plan (ZeRO 3 gathers bucket by bucket)."""
+        buckets: List[List[str]] = [[]]
+        size = 0
+        for name, source in self._sync_sources().items():
+            tensor = source.base_layer.weight if not isinstance(source, torch.Tensor) else source
+            nbytes = getattr(tensor, "ds_numel", tensor.numel()) * tensor.element_size()
+            if buckets[-1] and size + nbytes > bucket_bytes:
+                buckets.append([])
+                size = 0
+            buckets[-1].append(name)
+            size += nbytes
+        return [b for b in buckets if b]
+
+    @torch.no_grad()
+    def weight_bucket(self, names: Sequence[str]) -> Dict[str, torch.Tensor] | None:
+        """CPU copies of the named weights (a bucket of ``weight_sync_plan``) on rank 0; None on the other ranks,
+        which under ZeRO 3 only take part in the gathers (every rank must call this with the same names)."""
+        sources = self._sync_sources()
+        keep = self.rank == 0
+        out: Dict[str, torch.Tensor] = {}
+        if self.cfg.learner.zero_stage != 3:
+            if not keep:
+                return None
+            for name in names:
+                source = sources[name]
+                if isinstance(source, torch.Tensor):
+                    out[name] = source.detach().to("cpu", copy=True)
+                else:  # a LoRA layer: its merged weight
+                    adapter = source.active_adapters[0]
+                    out[name] = (source.base_layer.weight + source.get_delta_weight(adapter)).to("cpu", copy=True)
+            return out
+        deepspeed = _import_deepspeed()
+        for name in names:
+            tensor = sources[name]
+            with deepspeed.zero.GatheredParameters([tensor], enabled=hasattr(tensor, "ds_id")):
+                if keep:
+                    out[name] = tensor.detach().to("cpu", copy=True)
         return out if keep else None
 
     def save_pretrained(self, out_dir: str, critic_dir: str | None = None) -> None:

@@ -15,7 +15,8 @@ from score_rl.launch.distributed import shard
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode, Turn
 from score_rl.prompting import PromptBuilder
-from score_rl.rollout.engines.hf import HFGenerator, stop_token_ids
+from score_rl.rollout.engines.base import Engine, load_generation_config, request_seed, stop_token_ids
+from score_rl.rollout.engines.hf import HFGenerator
 from score_rl.utils import load_model, load_tokenizer, quiet_libraries, set_threads
 
 
@@ -27,19 +28,22 @@ class RolloutWorker:
         self.worker_index = worker_index
         self.tokenizer = load_tokenizer(model_path)
         self.device = "cuda" if cfg.rollout.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
-        self.model = load_model(model_path, cfg.model.dtype).to(self.device).eval()
         self.env = make_env(cfg.env, cfg.prompt)
+        generation_config = load_generation_config(model_path)
         self.prompts = PromptBuilder(
             self.tokenizer, self.env, cfg.prompt.use_chat_template, cfg.rollout.max_prompt_tokens,
-            stop_ids=stop_token_ids(self.model, self.tokenizer),
+            stop_ids=stop_token_ids(generation_config, self.tokenizer),
         )
         # With a chat template, the template's end-of-turn token ends a turn even where the model's generation config
         # does not list it among its EOS ids.
         turn_end = self.prompts.turn_end_id if cfg.prompt.use_chat_template else None
-        self.generator = HFGenerator(
-            self.model, self.tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.generation_batch_size,
-            extra_stop_ids=[turn_end] if turn_end is not None else [],
-        )
+        extra_stop_ids = [turn_end] if turn_end is not None else []
+        self.engine = make_engine(cfg, model_path, self.tokenizer, extra_stop_ids, self.device, worker_index)
+
+    @property
+    def model(self):
+        """The HF engine's model (tests and debugging; the vLLM engine keeps its model inside vLLM)."""
+        return self.engine.model
 
     def ping(self) -> int:
         return self.worker_index
@@ -71,7 +75,9 @@ class RolloutWorker:
                     self.prompts.correction(ep.turns[-1].prompt_ids, ep.turns[-1].response_ids, ep.problem_id)
                     for ep in episodes
                 ]
-            generations = self.generator.generate(contexts, temperature)
+            # per-request seeds (vLLM): a turn depends on (seed, turn, position), not on the batching
+            seeds = [request_seed((seed, turn_index), i) for i in range(len(contexts))]
+            generations = self.engine.generate(contexts, temperature, seeds)
             texts = [self.tokenizer.decode(gen.response_ids, skip_special_tokens=True) for gen in generations]
             verdicts = self.env.verify_batch(texts, [ep.reference for ep in episodes])
             for ep, ctx, gen, text, verdict in zip(episodes, contexts, generations, texts, verdicts):
@@ -90,10 +96,34 @@ class RolloutWorker:
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """The weights this worker samples with (a CPU copy; tests compare them with the learner's)."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        return self.engine.state_dict()
 
-    def load_weights(self, state_dict: Dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state_dict, strict=True)
+    def begin_weight_update(self) -> None:
+        self.engine.begin_weight_update()
+
+    def load_weights(self, weights: Dict[str, torch.Tensor]) -> None:
+        """Overwrite the named weights in place (the whole state dict, or one bucket of the weight sync between
+        ``begin_weight_update`` and ``finish_weight_update``)."""
+        self.engine.load_weights(weights)
+
+    def finish_weight_update(self) -> None:
+        self.engine.finish_weight_update()
+
+
+def make_engine(cfg: Config, model_path: str, tokenizer, extra_stop_ids, device: str, worker_index: int = 0) -> Engine:
+    """The ``rollout.engine`` of a worker: HF generate, or vLLM (seeded per worker)."""
+    generation_config = load_generation_config(model_path)
+    if cfg.rollout.engine == "vllm":
+        from score_rl.rollout.engines.vllm import VLLMEngine
+
+        return VLLMEngine(
+            model_path, stop_token_ids(generation_config, tokenizer, extra_stop_ids), cfg.rollout.max_new_tokens,
+            cfg.rollout.max_prompt_tokens, cfg.model.dtype, cfg.rollout.generation_batch_size,
+            seed=cfg.trainer.seed + worker_index, vllm_cfg=cfg.rollout.vllm, device=device,
+        )
+    model = load_model(model_path, cfg.model.dtype).to(device).eval()
+    return HFGenerator(model, tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.generation_batch_size,
+                       extra_stop_ids=extra_stop_ids)
 
 
 def run_sharded(workers, problems: Sequence[Problem], samples_per_problem: int, temperature: float, seed: int,

@@ -31,7 +31,7 @@ def test_episodes_are_typed_per_turn_and_turn2_extends_turn1(worker):
         assert t2.prompt_ids == t1.prompt_ids + t1.response_ids + boundary + correction
         for turn in ep.turns:
             assert turn.reward in (0.0, 1.0) and turn.reason
-            assert turn.truncated == (not set(worker.generator.eos_ids) & set(turn.response_ids))
+            assert turn.truncated == (not set(worker.engine.eos_ids) & set(turn.response_ids))
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

@@ -11,7 +11,7 @@ import torch
 
 from score_rl.learner.batch import collate
 from score_rl.learner.logprobs import token_logprobs
-from score_rl.rollout.engines.hf import stop_token_ids
+from score_rl.rollout.engines.base import stop_token_ids
 from score_rl.rollout.worker import RolloutWorker
 from score_rl.utils import load_model, load_tokenizer
 
@@ -70,7 +70,7 @@ def _check_spans_and_logprobs(worker, episodes, temperature=1.0):
 
 def test_stop_token_ids_is_the_union_of_generation_config_and_tokenizer_eos():
     tok = SimpleNamespace(eos_token_id=2)
-    model = lambda eos: SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=eos))  # noqa: E731
+    model = lambda eos: SimpleNamespace(eos_token_id=eos)  # noqa: E731  (a generation config)
     assert stop_token_ids(model([7, 2]), tok) == [7, 2]
     assert stop_token_ids(model([7, 8]), tok) == [7, 8, 2]
     assert stop_token_ids(model(7), tok) == [7, 2]
@@ -88,8 +88,8 @@ def test_every_generation_config_eos_id_ends_a_turn(cfg, tiny_model_path, tmp_pa
     eot = _model_with_eot(tiny_model_path, path, lambda eot, eos: [eot, eos])
     worker = RolloutWorker(cfg, str(path))
     eos = worker.tokenizer.eos_token_id
-    assert set(worker.generator.eos_ids) == {eot, eos}
-    assert worker.model.generation_config.eos_token_id == worker.generator.eos_ids
+    assert set(worker.engine.eos_ids) == {eot, eos}
+    assert worker.model.generation_config.eos_token_id == worker.engine.eos_ids
     _favour(worker.model, {eot: 5.0})  # <|eot|> likely, but not certain: turns of several lengths
     episodes = worker.run_episodes(worker.env.problems("train")[:8], 2, 1.0, seed=0)
     turns = [turn for ep in episodes for turn in ep.turns]
@@ -128,7 +128,7 @@ def test_chat_template_end_of_turn_ends_turns_and_closes_truncated_ones(cfg, tin
     cfg.prompt.use_chat_template = True
     cfg.rollout.max_new_tokens = 3
     worker = RolloutWorker(cfg, str(path))
-    assert worker.prompts.turn_end_id == eot and eot in worker.generator.eos_ids
+    assert worker.prompts.turn_end_id == eot and eot in worker.engine.eos_ids
     _favour(worker.model, {eot: 5.0, worker.tokenizer.eos_token_id: -100.0})
     env, tok = worker.env, worker.tokenizer
     problems = env.problems("train")[:8]

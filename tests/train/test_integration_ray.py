@@ -19,8 +19,10 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.mark.parametrize("zero_stage, algo", [(2, []), (2, ["algo.name=ppo", "algo.ppo.minibatches=2"]),
-                                              (3, ["algo.name=ppo", "algo.ppo.minibatches=2"])],
+@pytest.mark.parametrize("zero_stage, algo", [
+    (2, []), (2, ["algo.name=ppo", "algo.ppo.minibatches=2"]),
+    # ZeRO 3 with 10 KB buckets: the weight sync gathers the sharded policy bucket by bucket on both ranks
+    (3, ["algo.name=ppo", "algo.ppo.minibatches=2", "learner.weight_sync_bucket_mb=0.01"])],
                          ids=["reinforce", "ppo", "ppo-zero3"])
 def test_two_steps_two_workers_two_ranks(tmp_path, tiny_model_path, ray_cluster, zero_stage, algo):
     cfg = tiny_config(tmp_path, [

@@ -59,6 +59,19 @@ def test_resume_continues_from_the_latest_checkpoint(tmp_path, tiny_model_path):
     assert steps == [0, 1, 2, 3, 4]
 
 
+def test_vllm_engine_without_vllm_is_one_config_error_before_anything_starts(tmp_path, monkeypatch):
+    import importlib.util
+
+    from score_rl.config import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    cfg = tiny_config(tmp_path, ["rollout.engine=vllm"])
+    with pytest.raises(ConfigError, match="'rollout.engine' is vllm but vLLM is not installed"):
+        Trainer(cfg, log=lambda *_: None)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists(), "nothing built, nothing written"
+
+
 def test_batch_not_divisible_by_ranks_is_a_config_error(tmp_path, tiny_model_path):
     from score_rl.config import ConfigError
 

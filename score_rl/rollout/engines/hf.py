@@ -8,42 +8,21 @@ generation config and the tokenizer's EOS); a response that reaches max_new_toke
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
-
-@dataclass
-class Generation:
-    response_ids: List[int]
-    logprobs: List[float]
-    truncated: bool
+from score_rl.rollout.engines.base import Engine, Generation, stop_token_ids
 
 
-def stop_token_ids(model, tokenizer, extra=()) -> List[int]:
-    """Every token id that ends a turn: the model's generation-config EOS ids (an int or a list, e.g. Qwen's
-    [<|im_end|>, <|endoftext|>] or Llama 3's [<|eot_id|>, <|end_of_text|>]), the tokenizer's ``eos_token_id`` and
-    ``extra``, deduplicated in that order."""
-    ids: List[int] = []
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    config_eos = [config_eos] if isinstance(config_eos, int) else list(config_eos or [])
-    for token in [*config_eos, tokenizer.eos_token_id, *extra]:
-        if token is not None and int(token) not in ids:
-            ids.append(int(token))
-    if not ids:
-        raise ValueError("the model has no EOS token: neither its generation config nor its tokenizer defines one")
-    return ids
-
-
-class HFGenerator:
+class HFGenerator(Engine):
     def __init__(self, model, tokenizer, max_new_tokens: int, batch_size: int = 256, extra_stop_ids=()):
         from transformers import GenerationConfig
 
         # Every EOS id of the model's generation config ends a turn (an instruct model's end-of-turn token is often
         # not the tokenizer's eos_token), plus the tokenizer's eos_token_id and ``extra_stop_ids`` (the chat
         # template's end-of-turn token, see RolloutWorker).
-        self.eos_ids = stop_token_ids(model, tokenizer, extra_stop_ids)
+        self.eos_ids = stop_token_ids(model.generation_config, tokenizer, extra_stop_ids)
         self.eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else self.eos_ids[0]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         # A model directory's generation_config.json may carry top_k, min_p, repetition_penalty, ...: any of them
@@ -59,7 +38,10 @@ class HFGenerator:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def generate(self, prompts: List[List[int]], temperature: float) -> List[Generation]:
+    def generate(self, prompts: List[List[int]], temperature: float,
+                 seeds: Optional[Sequence[int]] = None) -> List[Generation]:
+        """HF ``generate`` has no per-request seeds: the batch is sampled from torch's global generator, which
+        RolloutWorker.run_episodes seeds once per call (``seeds`` is not used)."""
         out: List[Generation] = []
         for start in range(0, len(prompts), self.batch_size):
             out += self._generate_batch(prompts[start:start + self.batch_size], temperature)
@@ -92,3 +74,15 @@ class HFGenerator:
             length, truncated = (len(tokens), True) if end is None else (end + 1, False)
             gens.append(Generation(tokens[:length], logprobs[row, :length].tolist(), truncated))
         return gens
+
+    def load_weights(self, weights: Dict[str, torch.Tensor]) -> None:
+        own = self.model.state_dict()
+        unknown = sorted(set(weights) - set(own))
+        if unknown:
+            raise KeyError(f"weights not in the rollout model: {unknown[:5]}")
+        with torch.no_grad():
+            for name, value in weights.items():
+                own[name].copy_(value)
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
