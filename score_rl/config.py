@@ -395,6 +395,11 @@ def validate(cfg: Config) -> None:
         bad = ("tensor_parallel_size" if vllm.tensor_parallel_size < 1 else "kv_cache_mb" if vllm.kv_cache_mb <= 0
                else "gpu_memory_utilization")
         raise ConfigError(f"config key 'rollout.vllm.{bad}' is out of range: {getattr(vllm, bad)!r}")
+    if cfg.rollout.engine == "vllm" and vllm.tensor_parallel_size > 1 and \
+            cfg.rollout.gpus_per_worker != vllm.tensor_parallel_size:
+        raise ConfigError(f"config key 'rollout.vllm.tensor_parallel_size' is {vllm.tensor_parallel_size}: each rollout "
+                          f"worker's engine then spans that many GPUs, so rollout.gpus_per_worker must be the same "
+                          f"(got {cfg.rollout.gpus_per_worker}; tensor parallelism needs GPUs)")
     if cfg.learner.grad_clip < 0:
         raise ConfigError(f"config key 'learner.grad_clip' must be >= 0 (0 = no clipping), got {cfg.learner.grad_clip}")
     if cfg.rollout.num_turns != 2:

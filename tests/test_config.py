@@ -140,9 +140,10 @@ def test_default_kl_is_k1_in_the_reward():
     ("rollout.vllm.tensor_parallel_size=0", "rollout.vllm.tensor_parallel_size"),
     ("rollout.vllm.kv_cache_mb=0", "rollout.vllm.kv_cache_mb"),
     ("rollout.vllm.gpu_memory_utilization=1.5", "rollout.vllm.gpu_memory_utilization"),
+    ("rollout.engine=vllm rollout.vllm.tensor_parallel_size=2", "rollout.vllm.tensor_parallel_size"),
 ])
 def test_engine_and_weight_sync_settings_out_of_range_name_the_key(override, key):
-    assert f"'{key}'" in _error([override])
+    assert f"'{key}'" in _error(override.split())
 
 
 @pytest.mark.parametrize("estimator", ["k2", "k3", "full"])

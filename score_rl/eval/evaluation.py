@@ -80,12 +80,13 @@ class EvalReport:
 
 
 def make_workers(cfg: Config, model_path: str) -> ActorGroup:
+    from score_rl.rollout.worker import RolloutWorker, check_engine_installed
+
+    check_engine_installed(cfg)
     rc = cfg.rollout
     if cfg.ray.enabled:
         init_ray(cfg.ray.address, rc.num_workers * rc.cpus_per_worker, rc.num_workers * rc.gpus_per_worker,
                  cfg.ray.num_cpus)
-    from score_rl.rollout.worker import RolloutWorker
-
     n = rc.num_workers if cfg.ray.enabled else 1
     return ActorGroup(RolloutWorker, [(cfg, model_path, i) for i in range(n)], cfg.ray.enabled,
                       {"CPU": rc.cpus_per_worker, "GPU": rc.gpus_per_worker})

@@ -420,6 +420,12 @@ def with_lora(model, lora, seed: int):
     the same trainer.seed must give the same adapter in every process)."""
     from peft import LoraConfig, get_peft_model
 
+    from score_rl.config import ConfigError
+
+    tied = {"lm_head", "embed_tokens"} & set(lora.target_modules)
+    if tied and getattr(model.config, "tie_word_embeddings", False):
+        raise ConfigError(f"config key 'model.lora.target_modules': {sorted(tied)} of a model with tied input / output "
+                          f"embeddings (one weight, two layers): adapting one would change both; leave them out")
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
     with torch.random.fork_rng(devices=[]):

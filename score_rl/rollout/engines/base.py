@@ -50,7 +50,8 @@ def load_generation_config(model_path: str):
 def request_seed(seed, index: int) -> int:
     """A request's sampling seed from the call's seed and the prompt's index (independent streams per request)."""
     parts = list(seed) if isinstance(seed, (list, tuple)) else [seed]
-    return int(np.random.SeedSequence([*parts, index]).generate_state(1)[0] & 0x7FFFFFFF)
+    entropy = [int(p) % 2**64 for p in (*parts, index)]  # SeedSequence takes non-negative ints (seeds may be < 0)
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 class Engine:

@@ -4,6 +4,8 @@ The same distribution as the HF engine: temperature only (top_k / top_p / min_p 
 a model's generation_config.json cannot change the sampler), and ``logprobs_mode="processed_logprobs"`` so the
 returned log-probs are those of logits / T, the distribution sampled from (vLLM's default returns raw-logit log-probs).
 Each prompt is its own request with its own seed: a turn depends on its seed only, not on how requests are batched.
+The context is capped at the model's ``max_position_embeddings`` (vLLM refuses more): a turn that would run past it
+ends there, truncated.
 
 Weights are updated in place, bucket by bucket, through ``collective_rpc`` into the model's ``load_weights`` (which
 maps Hugging Face names onto vLLM's fused layers) inside one layerwise-reload session (vLLM's own mechanism, the one
@@ -64,7 +66,7 @@ def _finish_update(worker) -> None:
 
 class VLLMEngine(Engine):
     def __init__(self, model_path: str, eos_ids: Sequence[int], max_new_tokens: int, max_prompt_tokens: int,
-                 dtype: str = "float32", batch_size: int = 256, seed: int = 0, vllm_cfg=None, device: str = "cpu"):
+                 dtype: str, batch_size: int, seed: int, vllm_cfg, device: str = "cpu"):
         on_cpu = device == "cpu"
         # In-process engine core: starts in seconds and needs no __main__ guard (a Ray actor has none). With tensor
         # parallelism the executor still runs its own worker processes.
@@ -140,9 +142,11 @@ class VLLMEngine(Engine):
                 seen.add(value.data_ptr())
                 bucket[name] = value
         payload = save(bucket)
-        self.llm.collective_rpc(_load_bucket, args=(payload,))
-        if not session:
-            self.finish_weight_update()
+        try:
+            self.llm.collective_rpc(_load_bucket, args=(payload,))
+        finally:  # never leave a standalone update open (its layers would stay on the meta device)
+            if not session:
+                self.finish_weight_update()
 
     def finish_weight_update(self) -> None:
         self.llm.collective_rpc(_finish_update)
