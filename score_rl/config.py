@@ -399,7 +399,7 @@ def validate(cfg: Config) -> None:
             cfg.rollout.gpus_per_worker != vllm.tensor_parallel_size:
         raise ConfigError(f"config key 'rollout.vllm.tensor_parallel_size' is {vllm.tensor_parallel_size}: each rollout "
                           f"worker's engine then spans that many GPUs, so rollout.gpus_per_worker must be the same "
-                          f"(got {cfg.rollout.gpus_per_worker}; tensor parallelism needs GPUs)")
+                          f"(got {cfg.rollout.gpus_per_worker:g}; tensor parallelism needs GPUs)")
     if cfg.learner.grad_clip < 0:
         raise ConfigError(f"config key 'learner.grad_clip' must be >= 0 (0 = no clipping), got {cfg.learner.grad_clip}")
     if cfg.rollout.num_turns != 2:

@@ -414,18 +414,23 @@ def _grad_norm(engine) -> float:
     return float(torch.stack(grads).sum().sqrt()) if grads else 0.0
 
 
+def check_lora_targets(lora, model_config) -> None:
+    """LoRA on the embedding or output head of a model that ties them (one weight, two layers) would change both."""
+    from score_rl.config import ConfigError
+
+    tied = sorted(t for t in lora.target_modules if t.split(".")[-1] in ("lm_head", "embed_tokens"))
+    if lora.r > 0 and tied and getattr(model_config, "tie_word_embeddings", False):
+        raise ConfigError(f"config key 'model.lora.target_modules': {tied} of a model with tied input / output "
+                          f"embeddings (one weight, two layers): adapting one would change both; leave them out")
+
+
 def with_lora(model, lora, seed: int):
     """``model`` with peft LoRA adapters on ``lora.target_modules`` (B = 0: at first the policy is the base model).
     A is drawn from a generator seeded by ``seed`` (peft draws from torch's global one, which a Ray actor never seeds:
     the same trainer.seed must give the same adapter in every process)."""
     from peft import LoraConfig, get_peft_model
 
-    from score_rl.config import ConfigError
-
-    tied = {"lm_head", "embed_tokens"} & set(lora.target_modules)
-    if tied and getattr(model.config, "tie_word_embeddings", False):
-        raise ConfigError(f"config key 'model.lora.target_modules': {sorted(tied)} of a model with tied input / output "
-                          f"embeddings (one weight, two layers): adapting one would change both; leave them out")
+    check_lora_targets(lora, model.config)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
     with torch.random.fork_rng(devices=[]):

@@ -121,6 +121,12 @@ class Trainer:
         self.episodes_per_step = episodes_per_step(cfg)  # × corrections_per_attempt for two-attempt methods
         self.algorithm = make_algorithm(cfg)  # algo.name: reinforce or ppo (score_rl/train/algorithms.py)
         self.model_path = resolve_model_path(cfg, log=log)
+        if cfg.model.lora.r > 0:  # here, not inside a learner actor, so that it is one line
+            from transformers import AutoConfig
+
+            from score_rl.learner.learner import check_lora_targets
+
+            check_lora_targets(cfg.model.lora, AutoConfig.from_pretrained(self.model_path))
         self.run_dir = Path(tc.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = RunDirLock(self.run_dir, log)

@@ -240,7 +240,10 @@ def test_interrupted_sweep_reruns_only_what_is_unfinished(tmp_path, tiny_model_p
     path = _tiny_sweep(tmp_path, tiny_model_path, ["a", "b", "c"])
     runs = {r.variant: Path(r.run_dir) for r in sw.load_sweep(path).runs}
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(_sweep_cmd(path), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # SIGINT back to its default in the child: a suite started in the background by a non-interactive shell inherits
+    # it ignored, and the sweep (rightly) leaves an ignored SIGINT alone, as under nohup
+    proc = subprocess.Popen(_sweep_cmd(path), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while "start  b__seed0" not in (tmp_path / "first.log").read_text():  # a is finished and b is running
         assert proc.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()

@@ -72,6 +72,28 @@ def test_vllm_engine_without_vllm_is_one_config_error_before_anything_starts(tmp
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists(), "nothing built, nothing written"
 
 
+def test_vllm_engine_without_vllm_is_one_config_error_in_eval_too(tmp_path, monkeypatch):
+    import importlib.util
+
+    from score_rl.config import ConfigError
+    from score_rl.eval.evaluation import make_workers
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(ConfigError, match="'rollout.engine' is vllm"):
+        make_workers(tiny_config(tmp_path, ["rollout.engine=vllm", "ray.enabled=false"]), "unused")
+
+
+def test_lora_on_tied_embeddings_is_one_config_error_before_actors_start(tmp_path, tiny_model_path):
+    from score_rl.config import ConfigError
+
+    cfg = tiny_config(tmp_path, [f"model.path={tiny_model_path}", "model.lora.r=4",
+                                 "model.lora.target_modules=[q_proj,model.embed_tokens]"])
+    with pytest.raises(ConfigError, match=r"'model.lora.target_modules': \['model.embed_tokens'\]") as info:
+        Trainer(cfg, log=lambda *_: None)
+    assert "\n" not in str(info.value)
+
+
 def test_batch_not_divisible_by_ranks_is_a_config_error(tmp_path, tiny_model_path):
     from score_rl.config import ConfigError
 

@@ -144,13 +144,19 @@ class VLLMEngine(Engine):
         payload = save(bucket)
         try:
             self.llm.collective_rpc(_load_bucket, args=(payload,))
-        finally:  # never leave a standalone update open (its layers would stay on the meta device)
-            if not session:
-                self.finish_weight_update()
+        except BaseException:
+            if not session:  # never leave a standalone update open (its layers would stay on the meta device)
+                try:
+                    self.finish_weight_update()
+                except Exception:
+                    pass  # the load's error is the one to report
+            raise
+        if not session:
+            self.finish_weight_update()
 
     def finish_weight_update(self) -> None:
-        self.llm.collective_rpc(_finish_update)
         self._updating = False
+        self.llm.collective_rpc(_finish_update)
         self.llm.reset_prefix_cache()
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
