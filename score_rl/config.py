@@ -242,7 +242,8 @@ class TrainerConfig:
 @dataclass
 class RayConfig:
     enabled: bool = doc(True, "Run workers and learners as Ray actors (false: in-process, 1 worker, 1 rank).")
-    address: Optional[str] = doc(None, "Ray address: null starts a local cluster, 'auto' joins a running one.")
+    address: Optional[str] = doc(None, "Ray address: null starts a local cluster of this run's own (never one a "
+                                 "`ray start` left running), 'auto' joins a running one.")
     num_cpus: Optional[int] = doc(None, "Logical CPUs of a local cluster (null = enough for the actors asked for).")
 
 

@@ -18,7 +18,9 @@ def init_ray(address: Optional[str], num_cpus_needed: float, num_gpus_needed: fl
         ray.init(address=address, log_to_driver=True)
         return
     cpus = num_cpus if num_cpus is not None else max(os.cpu_count() or 1, math.ceil(num_cpus_needed))
-    ray.init(num_cpus=cpus, num_gpus=int(math.ceil(num_gpus_needed)) or None, include_dashboard=False,
+    # address="local": always a new cluster of this process's own. Without it ray.init joins any cluster a `ray start`
+    # left on this machine (/tmp/ray/ray_current_cluster) or RAY_ADDRESS names, and then refuses num_cpus.
+    ray.init(address="local", num_cpus=cpus, num_gpus=int(math.ceil(num_gpus_needed)) or None, include_dashboard=False,
              log_to_driver=True, logging_level="ERROR",
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": os.environ.get(
                  "DS_ACCELERATOR", "cpu" if num_gpus_needed == 0 else "cuda")}})

@@ -1,0 +1,43 @@
+"""Local Ray clusters: with ray.address null a run starts a cluster of its own, even where a `ray start` left one on
+the machine (ray.init would join it and refuse num_cpus), and two runs on one machine both complete."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import QUICKSTART, TINY_OVERRIDES
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_local_runs_beside_a_stray_cluster_both_complete(tmp_path, tiny_model_path):
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("RAY_ADDRESS", None)
+    started = subprocess.run([ray_bin, "start", "--head", f"--port={_free_port()}", "--num-cpus=1",
+                              "--include-dashboard=false", "--disable-usage-stats"],
+                             capture_output=True, text=True, env=env, timeout=180)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        runs = [subprocess.Popen(
+            [sys.executable, "-m", "score_rl.cli", "train", str(QUICKSTART), *TINY_OVERRIDES,
+             f"model.path={tiny_model_path}", "ray.enabled=true", "ray.address=null", "trainer.steps=1",
+             "trainer.eval_before_after=false", f"trainer.run_dir={tmp_path / f'run{i}'}", "ray.num_cpus=2",
+             "rollout.cpus_per_worker=0.5", "learner.cpus_per_rank=0.5"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+        outputs = [p.communicate(timeout=300)[0] for p in runs]
+        for p, out in zip(runs, outputs):
+            assert p.returncode == 0, out[-3000:]
+        assert all((tmp_path / f"run{i}" / "final" / "config.json").is_file() for i in range(2))
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
