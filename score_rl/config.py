@@ -7,6 +7,7 @@ wrong types are errors that name the key and the closest valid one.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -237,6 +238,9 @@ class TrainerConfig:
     eval_before_after: bool = doc(True, "Evaluate base and trained policy on held-out problems at start and end.")
     eval_problems: int = doc(200, "Held-out problems in the before/after evaluation.")
     progress_bar: bool = doc(True, "Show a tqdm progress bar.")
+    allow_config_change: bool = doc(False, "Resume a run directory whose saved config.yaml differs in keys other than "
+                                    "run length, logging, evaluation and placement (otherwise an error naming them); "
+                                    "the new config is then saved.")
 
 
 @dataclass
@@ -388,6 +392,20 @@ def validate(cfg: Config) -> None:
     for key in positive:
         if get_key(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {get_key(cfg, key)}")
+    for key, f, default in schema_fields():
+        value = get_key(cfg, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
+    for key in ("eval.temperature", "eval.scaling_temperature", "trainer.eval_problems", "trainer.checkpoint_every",
+                "shaping.alpha", "shaping.beta1", "shaping.beta2", "learner.weight_decay", "rollout.gpus_per_worker",
+                "learner.gpus_per_rank"):
+        if get_key(cfg, key) < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {get_key(cfg, key)}")
+    for key in ("learner.lr", "rollout.cpus_per_worker", "learner.cpus_per_rank"):
+        if get_key(cfg, key) <= 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {get_key(cfg, key)}")
+    if not 0.0 <= cfg.shaping.gamma <= 1.0:
+        raise ConfigError(f"config key 'shaping.gamma' must be in [0, 1], got {cfg.shaping.gamma}")
     if cfg.learner.weight_sync_bucket_mb <= 0:
         raise ConfigError(f"config key 'learner.weight_sync_bucket_mb' must be > 0, got "
                           f"{cfg.learner.weight_sync_bucket_mb}")
@@ -505,6 +523,42 @@ def get_key(cfg: Any, dotted: str) -> Any:
 
 def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_differences(a: Any, b: Any, prefix: str = ""):
+    """The dotted keys whose values differ between two config trees (plain dicts), in sorted order."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            yield from config_differences(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")
+
+
+# what a resumed run may change: its length, logging, evaluation and where it runs (not what it trains)
+RESUMABLE_KEYS = ("trainer.steps", "trainer.checkpoint_every", "trainer.progress_bar", "trainer.run_dir",
+                  "trainer.eval_before_after", "trainer.eval_problems", "trainer.allow_config_change", "ray", "eval",
+                  "rollout.cpus_per_worker", "rollout.gpus_per_worker", "learner.cpus_per_rank",
+                  "learner.gpus_per_rank", "learner.torch_threads", "model.cache_dir")
+
+
+def check_resume_config(cfg: Config, saved: Path) -> None:
+    """Resuming a run whose saved config (``saved``, its config.yaml) differs in anything but RESUMABLE_KEYS is a
+    ConfigError naming the keys, unless trainer.allow_config_change."""
+    if cfg.trainer.allow_config_change or not saved.is_file():
+        return
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(saved))
+    except Exception as err:  # noqa: BLE001 - a damaged file is reported, not a traceback
+        raise ConfigError(f"the run being resumed has an unreadable {saved}: {err}; set "
+                          f"trainer.allow_config_change=true to resume with the new config") from None
+    new = OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))
+    keys = [k for k in config_differences(old, new)
+            if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)]
+    if keys:
+        shown = ", ".join(f"'{k}'" for k in keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        raise ConfigError(f"config key {shown} differs from the run being resumed in {saved.parent} (its config.yaml); "
+                          f"resume with the same values, set trainer.allow_config_change=true to resume with the new "
+                          f"ones, or choose another trainer.run_dir")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -136,6 +136,19 @@ def test_default_kl_is_k1_in_the_reward():
 
 
 @pytest.mark.parametrize("override,key", [
+    ("eval.temperature=-1", "eval.temperature"), ("trainer.eval_problems=-5", "trainer.eval_problems"),
+    ("trainer.checkpoint_every=-1", "trainer.checkpoint_every"), ("shaping.beta1=-1", "shaping.beta1"),
+    ("shaping.beta2=-0.1", "shaping.beta2"), ("shaping.alpha=nan", "shaping.alpha"), ("learner.lr=-1", "learner.lr"),
+    ("learner.lr=inf", "learner.lr"), ("rollout.cpus_per_worker=0", "rollout.cpus_per_worker"),
+    ("learner.cpus_per_rank=-1", "learner.cpus_per_rank"), ("shaping.gamma=2", "shaping.gamma"),
+    ("learner.weight_decay=-1", "learner.weight_decay"),
+])
+def test_out_of_range_and_non_finite_values_are_one_line_errors_naming_the_key(override, key):
+    """Values that used to be accepted silently (or crash a step later: alpha=nan trained on a null loss)."""
+    assert f"'{key}'" in _error([override])
+
+
+@pytest.mark.parametrize("override,key", [
     ("learner.weight_sync_bucket_mb=0", "learner.weight_sync_bucket_mb"),
     ("rollout.vllm.tensor_parallel_size=0", "rollout.vllm.tensor_parallel_size"),
     ("rollout.vllm.kv_cache_mb=0", "rollout.vllm.kv_cache_mb"),

@@ -236,7 +236,7 @@ def _check_run_dir_config(run_id: str, run_dir: Path, cfg) -> None:
     """A run directory that exists was started with exactly this config, or the sweep refuses to touch it: a finished
     run would be reported under settings it never ran with, an interrupted one resumed from another config's
     checkpoint."""
-    from score_rl.config import to_yaml
+    from score_rl.config import config_differences, to_yaml
 
     saved = run_dir / "config.yaml"
     if not saved.is_file():
@@ -245,17 +245,11 @@ def _check_run_dir_config(run_id: str, run_dir: Path, cfg) -> None:
     for c in (old, new):  # where it runs (the backend adds ray.address=auto for Ray jobs) is not what it is
         c.pop("ray", None)
     if old != new:
-        key = next(iter(_diff(old, new)), "?")
+        key = next(iter(config_differences(old, new)), "?")
         raise ConfigError(f"sweep run '{run_id}': {run_dir} was started with a different config (first difference: "
                           f"'{key}'); remove that directory or set another out_dir")
 
 
-def _diff(a: Any, b: Any, prefix: str = ""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-    elif a != b:
-        yield prefix.rstrip(".")
 
 
 def write_plan(sweep: Sweep) -> Path:

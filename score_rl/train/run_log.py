@@ -8,13 +8,36 @@ from pathlib import Path
 from typing import Dict, Optional
 
 
+def _cut_back(path: Path, step: int) -> None:
+    """Keep the rows of steps before ``step`` (the resumed checkpoint's): the steps a killed process logged after its
+    last checkpoint are redone and logged again, so each step stays in metrics.jsonl exactly once, in order. A torn
+    last line is dropped too. Atomic: the file is replaced, never left half-written."""
+    import os
+
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] < step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
 class RunLogger:
     def __init__(self, run_dir: Path, total_steps: int, initial_step: int = 0, progress_bar: bool = True):
         from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
 
-        self.jsonl = open(run_dir / "metrics.jsonl", "a")
-        self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        path = run_dir / "metrics.jsonl"
+        if initial_step > 0 and path.is_file():
+            _cut_back(path, initial_step)
+        self.jsonl = open(path, "a")
+        # purge_step: TensorBoard drops what an earlier process logged from the resumed step on
+        self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=initial_step or None)
         self.bar = tqdm(total=total_steps, initial=initial_step, desc="score-rl", disable=not progress_bar,
                         dynamic_ncols=True)
 

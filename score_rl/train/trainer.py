@@ -18,7 +18,8 @@ from score_rl.algos import methods
 from score_rl.train.algorithms import make_algorithm
 from score_rl.train.base_model import resolve_model_path
 from score_rl.train.checkpoint import latest_checkpoint, save_checkpoint
-from score_rl.config import Config, ConfigError, episodes_per_step, save_config, validate_training
+from score_rl.config import (Config, ConfigError, check_resume_config, episodes_per_step, save_config,
+                             validate_training)
 from score_rl.launch.distributed import ActorGroup, init_ray, make_placement_group, shard
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode
@@ -131,6 +132,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = RunDirLock(self.run_dir, log)
         try:
+            if (self.run_dir / "checkpoints" / "latest").is_file():  # a resume: the saved config before it is rewritten
+                check_resume_config(cfg, self.run_dir / "config.yaml")
             save_config(cfg, self.run_dir / "config.yaml")
             seed_everything(tc.seed)
             self.method = cfg.method.name

@@ -118,6 +118,45 @@ def test_reference_log_probs_are_computed_once_per_step(tmp_path, tiny_model_pat
     assert sum(rows) == reference_passes * episodes * cfg.trainer.steps
 
 
+def test_steps_logged_after_the_last_checkpoint_are_logged_once_after_resume(tmp_path, tiny_model_path):
+    """A process killed after logging step 2 but before checkpointing it: the resumed run redoes step 2, and
+    metrics.jsonl holds every step once, in order, with what an uninterrupted run logs."""
+    _, straight = _run(tmp_path, tiny_model_path, "straight", ["trainer.steps=4"])
+    run = ["trainer.checkpoint_every=2", f"trainer.run_dir={tmp_path / 'killed'}"]
+    _run(tmp_path, tiny_model_path, "first", run + ["trainer.steps=3"])
+    ckpts = tmp_path / "killed" / "checkpoints"
+    (ckpts / "latest").write_text("step_0000002")  # step 3's checkpoint never completed
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 3, "acc_t')  # and a line torn by the kill
+    _, resumed = _run(tmp_path, tiny_model_path, "second", run + ["trainer.steps=4"])
+    assert [r["step"] for r in resumed] == [0, 1, 2, 3]
+    assert _without_timings(resumed) == _without_timings(straight)
+
+
+def test_resuming_with_a_different_config_is_refused_before_anything_is_rewritten(tmp_path, tiny_model_path):
+    from score_rl.config import ConfigError
+
+    run = ["trainer.checkpoint_every=2", f"trainer.run_dir={tmp_path / 'run'}"]
+    _run(tmp_path, tiny_model_path, "first", run + ["trainer.steps=2"])
+    saved = (tmp_path / "run" / "config.yaml").read_bytes()
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    for change, named in [(["shaping.alpha=5"], "'shaping.alpha'"), (["algo.name=ppo"], "'algo.name'"),
+                          (["env.seed=1", "learner.lr=1e-3"], "'env.seed', 'learner.lr'")]:
+        cfg = tiny_config(tmp_path / "again", [f"model.path={tiny_model_path}", "ray.enabled=false",
+                                               "trainer.steps=4", "trainer.eval_before_after=false", *run, *change])
+        with pytest.raises(ConfigError, match=f"config key {named} differs from the run being resumed") as info:
+            Trainer(cfg, log=lambda *_: None)
+        assert "\n" not in str(info.value) and "trainer.allow_config_change" in str(info.value)
+        assert (tmp_path / "run" / "config.yaml").read_bytes() == saved, "nothing rewritten before the check"
+        assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == metrics
+    # run length, logging and placement may change; with the override anything may, and the new config is saved
+    _, rows = _run(tmp_path, tiny_model_path, "longer", run + ["trainer.steps=3", "trainer.progress_bar=true"])
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    _run(tmp_path, tiny_model_path, "override", run + ["trainer.steps=4", "shaping.alpha=5",
+                                                       "trainer.allow_config_change=true"])
+    assert "alpha: 5.0" in (tmp_path / "run" / "config.yaml").read_text()
+
+
 PPO = ["algo.name=ppo", "algo.ppo.epochs=2", "algo.ppo.minibatches=2", "learner.micro_batch_size=2"]
 
 
