@@ -534,11 +534,28 @@ def config_differences(a: Any, b: Any, prefix: str = ""):
         yield prefix.rstrip(".")
 
 
-# what a resumed run may change: its length, logging, evaluation and where it runs (not what it trains)
+# what a resumed run may change: its length, logging, evaluation, where it runs and how fast / in how much memory
+# (micro-batch size, generation batch, weight-sync buckets, vLLM memory: the update does not depend on them), not what
+# it trains
 RESUMABLE_KEYS = ("trainer.steps", "trainer.checkpoint_every", "trainer.progress_bar", "trainer.run_dir",
                   "trainer.eval_before_after", "trainer.eval_problems", "trainer.allow_config_change", "ray", "eval",
                   "rollout.cpus_per_worker", "rollout.gpus_per_worker", "learner.cpus_per_rank",
-                  "learner.gpus_per_rank", "learner.torch_threads", "model.cache_dir")
+                  "learner.gpus_per_rank", "learner.torch_threads", "model.cache_dir", "learner.micro_batch_size",
+                  "rollout.generation_batch_size", "learner.weight_sync", "learner.weight_sync_bucket_mb",
+                  "learner.zero3_param_persistence_threshold", "rollout.vllm.gpu_memory_utilization",
+                  "rollout.vllm.kv_cache_mb", "rollout.vllm.enforce_eager", "rollout.vllm.enable_prefix_caching")
+
+
+def saved_config_tree(path: Path) -> Dict[str, Any]:
+    """A saved config.yaml as a plain tree, over the current schema's defaults: a key added to the schema after the
+    file was written counts as its default (the value the older code ran with), not as a difference."""
+    def merge(base, over):
+        if isinstance(base, dict) and isinstance(over, dict):
+            return {k: merge(base.get(k), over[k]) if k in over else base[k] for k in set(base) | set(over)}
+        return over
+
+    defaults = OmegaConf.to_container(OmegaConf.create(to_yaml(Config())))
+    return merge(defaults, OmegaConf.to_container(OmegaConf.load(path)))
 
 
 def check_resume_config(cfg: Config, saved: Path) -> None:
@@ -547,25 +564,33 @@ def check_resume_config(cfg: Config, saved: Path) -> None:
     if cfg.trainer.allow_config_change or not saved.is_file():
         return
     try:
-        old = OmegaConf.to_container(OmegaConf.load(saved))
+        old = saved_config_tree(saved)
     except Exception as err:  # noqa: BLE001 - a damaged file is reported, not a traceback
-        raise ConfigError(f"the run being resumed has an unreadable {saved}: {err}; set "
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"the run being resumed has an unreadable {saved} ({first}); set "
                           f"trainer.allow_config_change=true to resume with the new config") from None
     new = OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))
     keys = [k for k in config_differences(old, new)
             if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)]
     if keys:
         shown = ", ".join(f"'{k}'" for k in keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-        raise ConfigError(f"config key {shown} differs from the run being resumed in {saved.parent} (its config.yaml); "
+        what = f"config key {shown} differs" if len(keys) == 1 else f"config keys {shown} differ"
+        raise ConfigError(f"{what} from the run being resumed in {saved.parent} (its config.yaml); "
                           f"resume with the same values, set trainer.allow_config_change=true to resume with the new "
                           f"ones, or choose another trainer.run_dir")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """Atomically (a reader, e.g. a sweep planning its runs, never sees half a file)."""
+    """Atomically (a reader, e.g. a sweep planning its runs, never sees half a file). trainer.allow_config_change is
+    saved false: it lets one resume through, it is not a property of the run."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(to_yaml(cfg))
+    allow = cfg.trainer.allow_config_change
+    cfg.trainer.allow_config_change = False
+    try:
+        tmp.write_text(to_yaml(cfg))
+    finally:
+        cfg.trainer.allow_config_change = allow
     tmp.replace(path)
 
 

@@ -17,6 +17,9 @@ def init_ray(address: Optional[str], num_cpus_needed: float, num_gpus_needed: fl
     if address:
         ray.init(address=address, log_to_driver=True)
         return
+    if os.environ.get("RAY_ADDRESS"):
+        print(f"score-rl: RAY_ADDRESS={os.environ['RAY_ADDRESS']} is set but ray.address is null: starting a local "
+              f"Ray cluster of this run's own; set ray.address=auto to join {os.environ['RAY_ADDRESS']}", flush=True)
     cpus = num_cpus if num_cpus is not None else max(os.cpu_count() or 1, math.ceil(num_cpus_needed))
     # address="local": always a new cluster of this process's own. Without it ray.init joins any cluster a `ray start`
     # left on this machine (/tmp/ray/ray_current_cluster) or RAY_ADDRESS names, and then refuses num_cpus.

@@ -33,11 +33,11 @@ class RunLogger:
         from tqdm.auto import tqdm
 
         path = run_dir / "metrics.jsonl"
-        if initial_step > 0 and path.is_file():
+        if path.is_file():  # steps an earlier process logged from initial_step on are redone (all of them from 0)
             _cut_back(path, initial_step)
         self.jsonl = open(path, "a")
         # purge_step: TensorBoard drops what an earlier process logged from the resumed step on
-        self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=initial_step or None)
+        self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=initial_step)
         self.bar = tqdm(total=total_steps, initial=initial_step, desc="score-rl", disable=not progress_bar,
                         dynamic_ncols=True)
 
