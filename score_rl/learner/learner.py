@@ -284,6 +284,13 @@ class Learner:
         return out if keep else None
 
     def _sync_sources(self) -> Dict[str, Any]:
+        """Cached: the parameter (or LoRA layer) objects stay the same for the learner's life; only their values
+        change. ``_find_sync_sources`` computes them."""
+        if getattr(self, "_sources", None) is None:
+            self._sources = self._find_sync_sources()
+        return self._sources
+
+    def _find_sync_sources(self) -> Dict[str, Any]:
         """What the rollout workers sample with, by Hugging Face name: every weight of the policy (a tensor shared
         by two names, e.g. tied embeddings, once). With LoRA an adapted layer's weight is sent merged,
         W + (alpha / r) · B A, and with the HF engine only those (the workers start from the same base model, whose
