@@ -241,6 +241,16 @@ class TrainerConfig:
     allow_config_change: bool = doc(False, "Resume a run directory whose saved config.yaml differs in keys other than "
                                     "run length, logging, evaluation and placement (otherwise an error naming them); "
                                     "the new config is then saved.")
+    keep_checkpoints: int = doc(2, "Periodic checkpoints kept in run_dir/checkpoints (older ones are deleted after a "
+                                "new one is complete; 0 = keep all).")
+    eval_every: int = doc(0, "Run the held-out evaluation every N steps during training and log it as eval/* "
+                          "(0 = only before and after).")
+    best_metric: Optional[str] = doc(None, "Keep the policy with the highest value of this logged metric in "
+                                     "run_dir/best (e.g. reward_t2, as the paper; eval/acc_t2 with eval_every); null = "
+                                     "off.")
+    best_mode: str = doc("max", "Whether best_metric is better high (max) or low (min).")
+    progress_interval_s: float = doc(60.0, "With the progress bar off (e.g. in a SLURM job), print a one-line progress "
+                                     "report at most this often, in seconds (0 = every step).")
 
 
 @dataclass
@@ -249,6 +259,15 @@ class RayConfig:
     address: Optional[str] = doc(None, "Ray address: null starts a local cluster of this run's own (never one a "
                                  "`ray start` left running), 'auto' joins a running one.")
     num_cpus: Optional[int] = doc(None, "Logical CPUs of a local cluster (null = enough for the actors asked for).")
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = doc(False, "Also log metrics to Weights & Biases (beside metrics.jsonl and TensorBoard).")
+    wandb_project: str = doc("score-rl", "W&B project.")
+    wandb_entity: Optional[str] = doc(None, "W&B entity (team or user); null = your default.")
+    wandb_mode: str = doc("online", "W&B mode: online, or offline (written to run_dir/wandb; `wandb sync` it later).")
+    wandb_tags: List[str] = doc([], "W&B run tags.")
 
 
 @dataclass
@@ -276,6 +295,7 @@ class Config:
     learner: LearnerConfig = doc(LearnerConfig, "DeepSpeed learner.")
     trainer: TrainerConfig = doc(TrainerConfig, "Training loop.")
     ray: RayConfig = doc(RayConfig, "Ray cluster.")
+    logging: LoggingConfig = doc(LoggingConfig, "Extra metric sinks.")
     eval: EvalConfig = doc(EvalConfig, "Evaluation.")
 
 
@@ -295,6 +315,8 @@ _CHOICES = {
     "learner.zero_stage": (0, 1, 2, 3),
     "learner.weight_sync": ("bucketed", "full"),
     "rollout.engine": ("hf", "vllm"),
+    "trainer.best_mode": ("max", "min"),
+    "logging.wandb_mode": ("online", "offline"),
 }
 
 
@@ -397,6 +419,7 @@ def validate(cfg: Config) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
     for key in ("eval.temperature", "eval.scaling_temperature", "trainer.eval_problems", "trainer.checkpoint_every",
+                "trainer.keep_checkpoints", "trainer.eval_every", "trainer.progress_interval_s",
                 "shaping.alpha", "shaping.beta1", "shaping.beta2", "learner.weight_decay", "rollout.gpus_per_worker",
                 "learner.gpus_per_rank"):
         if get_key(cfg, key) < 0:
@@ -539,6 +562,7 @@ def config_differences(a: Any, b: Any, prefix: str = ""):
 # it trains
 RESUMABLE_KEYS = ("trainer.steps", "trainer.checkpoint_every", "trainer.progress_bar", "trainer.run_dir",
                   "trainer.eval_before_after", "trainer.eval_problems", "trainer.allow_config_change", "ray", "eval",
+                  "logging", "trainer.keep_checkpoints", "trainer.eval_every", "trainer.progress_interval_s",
                   "rollout.cpus_per_worker", "rollout.gpus_per_worker", "learner.cpus_per_rank",
                   "learner.gpus_per_rank", "learner.torch_threads", "model.cache_dir", "learner.micro_batch_size",
                   "rollout.generation_batch_size", "learner.weight_sync", "learner.weight_sync_bucket_mb",
