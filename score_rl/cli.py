@@ -74,15 +74,31 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _train(cfg) -> int:
+    from score_rl.launch.faults import TrainingAborted
+    from score_rl.train.checkpoint import CheckpointError
+    from score_rl.train.signals import TrainingStopped
     from score_rl.train.trainer import Trainer
 
-    trainer = Trainer(cfg)
-    print(f"run directory: {trainer.run_dir}")
+    trainer = Trainer(cfg, log=_log_line)
+    print(f"run directory: {trainer.run_dir}", flush=True)
+    # from here on SIGINT / SIGTERM / SIGUSR1 stop the run at the next step boundary, after a checkpoint
+    trainer.stop.install()
     try:
         trainer.fit()
+    except TrainingStopped as stopped:
+        print(f"score-rl: {stopped.message}", file=sys.stderr, flush=True)
+        return stopped.exit_code
+    except (TrainingAborted, CheckpointError) as err:
+        print(f"score-rl: error: {err}", file=sys.stderr, flush=True)
+        return 1
     finally:
+        trainer.stop.restore()
         trainer.close()
     return 0
+
+
+def _log_line(message: str) -> None:
+    print(message, flush=True)  # at once, also where stdout is a file (a SLURM job's output)
 
 
 def _eval(cfg, args) -> int:

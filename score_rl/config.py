@@ -259,6 +259,8 @@ class RayConfig:
     address: Optional[str] = doc(None, "Ray address: null starts a local cluster of this run's own (never one a "
                                  "`ray start` left running), 'auto' joins a running one.")
     num_cpus: Optional[int] = doc(None, "Logical CPUs of a local cluster (null = enough for the actors asked for).")
+    max_worker_restarts: int = doc(3, "Times Ray restarts a rollout worker whose process died (the trainer reloads "
+                                   "the current policy into it and redoes its shard); 0 = a dead worker ends the run.")
 
 
 @dataclass
@@ -419,7 +421,7 @@ def validate(cfg: Config) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
     for key in ("eval.temperature", "eval.scaling_temperature", "trainer.eval_problems", "trainer.checkpoint_every",
-                "trainer.keep_checkpoints", "trainer.eval_every", "trainer.progress_interval_s",
+                "trainer.keep_checkpoints", "trainer.eval_every", "trainer.progress_interval_s", "ray.max_worker_restarts",
                 "shaping.alpha", "shaping.beta1", "shaping.beta2", "learner.weight_decay", "rollout.gpus_per_worker",
                 "learner.gpus_per_rank"):
         if get_key(cfg, key) < 0:

@@ -33,7 +33,7 @@ class ActorGroup:
     """Members constructed from ``cls(*args)``; ``call`` runs a method on every member and returns the results."""
 
     def __init__(self, cls: type, member_args: Sequence[tuple], use_ray: bool, resources: Optional[dict] = None,
-                 placement_group: Any = None, bundle_offset: int = 0):
+                 placement_group: Any = None, bundle_offset: int = 0, max_restarts: int = 0):
         self.use_ray = use_ray
         if not use_ray:
             self.members = [cls(*args) for args in member_args]
@@ -45,7 +45,10 @@ class ActorGroup:
         resources = resources or {}
         self.members = []
         for i, args in enumerate(member_args):
-            options = dict(num_cpus=resources.get("CPU", 1), num_gpus=resources.get("GPU", 0))
+            # max_restarts: Ray re-creates a member whose process died (constructor args again: base weights);
+            # the caller notices (a failed call, or a stale weights version) and brings it up to date
+            options = dict(num_cpus=resources.get("CPU", 1), num_gpus=resources.get("GPU", 0),
+                           max_restarts=max_restarts)
             if placement_group is not None:
                 options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=placement_group, placement_group_bundle_index=bundle_offset + i
@@ -62,9 +65,7 @@ class ActorGroup:
             raise ValueError(f"{len(arg_list)} argument tuples for {len(self.members)} members")
         if not self.use_ray:
             return [getattr(m, method)(*a) for m, a in zip(self.members, arg_list)]
-        import ray
-
-        return ray.get([getattr(m, method).remote(*a) for m, a in zip(self.members, arg_list)])
+        return get_all([getattr(m, method).remote(*a) for m, a in zip(self.members, arg_list)])
 
     def call_one(self, index: int, method: str, *args: Any) -> Any:
         member = self.members[index]
@@ -74,12 +75,30 @@ class ActorGroup:
 
         return ray.get(getattr(member, method).remote(*args))
 
+    def subset(self, indices: Sequence[int]) -> "ActorGroup":
+        """A group of some of the members (the same actors / objects)."""
+        group = object.__new__(ActorGroup)
+        group.use_ray, group.members = self.use_ray, [self.members[i] for i in indices]
+        return group
+
     def remote_ref(self, index: int, method: str, *args: Any) -> Any:
         """An object ref (Ray) or the value (in-process) of a method call on one member."""
         member = self.members[index]
         if not self.use_ray:
             return getattr(member, method)(*args)
         return getattr(member, method).remote(*args)
+
+
+def get_all(refs: Sequence[Any]) -> List[Any]:
+    """``ray.get(refs)``, but an error is raised as soon as any call fails: a dead learner rank must not leave the
+    driver waiting for the other ranks, which block in a collective that will never complete."""
+    import ray
+
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)
+    return ray.get(list(refs))
 
 
 def make_placement_group(bundles: List[dict]):

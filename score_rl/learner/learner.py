@@ -67,6 +67,9 @@ class Learner:
     def address(self) -> tuple:
         return node_address(), free_port()
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def setup(self, master_addr: str, master_port: int) -> None:
         deepspeed = _import_deepspeed()
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),

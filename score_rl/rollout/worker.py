@@ -6,7 +6,7 @@ Ray wraps it at the call site (``ray.remote(RolloutWorker)``); tests and debuggi
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -40,6 +40,7 @@ class RolloutWorker:
         extra_stop_ids = [turn_end] if turn_end is not None else []
         self.engine = make_engine(cfg, model_path, self.tokenizer, generation_config, extra_stop_ids, self.device,
                                   worker_index)
+        self.weights_version = 0  # which policy the engine holds: 0 = the base model, then one more per weight sync
 
     @property
     def model(self):
@@ -51,12 +52,16 @@ class RolloutWorker:
 
     def run_episodes(
         self, problems: Sequence[Problem], samples_per_problem: int, temperature: float, seed: int,
-        num_turns: int = 2, corrections_per_attempt: int = 1,
+        num_turns: int = 2, corrections_per_attempt: int = 1, weights_version: Optional[int] = None,
     ) -> List[Episode]:
         """``samples_per_problem`` independent episodes of ``num_turns`` attempts for each problem.
 
         With ``corrections_per_attempt`` = m > 1, each first attempt is continued m times: m sibling episodes share the
-        first attempt (``Episode.attempt``), which is trained in the first sibling only (``Turn.trained``)."""
+        first attempt (``Episode.attempt``), which is trained in the first sibling only (``Turn.trained``).
+        ``weights_version``: the policy version the caller expects; StaleWeights if this worker holds another (Ray
+        restarted it with the base weights), so that nothing is ever sampled from the wrong policy."""
+        if weights_version is not None:
+            self.check_weights_version(weights_version)
         torch.manual_seed(seed)
         episodes = [
             Episode(problem_id=p.id, sample_index=k, turns=[], reference=p.reference)
@@ -110,6 +115,23 @@ class RolloutWorker:
     def finish_weight_update(self) -> None:
         self.engine.finish_weight_update()
 
+    def set_weights_version(self, version: int) -> None:
+        self.weights_version = version
+
+    def check_weights_version(self, version: int) -> None:
+        if version != self.weights_version:
+            from score_rl.launch.faults import StaleWeights
+
+            err = StaleWeights(f"rollout worker {self.worker_index} holds policy version {self.weights_version}, "
+                               f"expected {version}")
+            err.worker_index = self.worker_index
+            raise err
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
 
 def check_engine_installed(cfg: Config) -> None:
     """rollout.engine=vllm without vLLM: one line naming the key, before any model is built or actor started."""
@@ -139,13 +161,20 @@ def make_engine(cfg: Config, model_path: str, tokenizer, generation_config, extr
 
 
 def run_sharded(workers, problems: Sequence[Problem], samples_per_problem: int, temperature: float, seed: int,
-                num_turns: int, corrections_per_attempt: int = 1) -> List[Episode]:
-    """Episodes for the problems, in order, sharded over an ActorGroup of workers (worker i seeds with seed + i)."""
+                num_turns: int, corrections_per_attempt: int = 1, weights_version: Optional[int] = None,
+                recover=None, attempts: int = 0) -> List[Episode]:
+    """Episodes for the problems, in order, sharded over an ActorGroup of workers (worker i seeds with seed + i).
+    With ``recover``: a worker that died (or holds another policy than ``weights_version``) is recovered with
+    ``recover(i, error)`` and its shard redone with the same seed, up to ``attempts`` times."""
+    from score_rl.launch.faults import call_with_restarts
+
     shards = shard(problems, len(workers))
-    args = [(s, samples_per_problem, temperature, seed + i, num_turns, corrections_per_attempt)
+    args = [(s, samples_per_problem, temperature, seed + i, num_turns, corrections_per_attempt, weights_version)
             for i, s in enumerate(shards)]
     out, offset = [], 0
-    for part in workers.call("run_episodes", args):
+    parts = call_with_restarts(workers, "run_episodes", args, recover, attempts) if recover is not None \
+        else workers.call("run_episodes", args)
+    for part in parts:
         for ep in part:  # first-attempt ids unique over the whole step, not only within one worker's shard
             if ep.attempt is not None:
                 ep.attempt += offset

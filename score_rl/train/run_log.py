@@ -1,4 +1,6 @@
-"""Per-step logging: a JSONL file, TensorBoard scalars and a progress bar, all in the run directory."""
+"""Per-step logging: a JSONL file, TensorBoard scalars (and W&B with logging.wandb), all in the run directory; a
+progress bar on a terminal, or a one-line progress report every ``progress_interval_s`` seconds where the bar is off
+(a SLURM job's output file, a CI log)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ def _cut_back(path: Path, step: int) -> None:
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, total_steps: int, initial_step: int = 0, progress_bar: bool = True):
+    def __init__(self, run_dir: Path, total_steps: int, initial_step: int = 0, progress_bar: bool = True,
+                 progress_interval_s: float = 60.0, wandb_cfg=None, config: Optional[Dict] = None, print_fn=print):
         from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
 
@@ -40,21 +43,25 @@ class RunLogger:
         self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=initial_step)
         self.bar = tqdm(total=total_steps, initial=initial_step, desc="score-rl", disable=not progress_bar,
                         dynamic_ncols=True)
+        self.progress = None if progress_bar else ProgressLines(total_steps, initial_step, progress_interval_s,
+                                                                print_fn)
+        self.wandb = _start_wandb(run_dir, wandb_cfg, config) if wandb_cfg is not None and wandb_cfg.wandb else None
 
     def log(self, step: int, metrics: Dict[str, float]) -> None:
         record = {"step": step, **{k: (None if isinstance(v, float) and math.isnan(v) else v)
                                    for k, v in metrics.items()}}
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
-                self.tb.add_scalar(key.replace(".", "/"), value, step)
+        scalars = {k: v for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
+        for key, value in scalars.items():
+            self.tb.add_scalar(key.replace(".", "/"), value, step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
         self.bar.update(1)
-        self.bar.set_postfix_str(
-            f"stage {metrics.get('stage', '?')} t1 {metrics.get('acc_t1', 0):.2f} t2 {metrics.get('acc_t2', 0):.2f} "
-            f"Δ {metrics.get('delta', 0):+.2f} i→c {metrics.get('delta_i2c', 0):.2f} "
-            f"c→i {metrics.get('delta_c2i', 0):.2f} kl1 {metrics.get('kl_turn1', 0):.3f}"
-        )
+        self.bar.set_postfix_str(summary(metrics))
+        if self.progress is not None:
+            self.progress.step(step, metrics)
 
     def write(self, message: str) -> None:
         self.bar.write(message)
@@ -64,3 +71,67 @@ class RunLogger:
         self.tb.flush()
         self.tb.close()
         self.jsonl.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+
+def summary(metrics: Dict[str, float]) -> str:
+    """The few numbers worth watching, for the progress bar and the progress lines."""
+    text = (f"stage {metrics.get('stage', '?')} t1 {metrics.get('acc_t1', 0):.2f} t2 {metrics.get('acc_t2', 0):.2f} "
+            f"Δ {metrics.get('delta', 0):+.2f} i→c {metrics.get('delta_i2c', 0):.2f} "
+            f"c→i {metrics.get('delta_c2i', 0):.2f} kl1 {metrics.get('kl_turn1', 0):.3f}")
+    if "eval/acc_t2" in metrics:
+        text += f" | eval t1 {metrics.get('eval/acc_t1', 0):.2f} t2 {metrics['eval/acc_t2']:.2f}"
+    return text
+
+
+class ProgressLines:
+    """'step 12/40 (30%) | 2.1 s/step | ETA 59 s | stage 1 t1 0.31 ...', at most every ``interval_s`` seconds (and
+    after the first and the last step)."""
+
+    def __init__(self, total: int, initial: int, interval_s: float, print_fn=print):
+        import time
+
+        self.total, self.initial, self.interval_s, self.print = total, initial, interval_s, print_fn
+        self.start = self.last = time.monotonic()
+
+    def step(self, step: int, metrics: Dict[str, float]) -> None:
+        import time
+
+        now, done = time.monotonic(), step + 1
+        if not (done == self.initial + 1 or done == self.total or now - self.last >= self.interval_s):
+            return
+        self.last = now
+        per_step = (now - self.start) / max(1, done - self.initial)
+        eta = per_step * (self.total - done)
+        self.print(f"step {done}/{self.total} ({100 * done / max(1, self.total):.0f}%) | {per_step:.1f} s/step | "
+                   f"ETA {_duration(eta)} | {summary(metrics)}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _start_wandb(run_dir: Path, wandb_cfg, config: Optional[Dict]):
+    """A W&B run writing under run_dir/wandb; resumed (same id) when the run directory is resumed."""
+    import uuid
+
+    try:
+        import wandb
+    except ImportError:
+        from score_rl.config import ConfigError
+
+        raise ConfigError("config key 'logging.wandb' is true but wandb is not installed: pip install -e '.[wandb]'") \
+            from None
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+    id_file.write_text(run_id)
+    return wandb.init(project=wandb_cfg.wandb_project, entity=wandb_cfg.wandb_entity, mode=wandb_cfg.wandb_mode,
+                      dir=str(run_dir), id=run_id, resume="allow", name=run_dir.name, config=config,
+                      tags=list(wandb_cfg.wandb_tags) or None)

@@ -12,15 +12,18 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from score_rl.algos import methods
 from score_rl.train.algorithms import make_algorithm
 from score_rl.train.base_model import resolve_model_path
-from score_rl.train.checkpoint import latest_checkpoint, save_checkpoint
+from score_rl.train.checkpoint import (CheckpointError, has_checkpoint, resumable_checkpoints, save_checkpoint,
+                                      writable_problem)
+from score_rl.train.signals import StopRequest, TrainingStopped
 from score_rl.config import (Config, ConfigError, check_resume_config, episodes_per_step, save_config,
-                             validate_training)
+                             saved_config_tree, validate_training)
 from score_rl.launch.distributed import ActorGroup, init_ray, make_placement_group, shard
+from score_rl.launch.faults import TrainingAborted, dead_member, death_reason, wait_alive
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode
 from score_rl.eval.evaluation import TRAINED_MARKER, eval_problems, run_eval_episodes
@@ -129,10 +132,20 @@ class Trainer:
 
             check_lora_targets(cfg.model.lora, AutoConfig.from_pretrained(self.model_path))
         self.run_dir = Path(tc.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.lock = RunDirLock(self.run_dir, log)
+        self.created_run_dir = not self.run_dir.exists()  # removed again if the start fails (no junk run dirs)
         try:
-            if (self.run_dir / "checkpoints" / "latest").is_file():  # a resume: the saved config before it is rewritten
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"config key 'trainer.run_dir': cannot create {self.run_dir}: "
+                              f"{err.strerror or err}") from None
+        problem = writable_problem(self.run_dir)
+        if problem:
+            raise ConfigError(f"config key 'trainer.run_dir': cannot write in {self.run_dir}: {problem}")
+        self.lock = RunDirLock(self.run_dir, log)
+        self.stop = StopRequest()  # what the signal handlers (score-rl train installs them) set
+        self.weights_version = 0  # policy version the rollout workers hold: one more per weight sync
+        try:
+            if has_checkpoint(self.run_dir / "checkpoints"):  # a resume: the saved config before it is rewritten
                 check_resume_config(cfg, self.run_dir / "config.yaml")
             save_config(cfg, self.run_dir / "config.yaml")
             seed_everything(tc.seed)
@@ -145,6 +158,7 @@ class Trainer:
             self.weight_sync = make_weight_sync(cfg.learner)
         except BaseException:
             self.lock.release()  # a failed start must not keep the directory locked in a long-lived process
+            self._remove_if_junk()
             raise
 
     def _start_actors(self) -> None:
@@ -160,7 +174,8 @@ class Trainer:
                       [{k: v for k, v in learner_res.items() if v > 0}] * lc.num_ranks
             pg = make_placement_group(bundles)
         self.workers = ActorGroup(
-            RolloutWorker, [(cfg, self.model_path, i) for i in range(rc.num_workers)], use_ray, worker_res, pg, 0
+            RolloutWorker, [(cfg, self.model_path, i) for i in range(rc.num_workers)], use_ray, worker_res, pg, 0,
+            max_restarts=cfg.ray.max_worker_restarts,
         )
         per_rank = self.episodes_per_step // (lc.num_ranks * self.algorithm.minibatches)  # episodes per update
         self.learners = ActorGroup(
@@ -172,35 +187,59 @@ class Trainer:
 
     # --- the algorithm -------------------------------------------------------------------------------------------
     def fit(self) -> Dict[str, Dict[str, float]]:
-        cfg = self.cfg
+        """Train (resuming from the run's newest intact checkpoint), then evaluate. TrainingStopped on a stop signal
+        (a checkpoint of the steps done is written first), TrainingAborted when a learner rank dies."""
+        from ray.exceptions import RayActorError
+
+        try:
+            return self._fit()
+        except RayActorError as err:
+            raise self._aborted(err) from None
+        except BaseException:
+            self._remove_if_junk()
+            raise
+
+    def _fit(self) -> Dict[str, Dict[str, float]]:
+        cfg, tc = self.cfg, self.cfg.trainer
         if self.method == "pair_sft":
             self.pairs = self.collect_pairs()  # from the base model: before a resume loads trained weights
         self._maybe_resume()
         results: Dict[str, Dict[str, float]] = {}
-        if cfg.trainer.eval_before_after and self.start_step == 0:
+        if tc.eval_before_after and self.start_step == 0:
             results["base"] = self.evaluate()
             (self.run_dir / "eval_base.json").write_text(json.dumps(results["base"], indent=2))
             self.log("base model (held-out, greedy):\n" + format_table({"base": results["base"]}))
-        steps = 0 if self.method == "self_refine" else cfg.trainer.steps  # Self-Refine: prompting only
-        logger = RunLogger(self.run_dir, steps, min(self.start_step, steps), cfg.trainer.progress_bar)
-        for step in range(self.start_step, steps):
-            timings: Dict[str, float] = {}
-            with _timed(timings, "rollout"):
-                episodes = self.step_episodes(step)
-            with _timed(timings, "shape"):
-                stage, extra = self.prepare(episodes, step)
-            with _timed(timings, "learn"):  # {} when nothing is trained (a STaR batch without a kept trace)
-                stats = self.algorithm.update(self.learners, episodes, step)
-            with _timed(timings, "sync"):
-                if stats:
-                    self.weight_sync.push(self.learners, self.workers)
-            logger.log(step, {**self.step_metrics(episodes, stage, stats, timings), **extra})
-            every = cfg.trainer.checkpoint_every
-            if (every and (step + 1) % every == 0) or step + 1 == steps:
-                self.save_checkpoint(step + 1)
-        logger.close()
+        steps = 0 if self.method == "self_refine" else tc.steps  # Self-Refine: prompting only
+        logger = RunLogger(self.run_dir, steps, min(self.start_step, steps), tc.progress_bar, tc.progress_interval_s,
+                           cfg.logging, saved_config_tree(self.run_dir / "config.yaml"), print_fn=self.log)
+        self._load_best()
+        saved_step = self.done_step = self.start_step
+        try:
+            for step in range(self.start_step, steps):
+                if self.stop.requested:
+                    break
+                metrics = self.train_step(step)
+                if tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < steps:
+                    metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+                logger.log(step, metrics)
+                self._maybe_save_best(step + 1, metrics)
+                if (tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0) or step + 1 == steps:
+                    self.save_checkpoint(step + 1)
+                    saved_step = step + 1
+                self.done_step = step + 1
+        finally:
+            logger.close()
+        done = self.done_step
+        if self.stop.requested and done < steps:
+            if done > saved_step:
+                self.save_checkpoint(done)
+            raise TrainingStopped(self.stop.signum, self._stopped_message(done, steps))
         self.save_final(steps)
-        if cfg.trainer.eval_before_after:
+        if self.stop.requested:
+            raise TrainingStopped(self.stop.signum, f"stopped by {self.stop.name} after training all {steps} steps "
+                                  f"(policy in {self.run_dir / 'final'}); the final evaluation was skipped: run the "
+                                  f"same command with trainer.run_dir={self.run_dir.resolve()} to evaluate")
+        if tc.eval_before_after:
             results["trained"] = results["base"] if self.method == "self_refine" and "base" in results \
                 else self.evaluate()
             if "base" not in results:
@@ -216,6 +255,93 @@ class Trainer:
         self.lock.release()
         return results
 
+    def train_step(self, step: int) -> Dict[str, float]:
+        """One step: rollout → shape → learn → sync; the step's metrics."""
+        timings: Dict[str, float] = {}
+        with _timed(timings, "rollout"):
+            episodes = self.step_episodes(step)
+        with _timed(timings, "shape"):
+            stage, extra = self.prepare(episodes, step)
+        with _timed(timings, "learn"):  # {} when nothing is trained (a STaR batch without a kept trace)
+            stats = self.algorithm.update(self.learners, episodes, step)
+        with _timed(timings, "sync"):
+            if stats:
+                self.push_weights()
+        return {**self.step_metrics(episodes, stage, stats, timings), **extra}
+
+    def _stopped_message(self, done: int, steps: int) -> str:
+        ckpt = self.run_dir / "checkpoints" / f"step_{done:07d}"
+        where = f"checkpoint {ckpt}" if done > 0 else "no step was finished, nothing to save"
+        if done == self.start_step and done > 0:
+            where = f"no step finished since checkpoint {ckpt}"
+        return (f"stopped by {self.stop.name} after step {done} of {steps}; {where}; to resume, run the same command "
+                f"with trainer.run_dir={self.run_dir.resolve()}")
+
+    def _aborted(self, err: BaseException) -> TrainingAborted:
+        """A one-line TrainingAborted for an actor that died where it cannot be recovered (a learner rank)."""
+        ckpts = self.run_dir / "checkpoints"
+        last = next(resumable_checkpoints(ckpts, warn=lambda *_: None), None) if has_checkpoint(ckpts) else None
+        resume = (f"resume from {last} by running the same command with trainer.run_dir={self.run_dir.resolve()}"
+                  if last else "no checkpoint was written yet (set trainer.checkpoint_every); the run restarts from "
+                  "step 0")
+        rank = dead_member(self.learners, err)
+        worker = dead_member(self.workers, err)
+        who = (f"learner rank {rank}" if rank is not None else f"rollout worker {worker}" if worker is not None
+               else "a Ray actor")
+        return TrainingAborted(f"{who} died ({death_reason(err)}); {resume}")
+
+    def _remove_if_junk(self) -> None:
+        """A run directory this process created and in which nothing was computed (no step logged, no checkpoint, no
+        evaluation) is removed when the run fails, so that a failed start leaves no junk behind."""
+        import shutil
+
+        if not getattr(self, "created_run_dir", False) or not self.run_dir.is_dir():
+            return
+        metrics = self.run_dir / "metrics.jsonl"
+        worth_keeping = (has_checkpoint(self.run_dir / "checkpoints") or (self.run_dir / "eval_base.json").exists()
+                         or (metrics.is_file() and metrics.stat().st_size > 0) or (self.run_dir / "final").exists()
+                         or (self.run_dir / "pairs.json").exists())
+        if not worth_keeping:
+            if hasattr(self, "lock"):
+                self.lock.release()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    # --- rollout workers that die: Ray restarts them, the trainer brings them up to date -----------------------
+    def push_weights(self) -> None:
+        """The learner's weights to every rollout worker; a worker that dies meanwhile is waited for (Ray restarts it)
+        and the push redone. Then every worker records the new policy version."""
+        for attempt in range(self.cfg.ray.max_worker_restarts + 1):
+            try:
+                self.weight_sync.push(self.learners, self.workers)
+                break
+            except Exception as err:  # noqa: BLE001 - only a rollout worker's death is recovered here
+                index = dead_member(self.workers, err)
+                if index is None or attempt == self.cfg.ray.max_worker_restarts:
+                    raise
+                self.log(f"warning: rollout worker {index} died during the weight sync ({death_reason(err)}); "
+                         f"waiting for Ray to restart it, then syncing again")
+                wait_alive(self.workers, index)
+        self.weights_version += 1
+        self._set_versions(self.workers)
+
+    def _set_versions(self, group: ActorGroup) -> None:
+        try:
+            group.call("set_weights_version", None, self.weights_version)
+        except Exception as err:  # noqa: BLE001 - a worker that dies here is caught by the next rollout's check
+            if dead_member(self.workers, err) is None:
+                raise
+
+    def recover_worker(self, index: int, err: BaseException) -> None:
+        """A rollout worker died (or came back from a restart with the base weights): wait until Ray has restarted
+        it, load the current policy into it; the caller redoes its shard."""
+        self.log(f"warning: rollout worker {index} failed ({death_reason(err)}); restarting it with the current "
+                 f"policy and redoing its shard")
+        wait_alive(self.workers, index)
+        one = self.workers.subset([index])
+        if self.weights_version > 0:  # version 0 is the base model, which a restarted worker already holds
+            self.weight_sync.push(self.learners, one)
+        self._set_versions(one)
+
     # --- the steps -----------------------------------------------------------------------------------------------
     def step_episodes(self, step: int) -> List[Episode]:
         """The step's batch: sampled from the current policy, or (Pair-SFT) the step's slice of the fixed pairs."""
@@ -228,7 +354,9 @@ class Trainer:
         rc = self.cfg.rollout
         seed = self.cfg.trainer.seed * 1_000_003 + step * 1_009
         corrections = rc.corrections_per_attempt if num_turns >= 2 else 1
-        return run_sharded(self.workers, problems, rc.samples_per_problem, rc.temperature, seed, num_turns, corrections)
+        return run_sharded(self.workers, problems, rc.samples_per_problem, rc.temperature, seed, num_turns, corrections,
+                           weights_version=self.weights_version, recover=self.recover_worker,
+                           attempts=self.cfg.ray.max_worker_restarts)
 
     def prepare(self, episodes: List[Episode], step: int):
         """Per-turn rewards, KL coefficients, advantages and loss masks of the step's method; (stage, extra metrics)."""
@@ -311,6 +439,11 @@ class Trainer:
         return m
 
     def evaluate(self) -> Dict[str, float]:
+        from score_rl.launch.faults import call_with_restarts
+
+        # a worker that Ray restarted since the last sync holds the base weights: bring it up to date first
+        call_with_restarts(self.workers, "check_weights_version", [(self.weights_version,)] * len(self.workers),
+                           self.recover_worker, self.cfg.ray.max_worker_restarts)
         episodes = run_eval_episodes(self.workers, self.eval_set, self.cfg.trainer.seed, self.cfg.rollout.num_turns,
                                      self.cfg.eval.temperature)
         return self_correction_metrics(episodes)
@@ -337,17 +470,39 @@ class Trainer:
     def save_checkpoint(self, step: int) -> None:
         state = {"step": step, "sampler": self.sampler.state(), "model_path": self.model_path}
         save_checkpoint(self.run_dir / "checkpoints", step, state,
-                        lambda d, tag: self.learners.call("save_checkpoint", None, d, tag))
+                        lambda d, tag: self.learners.call("save_checkpoint", None, d, tag),
+                        keep=self.cfg.trainer.keep_checkpoints)
 
     def _maybe_resume(self) -> None:
-        ckpt = latest_checkpoint(self.run_dir / "checkpoints")
-        if ckpt is None:
+        """Load the newest intact checkpoint; a damaged one (missing / truncated files, a learner state that fails to
+        load) is skipped with a warning for the one before it."""
+        root = self.run_dir / "checkpoints"
+        if not has_checkpoint(root):
             return
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        self.learners.call("load_checkpoint", None, str(ckpt), "learner")
+        ckpt = None
+        for candidate in resumable_checkpoints(root, warn=self.log):
+            try:
+                state = json.loads((candidate / "trainer_state.json").read_text())
+                self.learners.call("load_checkpoint", None, str(candidate), "learner")
+            except Exception as err:  # noqa: BLE001 - any failure to load is damage (Ray wraps the learner's error)
+                from ray.exceptions import RayActorError
+
+                if isinstance(err, RayActorError):  # a dead learner is not a damaged checkpoint
+                    raise
+                if "has no critic" in str(err):  # not damage: a run of another algorithm
+                    raise ConfigError(str(err).strip().splitlines()[-1]) from None
+                self.log(f"warning: checkpoint {candidate} could not be loaded ({type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[-1][:200] if str(err).strip() else ''}); trying the "
+                         f"previous one")
+                continue
+            ckpt = candidate
+            break
+        if ckpt is None:
+            raise CheckpointError(f"no checkpoint in {root} could be loaded (warnings above); move the run directory "
+                                  f"away to start over")
         self.sampler.load(state["sampler"])
         self.start_step = state["step"]
-        self.weight_sync.push(self.learners, self.workers)
+        self.push_weights()
         self.log(f"resumed from {ckpt} at step {self.start_step}")
         if self.start_step > self.cfg.trainer.steps:
             raise ConfigError(f"config key 'trainer.steps': {self.cfg.trainer.steps} is below the checkpoint's step "
@@ -357,11 +512,40 @@ class Trainer:
 
     def save_final(self, steps: int) -> None:
         out = self.run_dir / "final"
-        self.learners.call("save_pretrained", None, str(out), str(self.run_dir / "final_critic"))
-        (out / TRAINED_MARKER).write_text(json.dumps(
-            {"base_model": self.model_path, "run_dir": str(self.run_dir), "steps": steps, "method": self.method},
-            indent=2))
+        self._save_policy(out, str(self.run_dir / "final_critic"), {"steps": steps})
         self.log(f"final policy saved to {out}")
+
+    def _save_policy(self, out: Path, critic_dir: Optional[str], info: Dict) -> None:
+        """A Hugging Face model directory (``score-rl eval`` loads it), written to a temporary directory and renamed
+        into place."""
+        import shutil
+
+        tmp = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.learners.call("save_pretrained", None, str(tmp), critic_dir)
+        (tmp / TRAINED_MARKER).write_text(json.dumps(
+            {"base_model": self.model_path, "run_dir": str(self.run_dir), "method": self.method, **info}, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+
+    # --- the best policy by trainer.best_metric (the paper keeps the checkpoint of the highest training reward) ----
+    def _load_best(self) -> None:
+        saved = self.run_dir / "best" / "best.json"
+        self.best = json.loads(saved.read_text()) if saved.is_file() else None
+        if self.best and self.best.get("step", 0) > self.start_step:
+            self.best = None  # from steps after the resumed checkpoint, which are redone: found again if still best
+
+    def _maybe_save_best(self, step: int, metrics: Dict[str, float]) -> None:
+        key, mode = self.cfg.trainer.best_metric, self.cfg.trainer.best_mode
+        if not key or key not in metrics or metrics[key] is None or metrics[key] != metrics[key]:  # absent / NaN
+            return
+        value = float(metrics[key])
+        if self.best is not None and not (value > self.best["value"] if mode == "max" else value < self.best["value"]):
+            return
+        self.best = {"metric": key, "mode": mode, "value": value, "step": step}
+        self._save_policy(self.run_dir / "best", None, {"steps": step, "best": self.best})
+        (self.run_dir / "best" / "best.json").write_text(json.dumps(self.best, indent=2))
 
 
 @contextmanager

@@ -1,0 +1,68 @@
+"""Stopping a run cleanly: SIGINT (Ctrl-C), SIGTERM (scancel, kill, a scheduler) and SIGUSR1 (SLURM's time-limit
+warning) ask the trainer to stop at the next step boundary, after writing a checkpoint of the steps done; it then exits
+with 128 + the signal's number. A second Ctrl-C stops at once (losing the steps since the last checkpoint); a second
+SIGTERM changes nothing (SLURM sends SIGTERM to every process of a job, and our sbatch script forwards one more).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Dict, Optional
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
+
+
+class TrainingStopped(Exception):
+    """The run stopped at a step boundary on a signal; ``message`` is the one line to print, ``exit_code`` 128 + n."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum, self.message = signum, message
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopRequest:
+    """Remembers the first stop signal; ``install`` / ``restore`` put the handlers in place and back (main thread)."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous: Dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def request(self, signum: int) -> None:
+        """What a signal does (tests call it directly)."""
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.signum = signum
+        again = "; press Ctrl-C again to stop at once" if signum == signal.SIGINT else ""
+        # os.write, not print: a handler may run while the main thread is inside print (reentrant call)
+        os.write(2, f"\nscore-rl: {signal.Signals(signum).name} received: stopping after the current step, with a "
+                    f"checkpoint{again}\n".encode())
+
+    def install(self) -> "StopRequest":
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name)
+            previous = signal.getsignal(sig)
+            if previous is signal.SIG_IGN:  # e.g. `nohup`, or a shell that started us in the background
+                continue
+            self._previous[sig] = previous
+            signal.signal(sig, lambda signum, frame: self.request(signum))
+        return self
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()

@@ -1,0 +1,207 @@
+"""Operating a run (in-process): stop signals checkpoint at the step boundary and resume exactly, a damaged checkpoint
+falls back, a failed start leaves no junk, periodic eval, the best policy, progress lines, W&B offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from score_rl.train.signals import TrainingStopped
+from score_rl.train.trainer import Trainer
+from tests.conftest import REPO, TINY_OVERRIDES, tiny_config
+
+BASE = ["ray.enabled=false", "trainer.steps=5", "trainer.eval_before_after=false"]
+
+
+def _cfg(tmp_path, tiny_model_path, run, extra=()):
+    return tiny_config(tmp_path / f"cfg-{run}", [f"model.path={tiny_model_path}", *BASE,
+                                                 f"trainer.run_dir={tmp_path / run}", *extra])
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _untimed(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def _weights(run_dir):
+    from score_rl.utils import load_model
+
+    return load_model(str(run_dir / "final")).state_dict()
+
+
+@pytest.fixture
+def reference(tmp_path, tiny_model_path):
+    """An uninterrupted 5-step run."""
+    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "reference"), log=lambda *_: None)
+    trainer.fit()
+    trainer.close()
+    return trainer.run_dir
+
+
+def _stop_during(trainer, step, signum):
+    """Send ``signum`` (as the handler would receive it) while step ``step`` runs."""
+    original = trainer.train_step
+
+    def train_step(s):
+        if s == step:
+            trainer.stop.request(signum)
+        return original(s)
+    trainer.train_step = train_step
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_checkpoints_the_step_and_a_restart_resumes_exactly(tmp_path, tiny_model_path, reference,
+                                                                         signum):
+    cfg = _cfg(tmp_path, tiny_model_path, "stopped")  # checkpoint_every=0: only the signal's checkpoint
+    trainer = Trainer(cfg, log=lambda *_: None)
+    _stop_during(trainer, 2, signum)
+    with pytest.raises(TrainingStopped) as stopped:
+        trainer.fit()
+    trainer.close()
+    assert stopped.value.exit_code == 128 + signum
+    assert f"stopped by {signal.Signals(signum).name} after step 3 of 5" in stopped.value.message
+    assert "checkpoints/step_0000003" in stopped.value.message and "\n" not in stopped.value.message
+    assert (trainer.run_dir / "checkpoints" / "latest").read_text() == "step_0000003"
+    assert not (trainer.run_dir / "final").exists()
+    resumed = Trainer(_cfg(tmp_path, tiny_model_path, "stopped"), log=lambda *_: None)
+    resumed.fit()
+    resumed.close()
+    assert resumed.start_step == 3
+    rows = _rows(trainer.run_dir)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4], "each step logged once, in order"
+    assert _untimed(rows) == _untimed(_rows(reference)), "the same metrics as the uninterrupted run"
+    a, b = _weights(trainer.run_dir), _weights(reference)
+    assert all(torch.equal(a[k], b[k]) for k in a), "the same final policy"
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, tiny_model_path):
+    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "twice"), log=lambda *_: None)
+    trainer.stop.request(signal.SIGINT)
+    trainer.stop.request(signal.SIGTERM)  # a second TERM (SLURM signals every process, our sbatch one more): ignored
+    with pytest.raises(KeyboardInterrupt):
+        trainer.stop.request(signal.SIGINT)
+    trainer.close()
+
+
+def test_score_rl_train_on_sigterm_checkpoints_exits_143_with_one_line(tmp_path, tiny_model_path):
+    run = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "score_rl.cli", "train", str(REPO / "configs" / "quickstart.yaml"), *TINY_OVERRIDES,
+           f"model.path={tiny_model_path}", *BASE, "trainer.steps=200", f"trainer.run_dir={run}",
+           "trainer.progress_interval_s=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:  # the progress lines (the bar is off): one per step with interval 0
+        if line.startswith("step 2/200"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("score-rl: stopped by SIGTERM after step ") and "to resume" in last, err
+    step = int(last.split("after step ")[1].split()[0])
+    assert 2 <= step < 200 and "Traceback" not in err
+    assert (run / "checkpoints" / "latest").read_text() == f"step_{step:07d}"
+    assert [r["step"] for r in _rows(run)] == list(range(step))
+
+
+def test_a_damaged_latest_checkpoint_falls_back_and_the_run_still_matches(tmp_path, tiny_model_path, reference):
+    cfg = _cfg(tmp_path, tiny_model_path, "damaged", ["trainer.checkpoint_every=2", "trainer.steps=4"])
+    Trainer(cfg, log=lambda *_: None).fit()
+    newest = tmp_path / "damaged" / "checkpoints" / "step_0000004"
+    victim = max((p for p in newest.rglob("*") if p.is_file() and p.suffix == ".pt"), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated
+    logs = []
+    resumed = Trainer(_cfg(tmp_path, tiny_model_path, "damaged", ["trainer.checkpoint_every=2"]), log=logs.append)
+    resumed.fit()
+    resumed.close()
+    assert resumed.start_step == 2
+    assert any("step_0000004 is damaged" in line and "truncated" in line for line in logs), logs
+    assert _untimed(_rows(tmp_path / "damaged")) == _untimed(_rows(reference))
+
+
+def test_keep_checkpoints_prunes(tmp_path, tiny_model_path):
+    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "keep", ["trainer.checkpoint_every=1",
+                                                                "trainer.keep_checkpoints=2"]), log=lambda *_: None)
+    trainer.fit()
+    assert sorted(p.name for p in (trainer.run_dir / "checkpoints").iterdir()) == ["latest", "step_0000004",
+                                                                                   "step_0000005"]
+
+
+def test_a_failed_start_leaves_no_junk_run_dir_but_keeps_an_existing_one(tmp_path, tiny_model_path, monkeypatch):
+    def broken(self):
+        raise RuntimeError("actors failed to start")
+
+    monkeypatch.setattr(Trainer, "_start_actors", broken)
+    with pytest.raises(RuntimeError):
+        Trainer(_cfg(tmp_path, tiny_model_path, "junk"), log=lambda *_: None)
+    assert not (tmp_path / "junk").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    with pytest.raises(RuntimeError):
+        Trainer(_cfg(tmp_path, tiny_model_path, "mine"), log=lambda *_: None)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "the user's"
+
+
+def test_a_read_only_run_dir_is_one_line(tmp_path, tiny_model_path):
+    from score_rl.config import ConfigError
+
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(tmp_path)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        with pytest.raises(ConfigError, match="trainer.run_dir.*(Read-only file system|cannot create)"):
+            Trainer(_cfg(tmp_path.parent / "cfgs", tiny_model_path, "x", [f"trainer.run_dir={tmp_path / 'run'}"]),
+                    log=lambda *_: None)
+    finally:
+        subprocess.run(["umount", str(tmp_path)], check=True)
+
+
+def test_eval_every_logs_held_out_metrics_and_best_keeps_the_best_policy(tmp_path, tiny_model_path):
+    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "best", ["trainer.eval_every=2", "trainer.best_metric=reward_t2",
+                                                                "trainer.eval_problems=4"]), log=lambda *_: None)
+    trainer.fit()
+    rows = _rows(trainer.run_dir)
+    assert [("eval/acc_t2" in r) for r in rows] == [False, True, False, True, False], "after steps 2 and 4, not 5"
+    best = json.loads((trainer.run_dir / "best" / "best.json").read_text())
+    values = [r["reward_t2"] for r in rows]
+    assert best["value"] == max(values) and best["step"] == values.index(max(values)) + 1
+    assert (trainer.run_dir / "best" / "config.json").is_file()
+    marker = json.loads((trainer.run_dir / "best" / "score_rl_run.json").read_text())
+    assert marker["steps"] == best["step"]
+
+
+def test_progress_lines_when_the_bar_is_off(tmp_path):
+    from score_rl.train.run_log import RunLogger
+
+    printed = []
+    logger = RunLogger(tmp_path, 3, 0, progress_bar=False, progress_interval_s=3600, print_fn=printed.append)
+    for step in range(3):
+        logger.log(step, {"stage": 1, "acc_t1": 0.25, "acc_t2": 0.5})
+    logger.close()
+    assert len(printed) == 2, "the first and the last step; the interval suppresses the one between"
+    assert printed[0].startswith("step 1/3 (33%)") and "ETA" in printed[0] and "t2 0.50" in printed[0]
+    assert printed[1].startswith("step 3/3 (100%)")
+
+
+def test_wandb_offline_logs_the_run(tmp_path, tiny_model_path, monkeypatch):
+    pytest.importorskip("wandb", reason="wandb is part of .[dev]")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "wandb", ["trainer.steps=2", "logging.wandb=true",
+                                                                 "logging.wandb_mode=offline"]), log=lambda *_: None)
+    trainer.fit()
+    runs = list((trainer.run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, "one offline W&B run in run_dir/wandb"
+    data = runs[0].read_bytes()  # protobuf records: keys as strings, values as JSON text (wandb 0.31 has no reader)
+    for row in _rows(trainer.run_dir):
+        for key in ("acc_t2", "loss", "grad_norm"):
+            assert key.encode() in data and json.dumps(row[key]).encode() in data, (row["step"], key)
+    assert (trainer.run_dir / "wandb_id").read_text().strip() in runs[0].name, "resumable under the same id"
