@@ -80,26 +80,26 @@ def _mbpp_functions(code: str, tests: Sequence[str]) -> Tuple[List[str], Optiona
 
 
 def load_mbpp(path: str, test_fraction: float, seed: int) -> Dict[str, List[Problem]]:
+    from score_rl.utils import iter_jsonl_objects
+
     problems = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            text = row.get("text") or row.get("prompt")
-            missing = [k for k in ("task_id", "code", "test_list") if k not in row] + ([] if text else ["text"])
-            if missing:
-                raise ConfigError(f"env.params.dataset: {path}:{lineno} lacks MBPP field(s) {missing}")
-            functions, signature = _mbpp_functions(row["code"], row["test_list"])
-            hint = f"\nYour code should define the function `{signature}`." if signature else ""
-            task_id = str(row["task_id"])
-            problems.append(Problem(
-                id=task_id if "/" in task_id else f"MBPP/{task_id}", text=text.strip() + hint,
-                reference={"format": "mbpp", "tests": list(row["test_list"]),
-                           "setup": row.get("test_setup_code") or "", "functions": functions,
-                           "entry_point": functions[0] if functions else None}))
+    for lineno, row in iter_jsonl_objects(path, "env.params.dataset: "):
+        text = row.get("text") or row.get("prompt")
+        missing = [k for k in ("task_id", "code", "test_list") if k not in row] + ([] if text else ["text"])
+        if missing:
+            raise ConfigError(f"env.params.dataset: {path}:{lineno} lacks MBPP field(s) {missing}")
+        functions, signature = _mbpp_functions(row["code"], row["test_list"])
+        hint = f"\nYour code should define the function `{signature}`." if signature else ""
+        task_id = str(row["task_id"])
+        problems.append(Problem(
+            id=task_id if "/" in task_id else f"MBPP/{task_id}", text=text.strip() + hint,
+            reference={"format": "mbpp", "tests": list(row["test_list"]),
+                       "setup": row.get("test_setup_code") or "", "functions": functions,
+                       "entry_point": functions[0] if functions else None}))
     if len(problems) < 2:
-        raise ConfigError(f"env.params.dataset: {path} needs at least 2 problems to make a train/test split")
+        empty = " (it is empty)" if not problems else ""
+        raise ConfigError(f"env.params.dataset: {path} holds {len(problems)} problem(s){empty}; at least 2 are "
+                          f"needed to make a train/test split")
     order = list(range(len(problems)))
     random.Random(seed).shuffle(order)
     n_test = min(max(1, round(len(problems) * test_fraction)), len(problems) - 1)

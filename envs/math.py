@@ -92,12 +92,20 @@ def _read_records(path: Path) -> List[Dict[str, Any]]:
     if path.suffix == ".parquet":
         import pandas as pd
 
-        return pd.read_parquet(path).to_dict(orient="records")
-    if path.suffix not in (".jsonl", ".json"):
-        raise ConfigError(f"math data file '{path}' must be .jsonl (one JSON object a line) or .parquet")
-    from score_rl.utils import read_jsonl_objects
+        try:
+            records = pd.read_parquet(path).to_dict(orient="records")
+        except Exception as err:  # pyarrow's errors (not a parquet file, truncated) have no common base
+            raise ConfigError(f"math data file {path}: cannot be read as parquet "
+                              f"({' '.join(str(err).split()) or type(err).__name__})") from None
+    elif path.suffix in (".jsonl", ".json"):
+        from score_rl.utils import read_jsonl_objects
 
-    records = [record for _, record in read_jsonl_objects(path)]
+        records = [record for _, record in read_jsonl_objects(path, "math data file ")]
+    else:
+        raise ConfigError(f"math data file '{path}' must be .jsonl (one JSON object a line) or .parquet")
+    if not records:
+        empty = " (it is empty)" if path.stat().st_size == 0 else ""
+        raise ConfigError(f"math data file {path} holds no records{empty}")
     return records
 
 

@@ -376,6 +376,34 @@ def _register_resolvers() -> None:
             OmegaConf.register_new_resolver("now", lambda fmt: datetime.now().strftime(fmt), use_cache=True)
 
 
+def _load_yaml(p: Path) -> Any:
+    """OmegaConf.load, with malformed YAML / undecodable bytes / an unreadable file as one ConfigError naming the
+    file and the line."""
+    import yaml
+
+    try:
+        return OmegaConf.load(p)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        what = ": ".join(str(s) for s in (err.context, err.problem) if s) or type(err).__name__
+        raise ConfigError(f"config file {where}: not valid YAML ({what})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {p}: not valid YAML ({' '.join(str(err).split())})") from None
+    except UnicodeDecodeError as err:
+        data = p.read_bytes()  # the error's offset is into whatever the reader decoded: find it in the whole file
+        try:
+            data.decode("utf-8")
+            start = min(err.start, len(data) - 1)
+        except UnicodeDecodeError as whole:
+            start = whole.start
+        line = data[:start].count(b"\n") + 1
+        raise ConfigError(f"config file {p}:{line}: not UTF-8 text (byte {data[start]:#04x} at byte offset {start} "
+                          f"of the file)") from None
+    except OSError as err:
+        raise ConfigError(f"config file {p} cannot be read ({err.strerror or err})") from None
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]] = None) -> Config:
     """Schema defaults <- YAML file <- dotlist overrides, validated and resolved. Raises ConfigError."""
     _register_resolvers()
@@ -386,7 +414,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[List[str]
             p = Path(path)
             if not p.is_file():
                 raise ConfigError(f"config file not found: {p}")
-            loaded = OmegaConf.load(p)
+            loaded = _load_yaml(p)
             if not isinstance(loaded, DictConfig):
                 raise ConfigError(f"config file {p} must hold a mapping at the top level")
             layers.append(loaded)

@@ -56,22 +56,35 @@ def quiet_libraries() -> None:
         pass
 
 
-def read_jsonl_objects(path):
-    """[(line number, object)] of a JSONL file; a bad line is a ConfigError naming file and line."""
+def iter_jsonl_objects(path, what: str = ""):
+    """(line number, object) for each non-blank line of a JSONL file, read one line at a time (memory flat in the
+    file's length). A bad line (not JSON, not an object, not UTF-8) is a ConfigError naming the file and the line;
+    ``what`` (e.g. "math data file ") prefixes the file's name in the message."""
     import json
 
     from score_rl.config import ConfigError
 
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    offset = 0
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ConfigError(f"{what}{path}:{line_no}: not UTF-8 text (byte {raw[err.start]:#04x} at byte offset "
+                                  f"{offset + err.start} of the file)") from None
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+                raise ConfigError(f"{what}{path}:{line_no}: not valid JSON ({err.msg})") from None
             if not isinstance(record, dict):
-                raise ConfigError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            out.append((line_no, record))
-    return out
+                raise ConfigError(f"{what}{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+            yield line_no, record
+
+
+def read_jsonl_objects(path, what: str = ""):
+    """[(line number, object)] of a JSONL file; a bad line is a ConfigError naming file and line."""
+    return list(iter_jsonl_objects(path, what))
+

@@ -84,6 +84,27 @@ def test_unknown_key_in_the_yaml_file(tmp_path):
     assert "algo.kl_estimater" in msg and "'algo.kl_estimator'" in msg
 
 
+@pytest.mark.parametrize("text, line_col, problem", [
+    (b"shaping:\n  alpha: [1, 2\nlearner:\n  lr: 1\n", ":3:", "did not find expected ',' or ']'"),
+    (b"shaping:\n\talpha: 5\n", ":2:1", "found character that cannot start any token"),
+    (b"env:\n  name: math\n   seed: 1\n", ":3:", "mapping values are not allowed"),
+    (b"shaping:\n  alpha: 1\nshaping:\n  beta1: 1\n", ":3:1", "duplicate key"),
+    (b'shaping:\n  alpha: "unterminated\n', ":3:", "found unexpected end of stream"),
+])
+def test_malformed_yaml_names_the_file_and_the_line(tmp_path, text, line_col, problem):
+    """A yaml traceback before (issue 14, item 9)."""
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text)
+    msg = _error([], path=path)
+    assert msg.startswith(f"config file {path}{line_col}") and "not valid YAML" in msg and problem in msg, msg
+
+
+def test_non_utf8_yaml_names_the_file_line_and_byte(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"env:\n  name: math\n# caf\xe9\n")
+    assert _error([], path=path) == f"config file {path}:3: not UTF-8 text (byte 0xe9 at byte offset 23 of the file)"
+
+
 # --- wrong types and invalid values ----------------------------------------------------------------------------
 def test_wrong_type_names_the_key_and_expected_type():
     assert _error(["rollout.num_workers=abc"]) == "config key 'rollout.num_workers' expects int, got 'abc'"

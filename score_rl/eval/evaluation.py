@@ -50,14 +50,15 @@ def model_label(label: str, path: str) -> str:
 
 
 def parse_model_args(specs: Sequence[str]) -> List[Tuple[str, str]]:
-    """'LABEL=DIR' or 'DIR' (labelled by its directory name) → [(label, dir)]."""
+    """'LABEL=DIR' or 'DIR' (labelled by its directory name) → [(label, dir)]; each DIR checked to be a model's."""
+    from score_rl.train.base_model import check_model_dir
+
     out = []
     for spec in specs:
         label, sep, path = spec.partition("=")
         if not sep:
             label, path = Path(spec.rstrip("/")).name or spec, spec
-        if not (Path(path) / "config.json").is_file():
-            raise ConfigError(f"--model '{path}' is not a Hugging Face model directory (no config.json)")
+        check_model_dir(Path(path), f"--model '{path}'")
         out.append((label, path))
     labels = [label for label, _ in out]
     if len(set(labels)) != len(labels):

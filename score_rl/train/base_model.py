@@ -28,17 +28,75 @@ def resolve_model_path(cfg: Config, log=print) -> str:
     """The model directory to train from: model.path if given (must exist), else the cached tiny base model."""
     if cfg.model.path is not None:
         path = Path(os.path.expanduser(cfg.model.path))
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.path '{cfg.model.path}' is not a Hugging Face model directory (no config.json)")
+        check_model_dir(path, f"model.path '{cfg.model.path}'")
         return str(path)
     key = _cache_key(cfg)
     path = Path(os.path.expanduser(cfg.model.cache_dir)) / f"tiny-{cfg.env.name}-{key}"
     if (path / "config.json").is_file():
         log(f"using cached base model {path}")
         return str(path)
+    from score_rl.envs import make_env
+
+    env = make_env(cfg.env, cfg.prompt)  # bad env input (a data file, a parameter) is one line before any build log
+    if not hasattr(env, "demonstrations"):
+        raise ConfigError(f"env '{cfg.env.name}' has no demonstrations for a tiny base model; set model.path")
     log(f"building the tiny base model (tokenizer, model, supervised warm-up) into {path}")
-    build_tiny_base(cfg, path, log=log)
+    build_tiny_base(cfg, path, log=log, env=env)
     return str(path)
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def _first_sentence(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def check_model_dir(path, what: str) -> None:
+    """A ConfigError (one line starting with ``what``) unless ``path`` holds a causal-LM config, weights and a
+    tokenizer, checked cheaply (config and tokenizer files, weight file names; no weights are read) before any
+    worker or learner loads it."""
+    path = Path(path)
+    if not path.is_dir():
+        why = "not a directory" if path.exists() else "not found"
+        raise ConfigError(f"{what} is not a Hugging Face model directory ({why})")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{what} is not a Hugging Face model directory (no config.json)")
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as err:  # ValueError (no / unknown model_type), OSError (not JSON), ...
+        raise ConfigError(f"{what}: {path / 'config.json'} is not a model's config ({_first_sentence(err)})") from None
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:  # pragma: no cover - a transformers without the mapping: the load will say
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES = None
+    if MODEL_FOR_CAUSAL_LM_MAPPING_NAMES is not None and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ConfigError(f"{what}: model_type '{config.model_type}' in {path / 'config.json'} is not a causal "
+                          f"language model")
+    for index in WEIGHT_INDEXES:
+        if (path / index).is_file():
+            try:
+                shards = set(json.loads((path / index).read_text())["weight_map"].values())
+            except Exception as err:
+                raise ConfigError(f"{what}: {path / index} is not a weight index ({_first_sentence(err)})") from None
+            missing = sorted(name for name in shards if not (path / name).is_file())
+            if missing:
+                raise ConfigError(f"{what}: weight file(s) {missing[:3]} named in {index} are missing")
+            break
+    else:
+        if not any((path / name).is_file() for name in WEIGHT_FILES):
+            raise ConfigError(f"{what} has no weights ({' or '.join(WEIGHT_FILES + WEIGHT_INDEXES)})")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as err:
+        raise ConfigError(f"{what} has no usable tokenizer ({_first_sentence(err)})") from None
+    if not tokenizer("1 + 1 = 2")["input_ids"]:  # transformers builds an empty one when the vocabulary files are missing
+        raise ConfigError(f"{what} has no usable tokenizer (it encodes text to no tokens: tokenizer.json or the "
+                          f"vocabulary files are missing)")
 
 
 # Bump when the build's inputs change in code rather than config (2: the arithmetic env holds out unordered pairs,
@@ -73,14 +131,14 @@ def train_tokenizer(texts: List[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
 
 
-def build_tiny_base(cfg: Config, out_dir: Path, log=print) -> None:
+def build_tiny_base(cfg: Config, out_dir: Path, log=print, env=None) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from score_rl.envs import make_env
     from score_rl.prompting import PromptBuilder
 
     tiny = cfg.model.tiny
-    env = make_env(cfg.env, cfg.prompt)
+    env = env if env is not None else make_env(cfg.env, cfg.prompt)
     if not hasattr(env, "demonstrations"):
         raise ConfigError(f"env '{cfg.env.name}' has no demonstrations for a tiny base model; set model.path")
     demos = env.demonstrations(tiny.warmup_examples, seed=tiny.seed)

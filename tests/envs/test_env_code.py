@@ -84,6 +84,20 @@ def mbpp(tmp_path_factory):
     env.close()
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"", "holds 0 problem(s) (it is empty); at least 2 are needed"),
+    (b'\nnot json\n', ":2: not valid JSON"),
+    (b'{"task_id": 1, "text": "caf\xe9"}\n', ":1: not UTF-8 text (byte 0xe9 at byte offset 27 of the file)"),
+])
+def test_bad_mbpp_files_are_one_line_errors(tmp_path, content, message):
+    """An empty file, a line that is not JSON and non-UTF-8 bytes name the file (a JSON / Unicode traceback before)."""
+    path = tmp_path / "mbpp.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        CodeEnv({"dataset": str(path)})
+    assert str(info.value).startswith(f"env.params.dataset: {path}") and message in str(info.value), str(info.value)
+
+
 def test_mbpp_splits_and_prompts(mbpp):
     train, test = mbpp.problems("train"), mbpp.problems("test")
     assert len(train) == len(test) == 2

@@ -451,6 +451,31 @@ def test_missing_file_and_bad_lines_are_config_errors(tmp_path):
         MathEnv({"train_path": str(bad)})
 
 
+@pytest.mark.parametrize("key", ["train_path", "test_path"])
+@pytest.mark.parametrize("content, message", [
+    (b"", "holds no records (it is empty)"),
+    (b"\n \n", "holds no records"),
+    (b'{"problem": "P", "answer": "1"}\n{"problem": "Caf\xe9", "answer": "2"}\n',
+     ":2: not UTF-8 text (byte 0xe9 at byte offset 48 of the file)"),
+])
+def test_empty_and_non_utf8_data_files_are_one_line_errors(tmp_path, key, content, message):
+    """Issue 14, item 9: a UnicodeDecodeError traceback, or an empty train split that failed later."""
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        MathEnv({key: str(path)})
+    assert str(info.value) == f"math data file {path}{'' if message.startswith(':') else ' '}{message}"
+
+
+def test_a_file_that_is_not_parquet_is_a_config_error(tmp_path):
+    pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "test.parquet"
+    path.write_text("not parquet")
+    with pytest.raises(ConfigError, match=r"math data file .*test\.parquet: cannot be read as parquet"):
+        MathEnv({"test_path": str(path)})
+
+
 # =================================================================================================================
 # params and registry
 # =================================================================================================================
