@@ -63,6 +63,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             overrides = preset_overrides(args.method) + overrides
         cfg = load_config(args.config, overrides)
         if args.command == "train":
+            from score_rl.launch.distributed import check_run_dir_is_kept
+
+            check_run_dir_is_kept(cfg.trainer.run_dir)  # before any work: a Ray job's working_dir copy is temporary
             return _train(cfg)
         return _eval(cfg, args)
     except (ConfigError, FileNotFoundError) as err:

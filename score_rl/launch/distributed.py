@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 
@@ -27,6 +29,48 @@ def init_ray(address: Optional[str], num_cpus_needed: float, num_gpus_needed: fl
              log_to_driver=True, logging_level="ERROR",
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": os.environ.get(
                  "DS_ACCELERATOR", "cpu" if num_gpus_needed == 0 else "cuda")}})
+
+
+def ray_job_working_dir_copy() -> Optional[str]:
+    """Ray's copy of a job's runtime-env ``working_dir`` when this process is the entrypoint of a Ray job started with
+    one (``ray job submit --working-dir DIR -- ...``) and runs inside that copy; else None.
+
+    The job supervisor passes ``RAY_JOB_CONFIG_JSON_ENV_VAR`` (the job's runtime env) to the entrypoint and starts it
+    with ``cd <temp dir>/session_*/runtime_resources/working_dir_files/_ray_pkg_<hash> && ...``: a directory Ray
+    unpacked from the upload, shared by every job that uploads the same files, and deleted once no job uses it and the
+    node's cache of them outgrows 10 GB."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return None
+    try:
+        runtime_env = json.loads(raw).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return None
+    if not runtime_env.get("working_dir"):
+        return None
+    cwd = Path.cwd().resolve()
+    for d in (cwd, *cwd.parents):
+        if d.parent.name == "working_dir_files" and d.parent.parent.name == "runtime_resources":
+            return str(d)
+    return None
+
+
+def check_run_dir_is_kept(run_dir: str) -> None:
+    """Refuse a relative ``trainer.run_dir`` where it would resolve inside Ray's temporary working_dir copy (a Ray job
+    submitted with ``--working-dir``): checkpoints, metrics and ``final/`` would be written where the user never looks
+    and Ray may delete them. The driver cannot know the directory ``ray job submit`` ran in (it may be another
+    machine), so it asks for an absolute path instead of guessing. Anywhere else a relative run_dir is unchanged."""
+    if Path(run_dir).is_absolute():
+        return
+    copy = ray_job_working_dir_copy()
+    if copy is None:
+        return
+    from score_rl.config import ConfigError
+
+    raise ConfigError(
+        f"trainer.run_dir={run_dir} is relative, and this Ray job runs in Ray's temporary copy of its working_dir "
+        f"({copy}), which Ray may delete: pass an absolute trainer.run_dir on storage the cluster's nodes share, e.g. "
+        f"trainer.run_dir=$PWD/{run_dir} in the ray job submit command")
 
 
 class ActorGroup:
