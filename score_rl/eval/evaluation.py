@@ -32,11 +32,18 @@ def run_eval_episodes(
 
     chunk = 64 * len(workers)
     out: List[Episode] = []
-    bar = tqdm(total=len(problems), desc=progress, disable=progress is None, leave=False)
+    bar = tqdm(total=len(problems), desc=progress, disable=True if progress is None else None, leave=False)
+    from score_rl.train.run_log import ProgressLines
+
+    # where the bar cannot draw (a SLURM job's output), a line at most every 30 s
+    lines = ProgressLines(len(problems), 0, 30.0, lambda m: print(m, flush=True), label=f"{progress}: problem") \
+        if progress is not None and bar.disable else None
     for start in range(0, len(problems), chunk):
         out += run_sharded(workers, problems[start:start + chunk], samples_per_problem, temperature,
                            seed + 7919 * start, num_turns)
         bar.update(min(chunk, len(problems) - start))
+        if lines is not None:  # (a disabled bar does not count)
+            lines.update(min(start + chunk, len(problems)))
     bar.close()
     return out
 

@@ -219,7 +219,11 @@ def _supervised_warmup(model, examples, pad_id: int, tiny, log) -> None:
     model.train()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc="warm-up", disable=None)
+    bar = tqdm(total=total, desc="warm-up", disable=None)  # None: off where stderr is not a terminal
+    done = 0
+    from score_rl.train.run_log import ProgressLines
+
+    lines = ProgressLines(total, 0, 30.0, log, label="warm-up step") if bar.disable else None
     for _ in range(tiny.warmup_epochs):
         order = list(range(len(examples)))
         rng.shuffle(order)
@@ -237,5 +241,8 @@ def _supervised_warmup(model, examples, pad_id: int, tiny, log) -> None:
             opt.zero_grad(set_to_none=True)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            done += 1
+            if lines is not None:
+                lines.update(done, f"loss {loss.item():.3f}")
     bar.close()
     model.eval()

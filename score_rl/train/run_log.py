@@ -87,26 +87,29 @@ def summary(metrics: Dict[str, float]) -> str:
 
 
 class ProgressLines:
-    """'step 12/40 (30%) | 2.1 s/step | ETA 59 s | stage 1 t1 0.31 ...', at most every ``interval_s`` seconds (and
-    after the first and the last step)."""
+    """'step 12/40 (30%) | 2.1 s/step | ETA 59 s | <detail>', at most every ``interval_s`` seconds (and after the first
+    and the last step): progress where a progress bar is off or cannot draw (a SLURM job's output file, a CI log)."""
 
-    def __init__(self, total: int, initial: int, interval_s: float, print_fn=print):
+    def __init__(self, total: int, initial: int, interval_s: float, print_fn=print, label: str = "step"):
         import time
 
-        self.total, self.initial, self.interval_s, self.print = total, initial, interval_s, print_fn
+        self.total, self.initial, self.interval_s, self.print, self.label = total, initial, interval_s, print_fn, label
         self.start = self.last = time.monotonic()
 
     def step(self, step: int, metrics: Dict[str, float]) -> None:
+        self.update(step + 1, summary(metrics))
+
+    def update(self, done: int, detail: str = "") -> None:
         import time
 
-        now, done = time.monotonic(), step + 1
+        now = time.monotonic()
         if not (done == self.initial + 1 or done == self.total or now - self.last >= self.interval_s):
             return
         self.last = now
         per_step = (now - self.start) / max(1, done - self.initial)
         eta = per_step * (self.total - done)
-        self.print(f"step {done}/{self.total} ({100 * done / max(1, self.total):.0f}%) | {per_step:.1f} s/step | "
-                   f"ETA {_duration(eta)} | {summary(metrics)}")
+        self.print(f"{self.label} {done}/{self.total} ({100 * done / max(1, self.total):.0f}%) | {per_step:.1f} "
+                   f"s/{self.label.split()[-1]} | ETA {_duration(eta)}" + (f" | {detail}" if detail else ""))
 
 
 def _duration(seconds: float) -> str:

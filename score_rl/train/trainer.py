@@ -22,7 +22,7 @@ from score_rl.train.checkpoint import (CheckpointError, has_checkpoint, resumabl
 from score_rl.train.signals import StopRequest, TrainingStopped
 from score_rl.config import (Config, ConfigError, check_resume_config, episodes_per_step, save_config,
                              saved_config_tree, validate_training)
-from score_rl.launch.distributed import ActorGroup, init_ray, make_placement_group, shard
+from score_rl.launch.distributed import ActorGroup, check_run_dir_is_kept, init_ray, make_placement_group, shard
 from score_rl.launch.faults import TrainingAborted, dead_member, death_reason, wait_alive
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode
@@ -131,6 +131,7 @@ class Trainer:
             from score_rl.learner.learner import check_lora_targets
 
             check_lora_targets(cfg.model.lora, AutoConfig.from_pretrained(self.model_path))
+        check_run_dir_is_kept(tc.run_dir)  # a relative run_dir inside a Ray job's temporary working_dir copy: refused
         self.run_dir = Path(tc.run_dir)
         self.created_run_dir = not self.run_dir.exists()  # removed again if the start fails (no junk run dirs)
         try:
@@ -445,7 +446,7 @@ class Trainer:
         call_with_restarts(self.workers, "check_weights_version", [(self.weights_version,)] * len(self.workers),
                            self.recover_worker, self.cfg.ray.max_worker_restarts)
         episodes = run_eval_episodes(self.workers, self.eval_set, self.cfg.trainer.seed, self.cfg.rollout.num_turns,
-                                     self.cfg.eval.temperature)
+                                     self.cfg.eval.temperature, progress="held-out eval")
         return self_correction_metrics(episodes)
 
     def _base_results(self) -> Dict[str, float]:

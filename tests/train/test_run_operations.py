@@ -205,3 +205,17 @@ def test_wandb_offline_logs_the_run(tmp_path, tiny_model_path, monkeypatch):
         for key in ("acc_t2", "loss", "grad_norm"):
             assert key.encode() in data and json.dumps(row[key]).encode() in data, (row["step"], key)
     assert (trainer.run_dir / "wandb_id").read_text().strip() in runs[0].name, "resumable under the same id"
+
+
+def test_the_base_model_build_and_the_eval_report_progress_without_a_terminal(tmp_path, tiny_model_path, capsys):
+    from score_rl.train.base_model import resolve_model_path
+
+    logs = []
+    resolve_model_path(tiny_config(tmp_path, ["model.tiny.warmup_examples=64"]), log=logs.append)  # stderr: no tty
+    assert any(line.startswith("warm-up step 1/") and "loss" in line and "ETA" in line for line in logs), logs
+    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "eval-progress", ["trainer.eval_problems=4"]),
+                      log=lambda *_: None)
+    capsys.readouterr()
+    trainer.evaluate()
+    trainer.close()
+    assert "held-out eval: problem 4/4 (100%)" in capsys.readouterr().out
