@@ -24,7 +24,8 @@ def test_two_local_runs_beside_a_stray_cluster_both_complete(tmp_path, tiny_mode
     ray_bin = str(Path(sys.executable).parent / "ray")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("RAY_ADDRESS", None)
-    started = subprocess.run([ray_bin, "start", "--head", f"--port={_free_port()}", "--num-cpus=1",
+    port = _free_port()
+    started = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1",
                               "--include-dashboard=false", "--disable-usage-stats"],
                              capture_output=True, text=True, env=env, timeout=180)
     try:
@@ -40,4 +41,38 @@ def test_two_local_runs_beside_a_stray_cluster_both_complete(tmp_path, tiny_mode
             assert p.returncode == 0, out[-3000:]
         assert all((tmp_path / f"run{i}" / "final" / "config.json").is_file() for i in range(2))
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        _stop_cluster(port)  # this cluster only: `ray stop` would stop every Ray on the machine, a user's included
+
+
+def _stop_cluster(port: int) -> None:
+    """Terminate the processes of the Ray cluster whose GCS listens on ``port`` (their command lines name it) and
+    everything they started; SIGKILL what is left after 15 s."""
+    import psutil
+
+    roots = [p for p in psutil.process_iter(["cmdline"])
+             if any(f"{port}" in arg for arg in (p.info["cmdline"] or [])) and p.pid != os.getpid()
+             and any("ray" in arg for arg in (p.info["cmdline"] or []))]
+    procs = {p.pid: p for root in roots for p in [root, *_children(root)]}
+    for proc in procs.values():
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=15)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    marker = Path("/tmp/ray/ray_current_cluster")  # what `ray stop` removes too, if it names this cluster
+    if marker.is_file() and marker.read_text().strip().endswith(f":{port}"):
+        marker.unlink()
+
+
+def _children(proc):
+    import psutil
+
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
