@@ -79,13 +79,18 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _train(cfg) -> int:
     from score_rl.launch.faults import TrainingAborted
     from score_rl.train.checkpoint import CheckpointError
-    from score_rl.train.signals import TrainingStopped
+    from score_rl.train.signals import StopRequest, TrainingStopped
     from score_rl.train.trainer import Trainer
 
-    trainer = Trainer(cfg, log=_log_line)
+    # from here on SIGINT / SIGTERM / SIGUSR1 stop the run at the next step boundary, after a checkpoint (one during
+    # start-up stops it before the first step)
+    stop = StopRequest().install()
+    try:
+        trainer = Trainer(cfg, log=_log_line, stop=stop)
+    except BaseException:
+        stop.restore()
+        raise
     print(f"run directory: {trainer.run_dir}", flush=True)
-    # from here on SIGINT / SIGTERM / SIGUSR1 stop the run at the next step boundary, after a checkpoint
-    trainer.stop.install()
     try:
         trainer.fit()
     except TrainingStopped as stopped:

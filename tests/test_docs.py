@@ -7,6 +7,7 @@ The launcher runs here against stand-ins for srun, scontrol, ray and score-rl (n
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import shutil
@@ -227,7 +228,8 @@ def test_sbatch_starts_ray_on_every_node_and_passes_arguments_unchanged(tmp_path
     result = subprocess.run([BASH, str(SBATCH), str(QUICKSTART), *USER_ARGS], env=env, cwd=submit,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    run_dir = submit / "runs" / "score-rl-4242"
+    digest = hashlib.sha1("".join(f"{a}\0" for a in [str(QUICKSTART), *USER_ARGS]).encode()).hexdigest()[:10]
+    run_dir = submit / "runs" / f"score-rl-{digest}"  # named after the submission, not the job id
     argv = (tmp_path / "argv").read_bytes().decode().split("\0")[:-1]
     assert argv == ["train", str(QUICKSTART), "trainer.progress_bar=false", f"trainer.run_dir={run_dir}",
                     *USER_ARGS, "ray.address=auto"]
@@ -303,9 +305,29 @@ def test_sbatch_on_sigterm_stops_the_driver_and_prints_how_to_resume(tmp_path):
     assert rc == 143, stderr
     assert (tmp_path / "driver_signal").read_text().strip() == "TERM"
     assert "the driver stopped cleanly after SIGTERM (exit status 143)" in stderr
-    assert f"SCORE_RL_RUN_DIR={submit / 'runs' / 'score-rl-4242'} sbatch" in stderr
+    assert "to resume, submit the same command again (it resumes " in stderr and "SCORE_RL_RUN_DIR" not in stderr
     assert not any("requeue" in c for c in _read(tmp_path / "calls"))
     assert sorted(_read(tmp_path / "ray_stop")) == ["n1 stop --force", "n2 stop --force"]
+
+
+def test_sbatch_default_run_dir_is_named_after_the_submission_not_the_job_id(tmp_path):
+    """The same command submitted again (a new job id) resumes the same run directory; other overrides, another."""
+    def run_dir(case, job_id, args):
+        env, submit = _simulated_job(tmp_path / case, ["n1"], {"SLURM_JOB_ID": job_id})
+        submit.rmdir()
+        submit.symlink_to(tmp_path)  # every case submits from the same directory
+        env["SLURM_SUBMIT_DIR"] = str(tmp_path)
+        result = subprocess.run([BASH, str(SBATCH), str(QUICKSTART), *args], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return re.search(r"run directory (\S+?);", result.stderr).group(1)
+
+    for case in ("a", "b", "c"):
+        (tmp_path / case).mkdir()
+    first = run_dir("a", "100", USER_ARGS)
+    assert first.startswith(f"{tmp_path}/runs/score-rl-") and "100" not in first.rsplit("-", 1)[1]
+    assert run_dir("b", "200", USER_ARGS) == first
+    assert run_dir("c", "300", USER_ARGS[:-1]) != first
 
 
 def test_sbatch_stops_requeueing_a_job_that_makes_no_progress(tmp_path):

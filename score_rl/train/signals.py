@@ -53,14 +53,24 @@ class StopRequest:
                     f"checkpoint{again}\n".encode())
 
     def install(self) -> "StopRequest":
+        """Put the handlers in place; again after something replaced them (``ray.init`` installs a SIGTERM handler
+        of its own that prints a stack dump and exits)."""
         for name in STOP_SIGNALS:
             sig = getattr(signal, name)
             previous = signal.getsignal(sig)
-            if previous is signal.SIG_IGN:  # e.g. `nohup`, or a shell that started us in the background
-                continue
-            self._previous[sig] = previous
-            signal.signal(sig, lambda signum, frame: self.request(signum))
+            if sig not in self._previous:
+                if previous is signal.SIG_IGN:  # e.g. `nohup`, or a shell that started us in the background
+                    continue
+                self._previous[sig] = previous
+            signal.signal(sig, self._handle)
         return self
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        self.request(signum)
 
     def restore(self) -> None:
         for sig, previous in self._previous.items():

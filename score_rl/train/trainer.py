@@ -117,7 +117,7 @@ class RunDirLock:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, log=print):
+    def __init__(self, cfg: Config, log=print, stop: Optional[StopRequest] = None):
         self.cfg, self.log = cfg, log
         tc = cfg.trainer
         validate_training(cfg)
@@ -143,7 +143,8 @@ class Trainer:
         if problem:
             raise ConfigError(f"config key 'trainer.run_dir': cannot write in {self.run_dir}: {problem}")
         self.lock = RunDirLock(self.run_dir, log)
-        self.stop = StopRequest()  # what the signal handlers (score-rl train installs them) set
+        # what the signal handlers set (score-rl train installs them before the trainer is built)
+        self.stop = stop if stop is not None else StopRequest()
         self.weights_version = 0  # policy version the rollout workers hold: one more per weight sync
         try:
             if has_checkpoint(self.run_dir / "checkpoints"):  # a resume: the saved config before it is rewritten
@@ -156,6 +157,8 @@ class Trainer:
             self.eval_set = eval_problems(self.env.problems("test"), tc.eval_problems)
             self.start_step = 0
             self._start_actors()
+            if self.stop.installed:
+                self.stop.install()  # again: ray.init replaced the SIGTERM handler
             self.weight_sync = make_weight_sync(cfg.learner)
         except BaseException:
             self.lock.release()  # a failed start must not keep the directory locked in a long-lived process
@@ -205,12 +208,14 @@ class Trainer:
         if self.method == "pair_sft":
             self.pairs = self.collect_pairs()  # from the base model: before a resume loads trained weights
         self._maybe_resume()
+        steps = 0 if self.method == "self_refine" else tc.steps  # Self-Refine: prompting only
+        if self.stop.requested:  # a signal during start-up (model loading, actors, Pair-SFT's pairs, the resume)
+            raise TrainingStopped(self.stop.signum, self._stopped_message(self.start_step, steps))
         results: Dict[str, Dict[str, float]] = {}
         if tc.eval_before_after and self.start_step == 0:
             results["base"] = self.evaluate()
             (self.run_dir / "eval_base.json").write_text(json.dumps(results["base"], indent=2))
             self.log("base model (held-out, greedy):\n" + format_table({"base": results["base"]}))
-        steps = 0 if self.method == "self_refine" else tc.steps  # Self-Refine: prompting only
         logger = RunLogger(self.run_dir, steps, min(self.start_step, steps), tc.progress_bar, tc.progress_interval_s,
                            cfg.logging, saved_config_tree(self.run_dir / "config.yaml"), print_fn=self.log)
         self._load_best()

@@ -219,3 +219,31 @@ def test_the_base_model_build_and_the_eval_report_progress_without_a_terminal(tm
     trainer.evaluate()
     trainer.close()
     assert "held-out eval: problem 4/4 (100%)" in capsys.readouterr().out
+
+
+def test_a_signal_during_start_up_stops_before_the_first_step(tmp_path, tiny_model_path):
+    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "early", ["trainer.eval_before_after=true"]),
+                      log=lambda *_: None)
+    trainer.stop.request(signal.SIGTERM)  # e.g. while the actors were starting
+    with pytest.raises(TrainingStopped, match="after step 0 of 5; no step was finished"):
+        trainer.fit()
+    trainer.close()
+    assert not (tmp_path / "early").exists(), "nothing was computed: the run dir this start created is removed"
+
+
+def test_score_rl_train_handlers_survive_ray_init(tmp_path, tiny_model_path):
+    """ray.init installs a SIGTERM handler of its own (a stack dump and exit); the trainer puts its own back."""
+    import ray
+
+    from score_rl.train.signals import StopRequest
+
+    stop = StopRequest().install()
+    try:
+        trainer = Trainer(tiny_config(tmp_path, [f"model.path={tiny_model_path}", "ray.enabled=true", "ray.num_cpus=2",
+                                                 "rollout.cpus_per_worker=0.5", "learner.cpus_per_rank=0.5"]),
+                          log=lambda *_: None, stop=stop)
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        trainer.close()
+    finally:
+        stop.restore()
+        ray.shutdown()
