@@ -42,41 +42,45 @@ def _run(tmp_path, tiny_model_path, name, hook=None, extra=()):
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows], logs
 
 
-def _kill_worker_at(when):
-    """Kill rollout worker 0 with SIGKILL at step 2: as its rollout starts, before the weight sync, or between steps
-    (after the sync; Ray has restarted it with the base weights before the next rollout asks for it)."""
-    def hook(trainer):
-        state = {"killed": False}
+def _kill_worker_three_times(trainer):
+    """Kill rollout worker 0 with SIGKILL three times: as step 1's rollout starts, before step 2's weight sync, and
+    after step 3 (Ray restarts it with the base weights before step 4's rollout asks for it: a quiet restart)."""
+    def kill():
+        os.kill(trainer.workers.call_one(0, "pid"), signal.SIGKILL)
 
-        def kill():
-            if not state["killed"]:
-                state["killed"] = True
-                os.kill(trainer.workers.call_one(0, "pid"), signal.SIGKILL)
+    rollout, push, train_step = trainer.step_episodes, trainer.push_weights, trainer.train_step
+    state = {"step": -1}
 
-        rollout, push, train_step = trainer.step_episodes, trainer.push_weights, trainer.train_step
-        if when == "rollout":
-            trainer.step_episodes = lambda step: (kill() if step == 2 else None, rollout(step))[1]
-        elif when == "sync":
-            trainer.push_weights = lambda: (kill() if trainer.weights_version == 2 else None, push())[1]
-        else:
-            def step_then_kill(step):
-                metrics = train_step(step)
-                if step == 1:
-                    kill()
-                    wait_alive(trainer.workers, 0)  # restarted quietly: the next call would succeed, with stale weights
-                return metrics
-            trainer.train_step = step_then_kill
-    return hook
+    def step_episodes(step):
+        if step == 1:
+            kill()
+        return rollout(step)
+
+    def push_weights():
+        if state["step"] == 2:
+            kill()
+        return push()
+
+    def step_then_kill(step):
+        state["step"] = step
+        metrics = train_step(step)
+        if step == 3:
+            kill()
+            wait_alive(trainer.workers, 0)  # restarted quietly: the next call would succeed, with stale weights
+        return metrics
+
+    trainer.step_episodes, trainer.push_weights, trainer.train_step = step_episodes, push_weights, step_then_kill
 
 
 def test_a_killed_rollout_worker_is_restarted_and_the_run_matches_an_uninterrupted_one(tmp_path, tiny_model_path,
                                                                                       ray_cluster):
-    reference, _ = _run(tmp_path, tiny_model_path, "reference")
-    for when in ("rollout", "sync", "idle"):
-        rows, logs = _run(tmp_path, tiny_model_path, when, _kill_worker_at(when))
-        assert [r["step"] for r in rows] == [0, 1, 2, 3], when
-        assert rows == reference, f"killed at {when}: every step's episodes counted once, from the right policy"
-        assert any("rollout worker 0" in line and "restart" in line for line in logs), (when, logs)
+    reference, _ = _run(tmp_path, tiny_model_path, "reference", extra=["trainer.steps=5"])
+    rows, logs = _run(tmp_path, tiny_model_path, "killed", _kill_worker_three_times, ["trainer.steps=5"])
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert rows == reference, "every step's episodes counted once, each from the policy of its step"
+    recoveries = [line for line in logs if "rollout worker 0" in line]
+    assert len(recoveries) == 3, logs
+    assert "during the weight sync" in recoveries[1] and "holds the base weights" in recoveries[2], recoveries
 
 
 def test_a_killed_learner_rank_stops_the_run_with_one_line(tmp_path, tiny_model_path, ray_cluster):
