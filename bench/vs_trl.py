@@ -17,8 +17,9 @@ attempt, so its sequences are longer than TRL's; tokens/s counts only sampled (=
 
 Each (configuration, round) is a fresh subprocess; rounds are interleaved (A, B, C, ..., A, B, C, ...); the first
 --warmup steps are not timed; a run's tokens/s is its --steps timed steps' tokens over their time, then the median (and
-range) of those over the rounds; ratios are of the medians (and, in brackets, the range of the per-round ratios). score-rl's step time: wall time around Trainer.train_step (its time/* metrics are the
-breakdown); TRL's: the time between successive on_step_end callbacks. Start-up (imports, model and reference loading,
+range) of those over the rounds; ratios are of the medians (and, in brackets, the range of the per-round ratios).
+score-rl's step time: wall time around Trainer.train_step (its time/* metrics are the breakdown); TRL's: the time
+between successive on_step_end callbacks. Start-up (imports, model and reference loading,
 Ray and DeepSpeed start, up to the first step) is reported separately. "others' CPUs": how many CPUs processes outside
 the run kept busy meanwhile (on a shared machine, a run with a high value is suspect). TRL ships gradient_checkpointing
 on; its rows here turn it off as score-rl has none, except trl-gc (TRL's own default), reported apart.
@@ -125,7 +126,8 @@ def run_score_rl(name: str, warmup: int, steps: int) -> dict:
 
     return dict(startup_s=startup, shutdown_s=shutdown, steps=rows[warmup:],
                 threads=threads if threads else f"{cfg.rollout.num_workers} worker x {cfg.rollout.cpus_per_worker:g} "
-                f"CPU, {cfg.learner.num_ranks} rank x {cfg.learner.cpus_per_rank:g} CPU (driver {torch.get_num_threads()})")
+                f"CPU, {cfg.learner.num_ranks} rank x {cfg.learner.cpus_per_rank:g} CPU "
+                f"(driver {torch.get_num_threads()})")
 
 
 def run_trl(name: str, warmup: int, steps: int) -> dict:
@@ -150,7 +152,8 @@ def run_trl(name: str, warmup: int, steps: int) -> dict:
     dataset = Dataset.from_list([{"prompt": env.first_attempt_prompt(p), "reference": p.reference}
                                  for p in env.problems("train")])
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    prompt_tokens = {row["prompt"]: len(ids) for row, ids in zip(dataset, tokenizer(list(dataset["prompt"]))["input_ids"])}
+    prompts = list(dataset["prompt"])
+    prompt_tokens = {text: len(ids) for text, ids in zip(prompts, tokenizer(prompts)["input_ids"])}
     tokens = {"completion": 0, "sequences": 0, "context": 0}
 
     def arithmetic_verifier(prompts, completions, completion_ids, reference, **_):
@@ -311,7 +314,8 @@ def main() -> None:
     import trl
 
     print(f"machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), torch {torch.__version__} "
-          f"(default threads {torch.get_num_threads()}), transformers {transformers.__version__}, trl {trl.__version__}")
+          f"(default threads {torch.get_num_threads()}), transformers {transformers.__version__}, "
+          f"trl {trl.__version__}")
     print(f"workload: score-rl {PROBLEMS} problems x {SAMPLES} samples x {TURNS} turns; TRL {TRL_PROMPTS} prompts x "
           f"{SAMPLES} generations x 1 turn (beta {TRL_BETA}, {TRL_PROMPTS * SAMPLES // TRL_MICRO_BATCH} micro-batches "
           f"of {TRL_MICRO_BATCH}); max 8 new tokens, T = 1, KL vs a reference, AdamW lr 1e-4, float32, HF generate; "
