@@ -113,6 +113,10 @@ def _eval(cfg, args) -> int:
     from score_rl.train.base_model import resolve_model_path
     from score_rl.eval.evaluation import evaluate_models, parse_model_args
 
+    if args.output or cfg.eval.output_dir:  # before any work: not inside a Ray job's temporary working_dir copy
+        from score_rl.launch.distributed import check_run_dir_is_kept
+
+        check_run_dir_is_kept(args.output or cfg.eval.output_dir, "eval.output_dir")
     specs = args.model or list(cfg.eval.model_paths)
     models = parse_model_args(specs) if specs else [("base", resolve_model_path(cfg))]
     if args.output:

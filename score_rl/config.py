@@ -241,8 +241,8 @@ class TrainerConfig:
     allow_config_change: bool = doc(False, "Resume a run directory whose saved config.yaml differs in keys other than "
                                     "run length, logging, evaluation and placement (otherwise an error naming them); "
                                     "the new config is then saved.")
-    keep_checkpoints: int = doc(2, "Periodic checkpoints kept in run_dir/checkpoints (older ones are deleted after a "
-                                "new one is complete; 0 = keep all).")
+    keep_checkpoints: int = doc(2, "Checkpoints kept in run_dir/checkpoints, periodic and stop-signal ones alike (older "
+                                "ones are deleted after a new one is complete; 0 = keep all).")
     eval_every: int = doc(0, "Run the held-out evaluation every N steps during training and log it as eval/* "
                           "(0 = only before and after).")
     best_metric: Optional[str] = doc(None, "Keep the policy with the highest value of this logged metric in "
@@ -524,6 +524,10 @@ def validate(cfg: Config) -> None:
                           "is small; use ZeRO 0-2)")
     if cfg.shaping.stage1_steps < 0:
         raise ConfigError("config key 'shaping.stage1_steps' must be >= 0")
+    if (cfg.trainer.best_metric or "").startswith("eval/") and not cfg.trainer.eval_every \
+            and not cfg.trainer.eval_before_after:
+        raise ConfigError(f"config key 'trainer.best_metric' is {cfg.trainer.best_metric}, a held-out metric, but "
+                          f"nothing evaluates during the run: set trainer.eval_every (or trainer.eval_before_after)")
 
 
 def _validate_ppo(cfg: Config) -> None:

@@ -21,30 +21,42 @@ from score_rl.eval.metrics import format_table, self_correction_metrics
 TRAINED_MARKER = "score_rl_run.json"  # written next to a trained policy by the trainer
 
 
+class EvalInterrupted(Exception):
+    """``should_stop`` answered true between two chunks of an evaluation (a stop signal during training)."""
+
+
 def run_eval_episodes(
     workers: ActorGroup, problems: Sequence[Problem], seed: int, num_turns: int, temperature: float,
-    samples_per_problem: int = 1, progress: Optional[str] = None,
+    samples_per_problem: int = 1, progress: Optional[str] = None, *, weights_version: Optional[int] = None,
+    recover=None, attempts: int = 0, should_stop=None,
 ) -> List[Episode]:
-    """Episodes for every problem, in problem order, sharded over the workers in chunks (with a progress bar)."""
+    """Episodes for every problem, in problem order, sharded over the workers in chunks (with a progress bar).
+    During training: ``weights_version`` / ``recover`` / ``attempts`` as in ``run_sharded`` (a dead or quietly
+    restarted worker is brought up to date and its shard redone), and EvalInterrupted between chunks once
+    ``should_stop()`` is true."""
     from tqdm.auto import tqdm
 
     from score_rl.rollout.worker import run_sharded
+    from score_rl.train.run_log import ProgressLines
 
     chunk = 64 * len(workers)
     out: List[Episode] = []
     bar = tqdm(total=len(problems), desc=progress, disable=True if progress is None else None, leave=False)
-    from score_rl.train.run_log import ProgressLines
-
     # where the bar cannot draw (a SLURM job's output), a line at most every 30 s
     lines = ProgressLines(len(problems), 0, 30.0, lambda m: print(m, flush=True), label=f"{progress}: problem") \
         if progress is not None and bar.disable else None
-    for start in range(0, len(problems), chunk):
-        out += run_sharded(workers, problems[start:start + chunk], samples_per_problem, temperature,
-                           seed + 7919 * start, num_turns)
-        bar.update(min(chunk, len(problems) - start))
-        if lines is not None:  # (a disabled bar does not count)
-            lines.update(min(start + chunk, len(problems)))
-    bar.close()
+    try:
+        for start in range(0, len(problems), chunk):
+            if should_stop is not None and should_stop():
+                raise EvalInterrupted(f"stopped after {start} of {len(problems)} problems")
+            out += run_sharded(workers, problems[start:start + chunk], samples_per_problem, temperature,
+                               seed + 7919 * start, num_turns, weights_version=weights_version, recover=recover,
+                               attempts=attempts)
+            bar.update(min(chunk, len(problems) - start))
+            if lines is not None:  # (a disabled bar does not count)
+                lines.update(min(start + chunk, len(problems)))
+    finally:
+        bar.close()
     return out
 
 

@@ -55,7 +55,7 @@ def ray_job_working_dir_copy() -> Optional[str]:
     return None
 
 
-def check_run_dir_is_kept(run_dir: str) -> None:
+def check_run_dir_is_kept(run_dir: str, key: str = "trainer.run_dir") -> None:
     """Refuse a relative ``trainer.run_dir`` where it would resolve inside Ray's temporary working_dir copy (a Ray job
     submitted with ``--working-dir``): checkpoints, metrics and ``final/`` would be written where the user never looks
     and Ray may delete them. The driver cannot know the directory ``ray job submit`` ran in (it may be another
@@ -68,9 +68,9 @@ def check_run_dir_is_kept(run_dir: str) -> None:
     from score_rl.config import ConfigError
 
     raise ConfigError(
-        f"trainer.run_dir={run_dir} is relative, and this Ray job runs in Ray's temporary copy of its working_dir "
-        f"({copy}), which Ray may delete: pass an absolute trainer.run_dir on storage the cluster's nodes share, e.g. "
-        f"trainer.run_dir=$PWD/{run_dir} in the ray job submit command")
+        f"{key}={run_dir} is relative, and this Ray job runs in Ray's temporary copy of its working_dir "
+        f"({copy}), which Ray may delete: pass an absolute {key} on storage the cluster's nodes share, e.g. "
+        f"{key}=$PWD/{run_dir} in the ray job submit command")
 
 
 class ActorGroup:
@@ -137,11 +137,27 @@ def get_all(refs: Sequence[Any]) -> List[Any]:
     """``ray.get(refs)``, but an error is raised as soon as any call fails: a dead learner rank must not leave the
     driver waiting for the other ranks, which block in a collective that will never complete."""
     import ray
+    from ray.exceptions import RayActorError
 
     pending = list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
-        ray.get(ready)
+        try:
+            ray.get(ready)
+        except Exception as first:  # noqa: BLE001 - re-raised below
+            error = first
+            # collect the other calls' outcomes (briefly): an error never retrieved is printed by Ray as an "Unhandled
+            # error" traceback, and a rank that died is a better account than the peer its collective lost
+            done, _ = ray.wait(pending, num_returns=len(pending), timeout=10) if pending else ([], [])
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except RayActorError as other:
+                    if not isinstance(error, RayActorError):
+                        error = other
+                except Exception:  # noqa: BLE001 - a consequence of the first failure
+                    pass
+            raise error from None
     return ray.get(list(refs))
 
 

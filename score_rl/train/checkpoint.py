@@ -89,12 +89,14 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
 def save_checkpoint(root: Path, step: int, trainer_state: Dict, save_learner: Callable[[str, str], None],
                     keep: int = 0) -> Path:
     """Write step ``step``'s checkpoint (learner state through ``save_learner(dir, tag)``, then ``trainer_state``),
-    verify and publish it, then prune to the newest ``keep`` (0 = keep all)."""
+    verify and publish it, then prune: checkpoints of later steps (a future a fallback resume discarded) are deleted,
+    and of the rest the newest ``keep`` are kept (0 = keep all); the one just published always stays."""
     final = root / f"step_{step:07d}"
     tmp = root / f".step_{step:07d}.tmp"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in root.glob(".step_*.tmp"):  # left by a process killed while saving
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
         save_learner(str(tmp), "learner")
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
@@ -107,14 +109,28 @@ def save_checkpoint(root: Path, step: int, trainer_state: Dict, save_learner: Ca
         latest_tmp.write_text(final.name)
         os.replace(latest_tmp, root / "latest")
         _fsync_dir(root)
-    except Exception as err:  # noqa: BLE001 - every failure becomes one line, with nothing partial left
+    except BaseException as err:  # a second Ctrl-C included: nothing partial is left behind
         shutil.rmtree(tmp, ignore_errors=True)
         (root / ".latest.tmp").unlink(missing_ok=True)
+        if not isinstance(err, Exception):
+            raise
         raise _write_failure(root, step, err) from err
-    if keep > 0:
-        for _, old in step_checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    prune(root, step, keep)
     return final
+
+
+def prune(root: Path, published: int, keep: int) -> None:
+    """Delete checkpoints of steps after ``published`` (they belong to a run the resume went back from: a later resume
+    must not find them) and all but the newest ``keep`` of the others (0 = keep all); never ``published`` itself."""
+    kept = []
+    for step, path in step_checkpoints(root):
+        if step > published:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            kept.append(path)
+    if keep > 0:
+        for path in kept[:-keep]:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def step_checkpoints(root: Path) -> List[Tuple[int, Path]]:

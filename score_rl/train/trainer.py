@@ -26,7 +26,7 @@ from score_rl.launch.distributed import ActorGroup, check_run_dir_is_kept, init_
 from score_rl.launch.faults import TrainingAborted, dead_member, death_reason, wait_alive
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode
-from score_rl.eval.evaluation import TRAINED_MARKER, eval_problems, run_eval_episodes
+from score_rl.eval.evaluation import TRAINED_MARKER, EvalInterrupted, eval_problems, run_eval_episodes
 from score_rl.learner.learner import Learner
 from score_rl.eval.metrics import format_table, self_correction_metrics
 from score_rl.rollout.worker import RolloutWorker, check_engine_installed, run_sharded
@@ -146,6 +146,7 @@ class Trainer:
         # what the signal handlers set (score-rl train installs them before the trainer is built)
         self.stop = stop if stop is not None else StopRequest()
         self.weights_version = 0  # policy version the rollout workers hold: one more per weight sync
+        self.best: Optional[Dict] = None  # trainer.best_metric's best so far: {metric, mode, value, step}
         try:
             if has_checkpoint(self.run_dir / "checkpoints"):  # a resume: the saved config before it is rewritten
                 check_resume_config(cfg, self.run_dir / "config.yaml")
@@ -213,20 +214,26 @@ class Trainer:
             raise TrainingStopped(self.stop.signum, self._stopped_message(self.start_step, steps))
         results: Dict[str, Dict[str, float]] = {}
         if tc.eval_before_after and self.start_step == 0:
-            results["base"] = self.evaluate()
+            try:
+                results["base"] = self.evaluate()
+            except EvalInterrupted:
+                raise TrainingStopped(self.stop.signum, self._stopped_message(0, steps)) from None
             (self.run_dir / "eval_base.json").write_text(json.dumps(results["base"], indent=2))
             self.log("base model (held-out, greedy):\n" + format_table({"base": results["base"]}))
         logger = RunLogger(self.run_dir, steps, min(self.start_step, steps), tc.progress_bar, tc.progress_interval_s,
                            cfg.logging, saved_config_tree(self.run_dir / "config.yaml"), print_fn=self.log)
-        self._load_best()
         saved_step = self.done_step = self.start_step
         try:
             for step in range(self.start_step, steps):
                 if self.stop.requested:
                     break
                 metrics = self.train_step(step)
-                if tc.eval_every and (step + 1) % tc.eval_every == 0 and step + 1 < steps:
-                    metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+                # eval_every: at the last step too when there is no final evaluation to stand for it
+                if tc.eval_every and (step + 1) % tc.eval_every == 0 and (step + 1 < steps or not tc.eval_before_after):
+                    try:
+                        metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+                    except EvalInterrupted:  # a stop signal: the step is logged and checkpointed without its eval
+                        self.log(f"the evaluation after step {step + 1} was interrupted by {self.stop.name}; not logged")
                 logger.log(step, metrics)
                 self._maybe_save_best(step + 1, metrics)
                 if (tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0) or step + 1 == steps:
@@ -242,12 +249,14 @@ class Trainer:
             raise TrainingStopped(self.stop.signum, self._stopped_message(done, steps))
         self.save_final(steps)
         if self.stop.requested:
-            raise TrainingStopped(self.stop.signum, f"stopped by {self.stop.name} after training all {steps} steps "
-                                  f"(policy in {self.run_dir / 'final'}); the final evaluation was skipped: run the "
-                                  f"same command with trainer.run_dir={self.run_dir.resolve()} to evaluate")
+            raise TrainingStopped(self.stop.signum, self._final_eval_skipped(steps))
         if tc.eval_before_after:
-            results["trained"] = results["base"] if self.method == "self_refine" and "base" in results \
-                else self.evaluate()
+            try:
+                results["trained"] = results["base"] if self.method == "self_refine" and "base" in results \
+                    else self.evaluate()
+            except EvalInterrupted:
+                raise TrainingStopped(self.stop.signum, self._final_eval_skipped(steps)) from None
+            self._maybe_save_best(steps, {f"eval/{k}": v for k, v in results["trained"].items()})
             if "base" not in results:
                 results["base"] = self._base_results()
             table = format_table({"base": results["base"], "trained": results["trained"]})
@@ -282,6 +291,11 @@ class Trainer:
             where = f"no step finished since checkpoint {ckpt}"
         return (f"stopped by {self.stop.name} after step {done} of {steps}; {where}; to resume, run the same command "
                 f"with trainer.run_dir={self.run_dir.resolve()}")
+
+    def _final_eval_skipped(self, steps: int) -> str:
+        return (f"stopped by {self.stop.name} after training all {steps} steps (policy in {self.run_dir / 'final'}); "
+                f"the final evaluation was skipped: run the same command with "
+                f"trainer.run_dir={self.run_dir.resolve()} to evaluate")
 
     def _aborted(self, err: BaseException) -> TrainingAborted:
         """A one-line TrainingAborted for an actor that died where it cannot be recovered (a learner rank)."""
@@ -394,7 +408,8 @@ class Trainer:
             return [(methods.episode_from_dict(w), methods.episode_from_dict(r)) for w, r in data["pairs"]]
         problems = ProblemSampler(self.env.problems("train"), cfg.trainer.seed + 7919).next(cfg.method.pair_sft_problems)
         samples = run_sharded(self.workers, problems, cfg.rollout.samples_per_problem, cfg.rollout.temperature,
-                              cfg.trainer.seed * 1_000_003 - 1, 1)
+                              cfg.trainer.seed * 1_000_003 - 1, 1, weights_version=self.weights_version,
+                              recover=self.recover_worker, attempts=cfg.ray.max_worker_restarts)
         pairs = methods.pair_sft_pairs(samples, cfg.trainer.seed)
         if not pairs:
             raise ConfigError(f"Pair-SFT found no problem among {len(problems)} with both a wrong and a right sampled "
@@ -445,13 +460,13 @@ class Trainer:
         return m
 
     def evaluate(self) -> Dict[str, float]:
-        from score_rl.launch.faults import call_with_restarts
-
-        # a worker that Ray restarted since the last sync holds the base weights: bring it up to date first
-        call_with_restarts(self.workers, "check_weights_version", [(self.weights_version,)] * len(self.workers),
-                           self.recover_worker, self.cfg.ray.max_worker_restarts)
+        """The held-out evaluation of the current policy; EvalInterrupted between chunks once a stop signal came (a
+        dead or quietly restarted worker is brought up to date and its chunk redone, as in training)."""
         episodes = run_eval_episodes(self.workers, self.eval_set, self.cfg.trainer.seed, self.cfg.rollout.num_turns,
-                                     self.cfg.eval.temperature, progress="held-out eval")
+                                     self.cfg.eval.temperature, progress="held-out eval",
+                                     weights_version=self.weights_version, recover=self.recover_worker,
+                                     attempts=self.cfg.ray.max_worker_restarts,
+                                     should_stop=lambda: self.stop.requested)
         return self_correction_metrics(episodes)
 
     def _base_results(self) -> Dict[str, float]:
@@ -474,10 +489,14 @@ class Trainer:
 
     # --- persistence ---------------------------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
-        state = {"step": step, "sampler": self.sampler.state(), "model_path": self.model_path}
-        save_checkpoint(self.run_dir / "checkpoints", step, state,
-                        lambda d, tag: self.learners.call("save_checkpoint", None, d, tag),
-                        keep=self.cfg.trainer.keep_checkpoints)
+        state = {"step": step, "sampler": self.sampler.state(), "model_path": self.model_path, "best": self.best}
+
+        def save(directory: str, tag: str) -> None:
+            self.learners.call("save_checkpoint", None, directory, tag)
+            if self.best is not None and (self.run_dir / "best").is_dir():  # the best policy as of this step
+                _link_tree(self.run_dir / "best", Path(directory) / "best")
+
+        save_checkpoint(self.run_dir / "checkpoints", step, state, save, keep=self.cfg.trainer.keep_checkpoints)
 
     def _maybe_resume(self) -> None:
         """Load the newest intact checkpoint; a damaged one (missing / truncated files, a learner state that fails to
@@ -508,6 +527,7 @@ class Trainer:
                                   f"away to start over")
         self.sampler.load(state["sampler"])
         self.start_step = state["step"]
+        self._restore_best(ckpt, state)
         self.push_weights()
         self.log(f"resumed from {ckpt} at step {self.start_step}")
         if self.start_step > self.cfg.trainer.steps:
@@ -536,15 +556,31 @@ class Trainer:
         tmp.replace(out)
 
     # --- the best policy by trainer.best_metric (the paper keeps the checkpoint of the highest training reward) ----
-    def _load_best(self) -> None:
-        saved = self.run_dir / "best" / "best.json"
-        self.best = json.loads(saved.read_text()) if saved.is_file() else None
-        if self.best and self.best.get("step", 0) > self.start_step:
-            self.best = None  # from steps after the resumed checkpoint, which are redone: found again if still best
+    def _restore_best(self, ckpt: Path, state: Dict) -> None:
+        """The best policy as of the resumed checkpoint: its value from trainer_state.json, its weights from the
+        checkpoint's hard-linked copy (a best found after the checkpoint belongs to the steps that are redone)."""
+        import shutil
+
+        self.best = state.get("best")
+        best_dir = self.run_dir / "best"
+        if self.best is not None and (ckpt / "best").is_dir():
+            tmp = self.run_dir / ".best.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            _link_tree(ckpt / "best", tmp)
+            shutil.rmtree(best_dir, ignore_errors=True)
+            tmp.replace(best_dir)
+        elif self.best is None and best_dir.is_dir():
+            shutil.rmtree(best_dir)  # found only after the checkpoint
 
     def _maybe_save_best(self, step: int, metrics: Dict[str, float]) -> None:
         key, mode = self.cfg.trainer.best_metric, self.cfg.trainer.best_mode
-        if not key or key not in metrics or metrics[key] is None or metrics[key] != metrics[key]:  # absent / NaN
+        if not key:
+            return
+        if key not in metrics and not key.startswith("eval/") and not getattr(self, "_warned_best", False):
+            self._warned_best = True
+            self.log(f"warning: config key 'trainer.best_metric' is {key!r}, which this run does not log; no best "
+                     f"policy is kept. Logged: {', '.join(sorted(k for k in metrics if not k.startswith('time/')))}")
+        if key not in metrics or metrics[key] is None or metrics[key] != metrics[key]:  # absent / NaN
             return
         value = float(metrics[key])
         if self.best is not None and not (value > self.best["value"] if mode == "max" else value < self.best["value"]):
@@ -552,6 +588,21 @@ class Trainer:
         self.best = {"metric": key, "mode": mode, "value": value, "step": step}
         self._save_policy(self.run_dir / "best", None, {"steps": step, "best": self.best})
         (self.run_dir / "best" / "best.json").write_text(json.dumps(self.best, indent=2))
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """A copy of the directory ``src`` at ``dst`` made of hard links (no bytes copied; ``src``'s files are later
+    replaced, never rewritten in place), or of real copies where hard links are not possible."""
+    import os
+    import shutil
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
 
 
 @contextmanager

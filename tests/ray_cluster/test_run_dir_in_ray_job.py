@@ -42,6 +42,16 @@ def test_relative_run_dir_in_a_working_dir_copy_is_refused_in_one_line(job_copy)
     assert "absolute trainer.run_dir" in message and "trainer.run_dir=$PWD/runs/quickstart-20261122" in message
 
 
+def test_eval_output_dir_is_checked_the_same_way(job_copy, tmp_path, capsys):
+    from score_rl.cli import main
+
+    # before any model is loaded (model.path would be built into the cache dir otherwise)
+    assert main(["eval", str(QUICKSTART), f"model.cache_dir={tmp_path / 'cache'}", "--output", "eval_out"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("score-rl: error: eval.output_dir=eval_out is relative") and "\n" not in err
+    assert not (tmp_path / "cache").exists()
+
+
 def test_absolute_run_dir_in_a_working_dir_copy_is_accepted(job_copy, tmp_path):
     check_run_dir_is_kept(str(tmp_path / "runs" / "x"))
 

@@ -107,3 +107,33 @@ def test_torch_style_write_failure_on_a_full_disk_is_named(tmp_path):
         assert [p.name for p in (mnt / "checkpoints").iterdir()] == [], "the partial checkpoint is removed"
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_after_a_fallback_the_discarded_future_is_deleted_and_the_new_checkpoints_are_kept(tmp_path):
+    """keep=2; step 30 damaged → resume from 20 → new checkpoints 25 and 26: 30 must neither survive (a later resume
+    would try it first) nor push the new ones out."""
+    for step in (10, 20, 30):
+        _save(tmp_path, step, keep=2)
+    (tmp_path / "step_0000030" / "learner" / "weights.pt").write_bytes(b"")
+    assert latest_checkpoint(tmp_path, warn=lambda *_: None) == tmp_path / "step_0000020"
+    _save(tmp_path, 25, keep=2)
+    _save(tmp_path, 26, keep=2)
+    assert [s for s, _ in step_checkpoints(tmp_path)] == [25, 26]
+    assert latest_checkpoint(tmp_path) == tmp_path / "step_0000026"
+    _save(tmp_path, 27, keep=1)
+    assert [s for s, _ in step_checkpoints(tmp_path)] == [27], "keep=1: the one just written stays"
+
+
+def test_an_interrupted_save_leaves_nothing_partial(tmp_path):
+    _save(tmp_path, 1)
+
+    def interrupted(directory, tag):
+        _learner()(directory, tag)
+        raise KeyboardInterrupt  # a second Ctrl-C while saving
+
+    with pytest.raises(KeyboardInterrupt):
+        _save(tmp_path, 2, learner=interrupted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_0000001"]
+    (tmp_path / ".step_0000005.tmp").mkdir()  # left by a process that was SIGKILLed while saving
+    _save(tmp_path, 3)
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -42,14 +42,22 @@ def _run(tmp_path, tiny_model_path, name, hook=None, extra=()):
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows], logs
 
 
-def _kill_worker_three_times(trainer):
-    """Kill rollout worker 0 with SIGKILL three times: as step 1's rollout starts, before step 2's weight sync, and
-    after step 3 (Ray restarts it with the base weights before step 4's rollout asks for it: a quiet restart)."""
+def _kill_worker_four_times(trainer):
+    """Kill rollout worker 0 with SIGKILL: as step 1's rollout starts, as the evaluation after step 2 (index 1) starts,
+    before step 2's weight sync, and after step 3 (Ray restarts it with the base weights before the evaluation after
+    step 4 asks for it: a quiet restart)."""
     def kill():
         os.kill(trainer.workers.call_one(0, "pid"), signal.SIGKILL)
 
-    rollout, push, train_step = trainer.step_episodes, trainer.push_weights, trainer.train_step
+    rollout, push, train_step, evaluate = (trainer.step_episodes, trainer.push_weights, trainer.train_step,
+                                           trainer.evaluate)
     state = {"step": -1}
+
+    def evaluate_after_kill():  # as the first evaluation (after step 2) starts
+        state["evals"] = state.get("evals", 0) + 1
+        if state["evals"] == 1:
+            kill()
+        return evaluate()
 
     def step_episodes(step):
         if step == 1:
@@ -70,17 +78,22 @@ def _kill_worker_three_times(trainer):
         return metrics
 
     trainer.step_episodes, trainer.push_weights, trainer.train_step = step_episodes, push_weights, step_then_kill
+    trainer.evaluate = evaluate_after_kill
 
 
 def test_a_killed_rollout_worker_is_restarted_and_the_run_matches_an_uninterrupted_one(tmp_path, tiny_model_path,
                                                                                       ray_cluster):
-    reference, _ = _run(tmp_path, tiny_model_path, "reference", extra=["trainer.steps=5"])
-    rows, logs = _run(tmp_path, tiny_model_path, "killed", _kill_worker_three_times, ["trainer.steps=5"])
-    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
-    assert rows == reference, "every step's episodes counted once, each from the policy of its step"
+    run = ["trainer.steps=5", "trainer.eval_every=2"]  # evaluations after steps 2 and 4 (logged as eval/*)
+    reference, _ = _run(tmp_path, tiny_model_path, "reference", extra=run)
+    # four kills: Ray's max_restarts counts every restart of the actor's life (with 3, the fourth kill ends the run
+    # with "rollout worker 0 died and Ray could not restart it")
+    rows, logs = _run(tmp_path, tiny_model_path, "killed", _kill_worker_four_times, [*run, "ray.max_worker_restarts=4"])
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4] and "eval/acc_t2" in rows[1] and "eval/acc_t2" in rows[3]
+    assert rows == reference, "every step's episodes counted once, each from the policy of its step; the eval too"
     recoveries = [line for line in logs if "rollout worker 0" in line]
-    assert len(recoveries) == 3, logs
-    assert "during the weight sync" in recoveries[1] and "holds the base weights" in recoveries[2], recoveries
+    # the kill before the sync is noticed as a failed call or not at all (Ray may already queue the sync's calls for the
+    # restarted actor, which then gets all the weights): 3 or 4 recoveries, and the quiet restart is always caught
+    assert len(recoveries) in (3, 4) and any("holds the base weights" in line for line in recoveries), recoveries
 
 
 def test_a_killed_learner_rank_stops_the_run_with_one_line(tmp_path, tiny_model_path, ray_cluster):

@@ -104,8 +104,8 @@ def test_pair_sft_trains_on_fixed_pairs_from_the_base_model(tmp_path, tiny_model
 
     sample = trainer_module.run_sharded
 
-    def graded(*args):  # the tiny test model is never right: grade its samples alternately right and wrong
-        episodes = sample(*args)
+    def graded(*args, **kwargs):  # the tiny test model is never right: grade its samples alternately right and wrong
+        episodes = sample(*args, **kwargs)
         for ep in episodes:
             ep.turns[0].reward = float(ep.sample_index % 2)
         return episodes

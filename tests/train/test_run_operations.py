@@ -252,3 +252,64 @@ def test_score_rl_train_handlers_survive_ray_init(tmp_path, tiny_model_path):
     finally:
         stop.restore()
         ray.shutdown()
+
+
+def test_a_signal_during_the_final_evaluation_stops_it_between_chunks(tmp_path, tiny_model_path, monkeypatch):
+    import score_rl.rollout.worker as worker_module
+
+    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "final-eval", ["trainer.steps=2", "trainer.eval_before_after=true",
+                                                                      "trainer.eval_problems=100"]),
+                      log=lambda *_: None)
+    evaluate, run_sharded = trainer.evaluate, worker_module.run_sharded
+    calls = {"evaluate": 0}
+
+    def signalled_run_sharded(*args, **kwargs):  # SIGTERM while the final eval's first chunk (of 2) runs
+        trainer.stop.request(signal.SIGTERM)
+        return run_sharded(*args, **kwargs)
+
+    def counted_evaluate():
+        calls["evaluate"] += 1
+        if calls["evaluate"] == 2:
+            monkeypatch.setattr(worker_module, "run_sharded", signalled_run_sharded)
+        return evaluate()
+
+    trainer.evaluate = counted_evaluate
+    with pytest.raises(TrainingStopped, match="after training all 2 steps .* the final evaluation was skipped"):
+        trainer.fit()
+    trainer.close()
+    monkeypatch.setattr(worker_module, "run_sharded", run_sharded)
+    assert (trainer.run_dir / "final" / "config.json").is_file() and not (trainer.run_dir / "run_complete.json").exists()
+    again = Trainer(_cfg(tmp_path, tiny_model_path, "final-eval", ["trainer.steps=2", "trainer.eval_before_after=true",
+                                                                    "trainer.eval_problems=100"]), log=lambda *_: None)
+    results = again.fit()  # nothing left to train: evaluates and completes
+    again.close()
+    assert set(results) == {"base", "trained"} and (again.run_dir / "run_complete.json").is_file()
+
+
+def test_the_best_policy_is_the_one_as_of_the_resumed_checkpoint(tmp_path, tiny_model_path):
+    extra = ["trainer.checkpoint_every=2", "trainer.keep_checkpoints=0", "trainer.best_metric=reward_t1",
+             "trainer.best_mode=min"]
+    Trainer(_cfg(tmp_path, tiny_model_path, "best-resume", [*extra, "trainer.steps=4"]), log=lambda *_: None).fit()
+    ckpts = tmp_path / "best-resume" / "checkpoints"
+    at_2 = json.loads((ckpts / "step_0000002" / "trainer_state.json").read_text())["best"]
+    assert at_2["step"] <= 2 and (ckpts / "step_0000002" / "best" / "best.json").is_file()
+    (ckpts / "step_0000004" / "trainer_state.json").write_text("")  # damaged: the resume goes back to step 2
+    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "best-resume", [*extra, "trainer.steps=5"]), log=lambda *_: None)
+    trainer._maybe_resume()
+    best = trainer.run_dir / "best"
+    assert trainer.start_step == 2 and trainer.best == at_2
+    assert json.loads((best / "best.json").read_text()) == at_2, "not a best found after the checkpoint"
+    weights = next(best.glob("*.safetensors"))
+    assert os.path.samefile(weights, ckpts / "step_0000002" / "best" / weights.name), "restored from the checkpoint"
+    trainer.close()
+
+
+def test_a_best_metric_the_run_does_not_log_is_said(tmp_path, tiny_model_path):
+    from score_rl.config import ConfigError
+
+    logs = []
+    Trainer(_cfg(tmp_path, tiny_model_path, "typo", ["trainer.steps=1", "trainer.best_metric=reward_T2"]),
+            log=logs.append).fit()
+    assert any("'trainer.best_metric' is 'reward_T2', which this run does not log" in line for line in logs), logs
+    with pytest.raises(ConfigError, match="trainer.best_metric.*set trainer.eval_every"):
+        _cfg(tmp_path, tiny_model_path, "noeval", ["trainer.best_metric=eval/acc_t2"])
