@@ -100,8 +100,8 @@ def _train(cfg) -> int:
         print(f"score-rl: error: {err}", file=sys.stderr, flush=True)
         return 1
     finally:
-        trainer.stop.restore()
         trainer.close()
+        trainer.stop.restore()
     return 0
 
 

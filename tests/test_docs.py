@@ -228,7 +228,8 @@ def test_sbatch_starts_ray_on_every_node_and_passes_arguments_unchanged(tmp_path
     result = subprocess.run([BASH, str(SBATCH), str(QUICKSTART), *USER_ARGS], env=env, cwd=submit,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    digest = hashlib.sha1("".join(f"{a}\0" for a in [str(QUICKSTART), *USER_ARGS]).encode()).hexdigest()[:10]
+    # CONFIG, the overrides and the array task id ("" outside an array), each NUL-terminated
+    digest = hashlib.sha1("".join(f"{a}\0" for a in [str(QUICKSTART), *USER_ARGS, ""]).encode()).hexdigest()[:10]
     run_dir = submit / "runs" / f"score-rl-{digest}"  # named after the submission, not the job id
     argv = (tmp_path / "argv").read_bytes().decode().split("\0")[:-1]
     assert argv == ["train", str(QUICKSTART), "trainer.progress_bar=false", f"trainer.run_dir={run_dir}",
@@ -322,12 +323,18 @@ def test_sbatch_default_run_dir_is_named_after_the_submission_not_the_job_id(tmp
         assert result.returncode == 0, result.stderr
         return re.search(r"run directory (\S+?);", result.stderr).group(1)
 
-    for case in ("a", "b", "c"):
+    for case in ("a", "b", "c", "d"):
         (tmp_path / case).mkdir()
     first = run_dir("a", "100", USER_ARGS)
     assert first.startswith(f"{tmp_path}/runs/score-rl-") and "100" not in first.rsplit("-", 1)[1]
     assert run_dir("b", "200", USER_ARGS) == first
     assert run_dir("c", "300", USER_ARGS[:-1]) != first
+    # a new submission whose run dir holds a finished run is refused (a requeue or SCORE_RL_RUN_DIR would go on)
+    Path(first, "run_complete.json").write_text("{}")
+    env, _ = _simulated_job(tmp_path / "d", ["n1"], {"SLURM_JOB_ID": "400", "SLURM_SUBMIT_DIR": str(tmp_path)})
+    result = subprocess.run([BASH, str(SBATCH), str(QUICKSTART), *USER_ARGS], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "holds a finished run (run_complete.json)" in result.stderr, result.stderr
 
 
 def test_sbatch_stops_requeueing_a_job_that_makes_no_progress(tmp_path):

@@ -137,7 +137,7 @@ def get_all(refs: Sequence[Any]) -> List[Any]:
     """``ray.get(refs)``, but an error is raised as soon as any call fails: a dead learner rank must not leave the
     driver waiting for the other ranks, which block in a collective that will never complete."""
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import ActorDiedError
 
     pending = list(refs)
     while pending:
@@ -152,8 +152,8 @@ def get_all(refs: Sequence[Any]) -> List[Any]:
             for ref in done:
                 try:
                     ray.get(ref)
-                except RayActorError as other:
-                    if not isinstance(error, RayActorError):
+                except ActorDiedError as other:
+                    if not isinstance(error, ActorDiedError):
                         error = other
                 except Exception:  # noqa: BLE001 - a consequence of the first failure
                     pass

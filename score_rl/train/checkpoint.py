@@ -93,6 +93,7 @@ def save_checkpoint(root: Path, step: int, trainer_state: Dict, save_learner: Ca
     and of the rest the newest ``keep`` are kept (0 = keep all); the one just published always stays."""
     final = root / f"step_{step:07d}"
     tmp = root / f".step_{step:07d}.tmp"
+    published = False
     try:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".step_*.tmp"):  # left by a process killed while saving
@@ -105,6 +106,7 @@ def save_checkpoint(root: Path, step: int, trainer_state: Dict, save_learner: Ca
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        published = True
         latest_tmp = root / ".latest.tmp"
         latest_tmp.write_text(final.name)
         os.replace(latest_tmp, root / "latest")
@@ -112,6 +114,12 @@ def save_checkpoint(root: Path, step: int, trainer_state: Dict, save_learner: Ca
     except BaseException as err:  # a second Ctrl-C included: nothing partial is left behind
         shutil.rmtree(tmp, ignore_errors=True)
         (root / ".latest.tmp").unlink(missing_ok=True)
+        if published and isinstance(err, KeyboardInterrupt):  # complete and verified: let `latest` name it
+            try:
+                (root / ".latest.tmp").write_text(final.name)
+                os.replace(root / ".latest.tmp", root / "latest")
+            except OSError:
+                pass
         if not isinstance(err, Exception):
             raise
         raise _write_failure(root, step, err) from err

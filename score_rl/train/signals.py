@@ -31,6 +31,7 @@ class StopRequest:
     def __init__(self):
         self.signum: Optional[int] = None
         self._previous: Dict[int, object] = {}
+        self._ignored: set = set()  # ignored when first installed: stay ignored
 
     @property
     def requested(self) -> bool:
@@ -58,8 +59,11 @@ class StopRequest:
         for name in STOP_SIGNALS:
             sig = getattr(signal, name)
             previous = signal.getsignal(sig)
+            if sig in self._ignored:
+                continue
             if sig not in self._previous:
                 if previous is signal.SIG_IGN:  # e.g. `nohup`, or a shell that started us in the background
+                    self._ignored.add(sig)
                     continue
                 self._previous[sig] = previous
             signal.signal(sig, self._handle)

@@ -158,8 +158,6 @@ class Trainer:
             self.eval_set = eval_problems(self.env.problems("test"), tc.eval_problems)
             self.start_step = 0
             self._start_actors()
-            if self.stop.installed:
-                self.stop.install()  # again: ray.init replaced the SIGTERM handler
             self.weight_sync = make_weight_sync(cfg.learner)
         except BaseException:
             self.lock.release()  # a failed start must not keep the directory locked in a long-lived process
@@ -175,6 +173,8 @@ class Trainer:
         if use_ray:
             init_ray(cfg.ray.address, rc.num_workers * rc.cpus_per_worker + lc.num_ranks * lc.cpus_per_rank,
                      rc.num_workers * rc.gpus_per_worker + lc.num_ranks * lc.gpus_per_rank, cfg.ray.num_cpus)
+            if self.stop.installed:
+                self.stop.install()  # again at once: ray.init replaced the SIGTERM handler (a stack dump and exit)
             bundles = [{k: v for k, v in worker_res.items() if v > 0}] * rc.num_workers + \
                       [{k: v for k, v in learner_res.items() if v > 0}] * lc.num_ranks
             pg = make_placement_group(bundles)
@@ -230,8 +230,8 @@ class Trainer:
                 metrics = self.train_step(step)
                 # eval_every: at the last step too when there is no final evaluation to stand for it
                 if tc.eval_every and (step + 1) % tc.eval_every == 0 and (step + 1 < steps or not tc.eval_before_after):
-                    try:
-                        metrics.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+                    try:  # the last step's is not interrupted: no later evaluation would stand for it
+                        metrics.update({f"eval/{k}": v for k, v in self.evaluate(step + 1 < steps).items()})
                     except EvalInterrupted:  # a stop signal: the step is logged and checkpointed without its eval
                         self.log(f"the evaluation after step {step + 1} was interrupted by {self.stop.name}; not logged")
                 logger.log(step, metrics)
@@ -459,14 +459,14 @@ class Trainer:
         m.update({f"time/{k}": v for k, v in timings.items()})
         return m
 
-    def evaluate(self) -> Dict[str, float]:
+    def evaluate(self, interruptible: bool = True) -> Dict[str, float]:
         """The held-out evaluation of the current policy; EvalInterrupted between chunks once a stop signal came (a
         dead or quietly restarted worker is brought up to date and its chunk redone, as in training)."""
         episodes = run_eval_episodes(self.workers, self.eval_set, self.cfg.trainer.seed, self.cfg.rollout.num_turns,
                                      self.cfg.eval.temperature, progress="held-out eval",
                                      weights_version=self.weights_version, recover=self.recover_worker,
                                      attempts=self.cfg.ray.max_worker_restarts,
-                                     should_stop=lambda: self.stop.requested)
+                                     should_stop=(lambda: self.stop.requested) if interruptible else None)
         return self_correction_metrics(episodes)
 
     def _base_results(self) -> Dict[str, float]:
@@ -561,8 +561,15 @@ class Trainer:
         checkpoint's hard-linked copy (a best found after the checkpoint belongs to the steps that are redone)."""
         import shutil
 
-        self.best = state.get("best")
         best_dir = self.run_dir / "best"
+        if "best" not in state:  # a checkpoint written before the best was recorded in it: keep an earlier best
+            saved = best_dir / "best.json"
+            earlier = json.loads(saved.read_text()) if saved.is_file() else None
+            self.best = earlier if earlier and earlier.get("step", 0) <= self.start_step else None
+            if self.best is None and best_dir.is_dir():
+                shutil.rmtree(best_dir)
+            return
+        self.best = state["best"]
         if self.best is not None and (ckpt / "best").is_dir():
             tmp = self.run_dir / ".best.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -576,8 +583,13 @@ class Trainer:
         key, mode = self.cfg.trainer.best_metric, self.cfg.trainer.best_mode
         if not key:
             return
-        if key not in metrics and not key.startswith("eval/") and not getattr(self, "_warned_best", False):
-            self._warned_best = True
+        if self.best is not None and (self.best.get("metric"), self.best.get("mode")) != (key, mode):
+            self.best = None  # recorded under another best_metric / best_mode (allow_config_change)
+        if key in metrics:
+            self._best_seen = True
+        self._best_misses = getattr(self, "_best_misses", 0) + (key not in metrics)
+        # said once, after 3 steps without it (a step may lack learner statistics, e.g. STaR with nothing kept)
+        if not key.startswith("eval/") and not getattr(self, "_best_seen", False) and self._best_misses == 3:
             self.log(f"warning: config key 'trainer.best_metric' is {key!r}, which this run does not log; no best "
                      f"policy is kept. Logged: {', '.join(sorted(k for k in metrics if not k.startswith('time/')))}")
         if key not in metrics or metrics[key] is None or metrics[key] != metrics[key]:  # absent / NaN

@@ -308,8 +308,8 @@ def test_a_best_metric_the_run_does_not_log_is_said(tmp_path, tiny_model_path):
     from score_rl.config import ConfigError
 
     logs = []
-    Trainer(_cfg(tmp_path, tiny_model_path, "typo", ["trainer.steps=1", "trainer.best_metric=reward_T2"]),
-            log=logs.append).fit()
+    Trainer(_cfg(tmp_path, tiny_model_path, "typo", ["trainer.steps=3", "trainer.best_metric=reward_T2"]),
+            log=logs.append).fit()  # said after 3 steps without it
     assert any("'trainer.best_metric' is 'reward_T2', which this run does not log" in line for line in logs), logs
     with pytest.raises(ConfigError, match="trainer.best_metric.*set trainer.eval_every"):
         _cfg(tmp_path, tiny_model_path, "noeval", ["trainer.best_metric=eval/acc_t2"])
