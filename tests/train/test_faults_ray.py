@@ -53,11 +53,11 @@ def _kill_worker_four_times(trainer):
                                            trainer.evaluate)
     state = {"step": -1}
 
-    def evaluate_after_kill():  # as the first evaluation (after step 2) starts
+    def evaluate_after_kill(*args):  # as the first evaluation (after step 2) starts
         state["evals"] = state.get("evals", 0) + 1
         if state["evals"] == 1:
             kill()
-        return evaluate()
+        return evaluate(*args)
 
     def step_episodes(step):
         if step == 1:
