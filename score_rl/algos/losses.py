@@ -2,6 +2,8 @@
 coefficients (t = the token's turn):
 
     REINFORCE   loss_tok = −A_t · log π(y_tok)                                  +  β_t · KL_tok
+    one-step off-policy (trainer.off_policy_steps=1): the REINFORCE loss_tok × w_tok, w = min(π / π_sampler, c)
+                (detached; truncated importance sampling: the batch was sampled by the policy one update earlier)
     PPO         loss_tok = −min(ρ · A_tok, clip(ρ, 1 − ε, 1 + ε) · A_tok)       +  β_t · KL_tok,   ρ = π / π_old
     critic      loss_tok = ½ · max((V − R)², (V_old + clip(V − V_old, −c, c) − R)²)
 
@@ -34,15 +36,31 @@ def reinforce_kl_loss(
     logp: torch.Tensor, ref_logp: torch.Tensor, advantage: torch.Tensor, kl_coef: torch.Tensor, mask: torch.Tensor,
     kl_estimator: str = "k2", kl_in_loss: bool = True, loss_agg: str = "token-mean", denominator: float | None = None,
     logits: Optional[torch.Tensor] = None, ref_logits: Optional[torch.Tensor] = None,
+    sampling_logp: Optional[torch.Tensor] = None, is_clip: float = 2.0,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Summed loss of one micro-batch divided by ``denominator``.
 
     The learner passes the whole step's count over all ranks (response tokens, or turns with a response token) divided
     by the rank count, so the gradients of all micro-batches on all ranks, averaged by data parallelism, add up to the
-    gradient of the step's loss. Without a denominator: this micro-batch's own count (tokens, or non-empty rows)."""
+    gradient of the step's loss. Without a denominator: this micro-batch's own count (tokens, or non-empty rows).
+
+    ``sampling_logp`` (one-step off-policy): the log-probs the sampler drew the tokens with; every token's loss is
+    weighted by the detached w = min(exp(log π − log π_sampler), ``is_clip``), so that the expected gradient is the
+    on-policy one (up to the truncation). The parts add the mask-weighted sums of w (``is_weight``) and of the tokens
+    whose weight was truncated (``is_clipped``)."""
     pg = -advantage * logp
-    return _policy_loss(pg, logp, ref_logp, kl_coef, mask, kl_estimator, kl_in_loss, loss_agg, denominator, logits,
-                        ref_logits)
+    weight = None
+    if sampling_logp is not None:
+        log_ratio = torch.where(mask > 0, logp.detach() - sampling_logp, 0.0)  # 0 off the mask: no overflow there
+        ratio = torch.exp(log_ratio)
+        weight = torch.clamp(ratio, max=is_clip)
+    loss, parts = _policy_loss(pg, logp, ref_logp, kl_coef, mask, kl_estimator, kl_in_loss, loss_agg, denominator,
+                               logits, ref_logits, weight)
+    if weight is not None:
+        m = mask.float()
+        parts["is_weight"] = (weight * m).sum()
+        parts["is_clipped"] = ((ratio > is_clip).float() * m).sum()
+    return loss, parts
 
 
 def ppo_kl_loss(
@@ -90,13 +108,15 @@ def value_loss(
 
 
 def _policy_loss(pg, logp, ref_logp, kl_coef, mask, kl_estimator, kl_in_loss, loss_agg, denominator, logits,
-                 ref_logits):
+                 ref_logits, weight=None):
     mask = mask.float()
     # masked positions (prompt, padding) get logp = ref_logp before the estimator: their KL is exactly 0, so an
     # extreme log-ratio there (k3's exp overflowing to inf) cannot turn the loss or its gradient into NaN via inf * 0
     kl_logp = torch.where(mask > 0, logp, ref_logp.detach())
     kl = per_token_kl(kl_estimator, kl_logp, ref_logp, logits, ref_logits)
     per_token = pg + (kl_coef * kl if kl_in_loss else 0.0)
+    if weight is not None:  # importance weight of a token sampled by an older policy (detached)
+        per_token = weight * per_token
     total, denom = _aggregate(per_token, mask, loss_agg, denominator)
     return total / denom, {"pg": (pg * mask).sum().detach(), "kl": (kl * mask).sum().detach()}
 

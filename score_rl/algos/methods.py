@@ -137,9 +137,9 @@ def pair_sft_pairs(samples: Sequence[Episode], seed: int) -> List[Tuple[Episode,
 
 
 def episode_from_dict(data: dict) -> Episode:
-    """The inverse of ``dataclasses.asdict`` for an Episode (Pair-SFT's saved pairs)."""
+    """The inverse of ``dataclasses.asdict`` for an Episode (Pair-SFT's saved pairs, a checkpoint's pending batch)."""
     return Episode(problem_id=data["problem_id"], sample_index=data["sample_index"], reference=data["reference"],
-                   turns=[Turn(**turn) for turn in data["turns"]])
+                   turns=[Turn(**turn) for turn in data["turns"]], attempt=data.get("attempt"))
 
 
 def pair_episode(wrong: Episode, right: Episode, correction_prompt_ids: List[int], index: int) -> Episode:

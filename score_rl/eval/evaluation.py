@@ -103,6 +103,10 @@ def make_workers(cfg: Config, model_path: str) -> ActorGroup:
     from score_rl.rollout.worker import RolloutWorker, check_engine_installed
 
     check_engine_installed(cfg)
+    from score_rl.launch.resources import plan_cpus
+
+    cfg, line = plan_cpus(cfg, learner=False)
+    print(f"score-rl: {line}", flush=True)
     rc = cfg.rollout
     if cfg.ray.enabled:
         init_ray(cfg.ray.address, rc.num_workers * rc.cpus_per_worker, rc.num_workers * rc.gpus_per_worker,

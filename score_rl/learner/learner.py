@@ -61,7 +61,7 @@ class Learner:
         self.rank, self.world_size = rank, world_size
         self.episodes_per_rank = episodes_per_rank
         self.use_cuda = cfg.learner.gpus_per_rank > 0 and torch.cuda.is_available()
-        set_threads(cfg.learner.torch_threads or cfg.learner.cpus_per_rank)
+        set_threads(cfg.learner.torch_threads or cfg.learner.cpus_per_rank or 1)
         quiet_libraries()
 
     def address(self) -> tuple:
@@ -213,6 +213,9 @@ class Learner:
         stats = {"loss": 0.0, "pg_loss_sum": 0.0, **dict.fromkeys(POLICY_STATS, 0.0)}
         if ppo:
             stats.update(value_loss_sum=0.0, clipped_sum=0.0, approx_kl_sum=0.0, ratio_dev_sum=0.0)
+        off_policy = not ppo and self.cfg.trainer.off_policy_steps > 0
+        if off_policy:
+            stats.update(is_weight_sum=0.0, is_clipped_sum=0.0)
         engines = [self.engine, self.critic] if ppo else [self.engine]
         pre_clip_norms = None
         for i, chunk in enumerate(micro):
@@ -237,6 +240,8 @@ class Learner:
                 parts.update(v_parts)
                 losses = [loss, v_loss]
             else:
+                if off_policy:  # the batch was sampled one update ago: importance-weight it to the current policy
+                    kl.update(sampling_logp=b["sampling_logprobs"], is_clip=algo.is_clip)
                 loss, parts = reinforce_kl_loss(logp, ref_logp, b["advantage"], b["kl_coef"], mask, **kl)
                 losses = [loss]
             for engine, engine_loss in zip(engines, losses):
@@ -254,6 +259,9 @@ class Learner:
                 stats["pg_loss_sum"] += float(parts["pg"])
                 if ppo:
                     for key in ("value_loss", "clipped", "approx_kl", "ratio_dev"):
+                        stats[f"{key}_sum"] += float(parts[key])
+                if off_policy:
+                    for key in ("is_weight", "is_clipped"):
                         stats[f"{key}_sum"] += float(parts[key])
         names = ["grad_norm", "critic_grad_norm"]
         for k, engine in enumerate(engines):
@@ -522,4 +530,7 @@ def reduce_rank_stats(per_rank: Sequence[Dict[str, float]], denominator: float) 
         for key in ("clipped", "approx_kl", "ratio_dev"):
             out[{"clipped": "clip_frac"}.get(key, key)] = total[f"{key}_sum"] / tokens
         out["critic_grad_norm"] = per_rank[0]["critic_grad_norm"]
+    if "is_weight_sum" in total:  # one-step off-policy: the importance weights, per trained token (weighted as the loss)
+        out["is_weight"] = total["is_weight_sum"] / tokens
+        out["is_clip_frac"] = total["is_clipped_sum"] / tokens
     return out

@@ -22,7 +22,7 @@ from score_rl.utils import load_model, load_tokenizer, quiet_libraries, set_thre
 
 class RolloutWorker:
     def __init__(self, cfg: Config, model_path: str, worker_index: int = 0):
-        set_threads(cfg.rollout.cpus_per_worker)
+        set_threads(cfg.rollout.torch_threads or cfg.rollout.cpus_per_worker or 1)
         quiet_libraries()
         self.cfg = cfg
         self.worker_index = worker_index

@@ -24,6 +24,7 @@ from score_rl.config import (Config, ConfigError, check_resume_config, episodes_
                              saved_config_tree, validate_training)
 from score_rl.launch.distributed import ActorGroup, check_run_dir_is_kept, init_ray, make_placement_group, shard
 from score_rl.launch.faults import TrainingAborted, dead_member, death_reason, wait_alive
+from score_rl.launch.resources import plan_cpus
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode
 from score_rl.eval.evaluation import TRAINED_MARKER, EvalInterrupted, eval_problems, run_eval_episodes
@@ -147,6 +148,9 @@ class Trainer:
         self.stop = stop if stop is not None else StopRequest()
         self.weights_version = 0  # policy version the rollout workers hold: one more per weight sync
         self.best: Optional[Dict] = None  # trainer.best_metric's best so far: {metric, mode, value, step}
+        # off_policy_steps=1: the next step's batch, sampled during this one ({step: episodes}); in checkpoints too
+        self.pending: Dict[int, List[Episode]] = {}
+        self.pending_seconds = 0.0
         try:
             if has_checkpoint(self.run_dir / "checkpoints"):  # a resume: the saved config before it is rewritten
                 check_resume_config(cfg, self.run_dir / "config.yaml")
@@ -157,6 +161,8 @@ class Trainer:
             self.sampler = ProblemSampler(self.env.problems("train"), tc.seed)
             self.eval_set = eval_problems(self.env.problems("test"), tc.eval_problems)
             self.start_step = 0
+            self.cfg, line = plan_cpus(cfg)  # auto CPU settings resolved (the saved config.yaml keeps them auto)
+            self.log(line)
             self._start_actors()
             self.weight_sync = make_weight_sync(cfg.learner)
         except BaseException:
@@ -271,17 +277,37 @@ class Trainer:
         return results
 
     def train_step(self, step: int) -> Dict[str, float]:
-        """One step: rollout → shape → learn → sync; the step's metrics."""
+        """One step: rollout → shape → learn → sync; the step's metrics.
+
+        trainer.off_policy_steps=1: the batch of step t+1 is sampled (by the policy the workers hold: the one before
+        step t's update) while step t shapes and learns, in a driver thread on Ray, so rollout and learning overlap;
+        in-process it is sampled at the same point, one after the other, so both give the same batches. The learner
+        importance-weights the stale batch (algo.is_clip). time/rollout is the rollout's own duration, time/rollout_wait
+        how long the step waited for it, time/step the whole step."""
         timings: Dict[str, float] = {}
-        with _timed(timings, "rollout"):
-            episodes = self.step_episodes(step)
+        start = time.perf_counter()
+        episodes = self.pending.pop(step, None)  # sampled during the previous step (off-policy) or restored
+        if episodes is None:
+            with _timed(timings, "rollout"):
+                episodes = self.step_episodes(step)
+        else:
+            timings["rollout"] = self.pending_seconds
+        self.pending.clear()
+        following = None
+        if self.cfg.trainer.off_policy_steps and step + 1 < self.cfg.trainer.steps:
+            following = _Background(lambda: self.step_episodes(step + 1), threaded=self.workers.use_ray)
         with _timed(timings, "shape"):
             stage, extra = self.prepare(episodes, step)
         with _timed(timings, "learn"):  # {} when nothing is trained (a STaR batch without a kept trace)
             stats = self.algorithm.update(self.learners, episodes, step)
+        if following is not None:
+            with _timed(timings, "rollout_wait"):
+                self.pending = {step + 1: following.result()}
+            self.pending_seconds = following.seconds
         with _timed(timings, "sync"):
             if stats:
                 self.push_weights()
+        timings["step"] = time.perf_counter() - start
         return {**self.step_metrics(episodes, stage, stats, timings), **extra}
 
     def _stopped_message(self, done: int, steps: int) -> str:
@@ -490,6 +516,8 @@ class Trainer:
     # --- persistence ---------------------------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
         state = {"step": step, "sampler": self.sampler.state(), "model_path": self.model_path, "best": self.best}
+        if step in self.pending:  # off-policy: the next batch was sampled (and the sampler advanced) before the update
+            state["pending"] = [asdict(ep) for ep in self.pending[step]]
 
         def save(directory: str, tag: str) -> None:
             self.learners.call("save_checkpoint", None, directory, tag)
@@ -527,6 +555,8 @@ class Trainer:
                                   f"away to start over")
         self.sampler.load(state["sampler"])
         self.start_step = state["step"]
+        if state.get("pending"):  # the batch an uninterrupted off-policy run would train next
+            self.pending = {self.start_step: [methods.episode_from_dict(ep) for ep in state["pending"]]}
         self._restore_best(ckpt, state)
         self.push_weights()
         self.log(f"resumed from {ckpt} at step {self.start_step}")
@@ -615,6 +645,37 @@ def _link_tree(src: Path, dst: Path) -> None:
             shutil.copy2(a, b)
 
     shutil.copytree(src, dst, copy_function=link)
+
+
+class _Background:
+    """``fn()`` in a thread (``threaded``; Ray calls release the GIL while the actors work), else at once; ``result()``
+    returns its value or raises its exception, ``seconds`` is how long it ran."""
+
+    def __init__(self, fn, threaded: bool):
+        import threading
+
+        self.value, self.error, self.seconds = None, None, 0.0
+
+        def run() -> None:
+            start = time.perf_counter()
+            try:
+                self.value = fn()
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread by result()
+                self.error = err
+            self.seconds = time.perf_counter() - start
+
+        self.thread = threading.Thread(target=run, name="score-rl-rollout", daemon=True) if threaded else None
+        if self.thread is not None:
+            self.thread.start()
+        else:
+            run()
+
+    def result(self):
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 @contextmanager

@@ -196,3 +196,52 @@ def test_all_masked_batch_gives_zero_loss_not_nan():
 def test_unknown_aggregation_is_an_error():
     with pytest.raises(ValueError, match="aggregation"):
         _agg_loss(loss_agg="sum")
+
+
+# --- one-step off-policy: the truncated importance weight (trainer.off_policy_steps=1) -------------------------
+def test_importance_weight_scales_each_tokens_gradient_by_pi_over_pi_sampler():
+    """d loss / d logp = -w * A / n with w = π/π_sampler (detached): a token the current policy likes twice as much as
+    the sampler did counts twice; w = 1 (on-policy) gives the plain REINFORCE gradient."""
+    logp = torch.full((B, T), -1.0, requires_grad=True)
+    sampling = torch.tensor([[-1.0, -1.0 - 0.5, -1.0 + 0.5, -1.0], [-1.0 - 0.2, -1.0, -1.0, -1.0]])
+    adv = torch.tensor([[2.0, -1.0, 0.5, 3.0], [1.0, 1.0, -3.0, 4.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    loss, parts = reinforce_kl_loss(logp, logp.detach(), adv, torch.zeros(B, T), mask, kl_in_loss=False,
+                                    sampling_logp=sampling, is_clip=10.0)
+    loss.backward()
+    w = torch.exp(logp.detach() - sampling)
+    torch.testing.assert_close(logp.grad, -w * adv * mask / 5)
+    assert float(parts["is_weight"]) == pytest.approx(float((w * mask).sum()))
+    assert float(parts["is_clipped"]) == 0.0
+
+
+def test_importance_weight_is_truncated_at_is_clip_and_counted():
+    logp = torch.zeros(B, T, requires_grad=True)
+    sampling = torch.full((B, T), -3.0)  # w = e^3 ≈ 20 everywhere
+    sampling[1, 0] = 0.0  # w = 1
+    adv = torch.ones(B, T)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])
+    loss, parts = reinforce_kl_loss(logp, logp.detach(), adv, torch.zeros(B, T), mask, kl_in_loss=False,
+                                    sampling_logp=sampling, is_clip=2.0)
+    loss.backward()
+    expected = -torch.tensor([[2.0, 2.0, 0, 0], [1.0, 0, 0, 0]]) / 3
+    torch.testing.assert_close(logp.grad, expected)
+    assert float(parts["is_clipped"]) == 2.0 and float(parts["is_weight"]) == pytest.approx(5.0)
+
+
+def test_importance_weight_scales_the_kl_term_too_and_a_masked_extreme_ratio_is_harmless():
+    """The weight multiplies the token's whole loss (the KL term is an expectation under π as well); an extreme
+    log-ratio at a masked position gives neither inf nor NaN."""
+    logp = torch.full((B, T), -1.0, requires_grad=True)
+    ref = torch.full((B, T), -2.0)
+    sampling = torch.full((B, T), -1.0 - 0.3)
+    sampling[1, 3] = -1e4  # masked: exp(1e4) would overflow
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0]])
+    kl_coef = torch.full((B, T), 0.5)
+    plain, _ = reinforce_kl_loss(logp, ref, torch.zeros(B, T), kl_coef, mask, kl_estimator="k2")
+    g_plain, = torch.autograd.grad(plain, logp)
+    weighted, _ = reinforce_kl_loss(logp, ref, torch.zeros(B, T), kl_coef, mask, kl_estimator="k2",
+                                    sampling_logp=sampling, is_clip=2.0)
+    g_weighted, = torch.autograd.grad(weighted, logp)
+    torch.testing.assert_close(g_weighted, g_plain * torch.exp(torch.tensor(0.3)) * mask)
+    assert torch.isfinite(weighted) and torch.isfinite(g_weighted).all()

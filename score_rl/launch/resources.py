@@ -1,0 +1,126 @@
+"""How many CPUs a run may use, and how they are shared between rollout workers and learner ranks.
+
+``rollout.cpus_per_worker`` / ``learner.cpus_per_rank`` left at null ("auto") size the actors to this process's CPUs
+(its CPU affinity, which SLURM and taskset set, capped by a cgroup CPU quota, by ``SLURM_CPUS_PER_TASK`` and by
+``ray.num_cpus``):
+
+* the CPUs are split between the learner ranks (half, rounded up) and the rollout workers (the rest; at least half a
+  CPU each): that is the Ray reservation of each actor (fractional below 1, whole numbers above, as Ray requires);
+* torch threads: with ``trainer.off_policy_steps: 0`` rollout and learning take turns, so each side gets all the CPUs
+  (``C // num_workers`` threads per worker, ``C // num_ranks`` per rank); with 1 they run at the same time and each
+  actor gets its reservation;
+* joining a running cluster (``ray.address`` set) the driver cannot know the actors' nodes: 1 CPU and 1 thread each.
+
+An explicit value is kept as given (reservation and thread count, as before), and ``*.torch_threads`` > 0 overrides the
+thread count. ``plan_cpus`` returns the resolved config and the line the trainer prints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import replace
+from typing import Optional, Tuple
+
+from score_rl.config import Config
+
+
+def available_cpus(ray_num_cpus: Optional[int] = None) -> Tuple[int, str]:
+    """(CPUs this process may use, where that number comes from)."""
+    try:
+        n, source = len(os.sched_getaffinity(0)), "CPU affinity"
+    except AttributeError:  # not Linux
+        n, source = os.cpu_count() or 1, "os.cpu_count"
+    quota = _cgroup_cpu_quota()
+    if quota is not None and quota < n:
+        n, source = quota, "cgroup CPU quota"
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
+    if slurm and slurm.isdigit() and 0 < int(slurm) < n:
+        n, source = int(slurm), "SLURM_CPUS_PER_TASK"
+    if ray_num_cpus:
+        n, source = int(ray_num_cpus), "ray.num_cpus"
+    return max(1, n), source
+
+
+def _cgroup_cpu_quota() -> Optional[int]:
+    """ceil(quota / period) of a cgroup v2 ``cpu.max`` (a container's CPU limit), or None when unlimited / unknown."""
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def _reservation(cpus: float, members: int) -> float:
+    """Each of ``members`` actors' share of ``cpus``: fractional below 1 CPU, whole CPUs above (Ray's rule)."""
+    share = cpus / members
+    return share if share < 1 else float(math.floor(share))
+
+
+def plan_cpus(cfg: Config, learner: bool = True) -> Tuple[Config, str]:
+    """The config with every auto CPU setting resolved, and a line saying what was chosen and why.
+    ``learner=False``: an evaluation-only run (rollout workers only)."""
+    rc, lc = cfg.rollout, cfg.learner
+    workers = rc.num_workers if cfg.ray.enabled else 1
+    ranks = (lc.num_ranks if cfg.ray.enabled else 1) if learner else 0
+    overlap = learner and cfg.trainer.off_policy_steps > 0
+    auto_w, auto_r = rc.cpus_per_worker is None, learner and lc.cpus_per_rank is None
+    if cfg.ray.enabled and cfg.ray.address:  # a running cluster: its nodes are not this machine
+        cpw = rc.cpus_per_worker if not auto_w else 1.0
+        cpr = lc.cpus_per_rank if lc.cpus_per_rank is not None else 1.0
+        tw, tr = _threads(rc.torch_threads, cpw), _threads(lc.torch_threads, cpr)
+        why = f"joining the Ray cluster at {cfg.ray.address}: auto CPU settings are 1 CPU per actor" \
+            if auto_w or auto_r else "as configured"
+        return _resolved(cfg, cpw, cpr, tw, tr), _line(cfg, workers, ranks, cpw, cpr, tw, tr, why)
+    total, source = available_cpus(cfg.ray.num_cpus if cfg.ray.enabled else None)
+    if not cfg.ray.enabled:  # one process: rollout and learning take turns on the same threads
+        tw = _threads(rc.torch_threads, rc.cpus_per_worker if not auto_w else total)
+        tr = _threads(lc.torch_threads, lc.cpus_per_rank if lc.cpus_per_rank is not None else total)
+        cpw = rc.cpus_per_worker if not auto_w else float(total)
+        cpr = lc.cpus_per_rank if lc.cpus_per_rank is not None else float(total)
+        return _resolved(cfg, cpw, cpr, tw, tr), _line(cfg, 1, ranks, None, None, tw, tr,
+                                                      f"{total} CPUs ({source}), in-process")
+    # the reservations: the learner ranks half (rounded up), the workers the rest, or what an explicit side leaves
+    if auto_w:
+        left = total - (0 if not ranks else math.ceil(total / 2) if auto_r else lc.cpus_per_rank * ranks)
+        cpw = _reservation(max(left, 0.5 * workers), workers)
+    else:
+        cpw = rc.cpus_per_worker
+    if auto_r:
+        cpr = _reservation(max(total - cpw * workers, 0.5 * ranks), ranks)
+    else:
+        cpr = lc.cpus_per_rank if lc.cpus_per_rank is not None else 1.0
+    if overlap:  # at the same time: each actor its own CPUs
+        tw = _threads(rc.torch_threads, cpw)
+        tr = _threads(lc.torch_threads, cpr)
+        mode = "rollout and learning overlap (trainer.off_policy_steps=1)"
+    else:  # one after the other: each side all of them
+        tw = _threads(rc.torch_threads, cpw if not auto_w else total // workers)
+        tr = _threads(lc.torch_threads, cpr if not auto_r else total // max(ranks, 1))
+        mode = "rollout and learning take turns, each with all of them"
+    why = f"{total} CPUs ({source}); {mode}"
+    if not (auto_w or auto_r):
+        why = f"as configured; {total} CPUs ({source})"
+    return _resolved(cfg, cpw, cpr, tw, tr), _line(cfg, workers, ranks, cpw, cpr, tw, tr, why)
+
+
+def _threads(configured: int, cpus: float) -> int:
+    return configured if configured > 0 else max(1, int(cpus))
+
+
+def _resolved(cfg: Config, cpw: float, cpr: float, tw: int, tr: int) -> Config:
+    return replace(cfg, rollout=replace(cfg.rollout, cpus_per_worker=float(cpw), torch_threads=tw),
+                   learner=replace(cfg.learner, cpus_per_rank=float(cpr), torch_threads=tr))
+
+
+def _line(cfg: Config, workers: int, ranks: int, cpw, cpr, tw: int, tr: int, why: str) -> str:
+    def side(n: int, what: str, cpus, threads: int) -> str:
+        reserved = f"{cpus:g} CPU{'s' if cpus != 1 else ''} reserved, " if cpus is not None else ""
+        return f"{n} {what}{'s' if n != 1 else ''} x ({reserved}{threads} torch thread{'s' if threads != 1 else ''})"
+
+    parts = [side(workers, "rollout worker", cpw, tw)]
+    if ranks:
+        parts.append(side(ranks, "learner rank", cpr, tr))
+    return f"CPUs: {'; '.join(parts)} — {why}"

@@ -1,0 +1,83 @@
+"""plan_cpus: auto CPU settings sized to the machine / allocation (score_rl/launch/resources.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from score_rl.config import load_config
+from score_rl.launch import resources
+from score_rl.launch.resources import available_cpus, plan_cpus
+
+QUICKSTART = "configs/quickstart.yaml"
+
+
+@pytest.fixture
+def cpus(monkeypatch):
+    """Pretend this process may use n CPUs (affinity), with no cgroup quota and no SLURM."""
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.setattr(resources, "_cgroup_cpu_quota", lambda: None)
+
+    def set_n(n: int) -> None:
+        monkeypatch.setattr(resources.os, "sched_getaffinity", lambda pid: set(range(n)))
+    return set_n
+
+
+def _plan(*overrides):
+    cfg, line = plan_cpus(load_config(QUICKSTART, list(overrides)))
+    rc, lc = cfg.rollout, cfg.learner
+    return (rc.cpus_per_worker, rc.torch_threads, lc.cpus_per_rank, lc.torch_threads), line
+
+
+def test_defaults_use_every_cpu_while_rollout_and_learning_take_turns(cpus):
+    cpus(2)
+    plan, line = _plan()
+    assert plan == (1.0, 2, 1.0, 2)  # reserve 1 + 1, but each side runs 2 threads when it has the machine
+    assert "2 CPUs (CPU affinity)" in line and "take turns" in line
+    cpus(16)
+    assert _plan("rollout.num_workers=2")[0] == (4.0, 8, 8.0, 16)
+
+
+def test_overlap_gives_each_actor_its_own_cpus(cpus):
+    cpus(2)
+    plan, line = _plan("trainer.off_policy_steps=1")
+    assert plan == (1.0, 1, 1.0, 1) and "overlap" in line
+    cpus(1)  # one CPU: half each (Ray accepts fractions below 1), one thread each
+    assert _plan("trainer.off_policy_steps=1")[0] == (0.5, 1, 0.5, 1)
+    cpus(7)
+    assert _plan("trainer.off_policy_steps=1", "learner.num_ranks=2")[0] == (3.0, 3, 2.0, 2)
+
+
+def test_explicit_values_are_kept_and_the_other_side_gets_the_rest(cpus):
+    cpus(8)
+    plan, line = _plan("rollout.cpus_per_worker=2", "learner.cpus_per_rank=3")
+    assert plan == (2.0, 2, 3.0, 3) and "as configured" in line
+    assert _plan("learner.cpus_per_rank=6", "trainer.off_policy_steps=1")[0] == (2.0, 2, 6.0, 6)
+    assert _plan("learner.torch_threads=5")[0] == (4.0, 8, 4.0, 5)  # torch_threads > 0 wins
+
+
+def test_in_process_gives_both_all_cpus(cpus):
+    cpus(4)
+    plan, line = _plan("ray.enabled=false")
+    assert plan == (4.0, 4, 4.0, 4) and "in-process" in line
+
+
+def test_joining_a_cluster_cannot_size_remote_nodes(cpus):
+    cpus(64)
+    plan, line = _plan("ray.address=auto")
+    assert plan == (1.0, 1, 1.0, 1) and "joining the Ray cluster" in line
+
+
+def test_allocation_limits_win_over_the_machine(cpus, monkeypatch):
+    cpus(64)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    assert available_cpus() == (6, "SLURM_CPUS_PER_TASK")
+    monkeypatch.setattr(resources, "_cgroup_cpu_quota", lambda: 3)
+    assert available_cpus() == (3, "cgroup CPU quota")
+    assert available_cpus(ray_num_cpus=5) == (5, "ray.num_cpus")
+    assert _plan("ray.num_cpus=4")[0] == (2.0, 4, 2.0, 4)
+
+
+def test_evaluation_only_gives_the_workers_everything(cpus):
+    cpus(6)
+    cfg, _ = plan_cpus(load_config(QUICKSTART, ["rollout.num_workers=2"]), learner=False)
+    assert (cfg.rollout.cpus_per_worker, cfg.rollout.torch_threads) == (3.0, 3)

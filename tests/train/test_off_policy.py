@@ -1,0 +1,126 @@
+"""trainer.off_policy_steps=1: step t+1's batch is sampled while step t learns (one-step off-policy), importance-
+weighted in the loss; the batches, metrics and resumes are the same on every backend and at every resume point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from score_rl.config import ConfigError
+from score_rl.train.trainer import Trainer
+from tests.conftest import tiny_config
+
+OFF = ["trainer.off_policy_steps=1"]
+
+
+def _trainer(tmp_path, tiny_model_path, name, extra=()):
+    cfg = tiny_config(tmp_path / name, [f"model.path={tiny_model_path}", "ray.enabled=false", "trainer.steps=4",
+                                        "trainer.eval_before_after=false", "learner.lr=1e-2", *extra])
+    return Trainer(cfg, log=lambda *_: None)
+
+
+def _fit(trainer):
+    trainer.fit()
+    rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def _sampled_versions(trainer):
+    """The policy version the workers held for each rollout, in call order."""
+    versions, rollout = [], trainer.rollout
+
+    def recording(problems, step, num_turns=2):
+        versions.append((step, trainer.weights_version))
+        return rollout(problems, step, num_turns)
+
+    trainer.rollout = recording
+    return versions
+
+
+@pytest.mark.parametrize("off", [0, 1])
+def test_each_batch_is_sampled_by_the_policy_the_setting_says(tmp_path, tiny_model_path, off):
+    trainer = _trainer(tmp_path, tiny_model_path, f"v{off}", [f"trainer.off_policy_steps={off}"])
+    versions = _sampled_versions(trainer)
+    rows = _fit(trainer)
+    if off:  # step t+1's batch is sampled before step t's update reaches the workers
+        assert versions == [(0, 0), (1, 0), (2, 1), (3, 2)]
+        assert all("is_weight" in r and "is_clip_frac" in r for r in rows)
+        assert rows[0]["logprob_mismatch"] < 1e-3 and rows[0]["is_weight"] == pytest.approx(1.0, abs=1e-3)
+        # the later batches come from the policy one update old: the learner's log-probs differ from the sampler's
+        assert all(r["logprob_mismatch"] > 1e-3 for r in rows[1:])
+        assert all(r["is_weight"] != pytest.approx(1.0, abs=1e-4) for r in rows[1:])
+    else:
+        assert versions == [(0, 0), (1, 1), (2, 2), (3, 3)]
+        assert all("is_weight" not in r for r in rows)
+        assert all(r["logprob_mismatch"] < 1e-3 for r in rows)
+
+
+def test_an_off_policy_run_stopped_and_resumed_logs_what_an_uninterrupted_run_logs(tmp_path, tiny_model_path):
+    """A stop signal after step 2 of 4: the checkpoint keeps the batch already sampled for step 3 (and the sampler
+    past it), so the resumed run trains on the very batch the uninterrupted one did, sampled one update earlier."""
+    import signal
+
+    from score_rl.train.signals import TrainingStopped
+
+    straight = _fit(_trainer(tmp_path, tiny_model_path, "straight", OFF))
+    run = [f"trainer.run_dir={tmp_path / 'resumed'}", *OFF]
+    first = _trainer(tmp_path, tiny_model_path, "first", run)
+    train_step = first.train_step
+
+    def stop_after_step_2(step):
+        metrics = train_step(step)
+        if step == 1:
+            first.stop.request(signal.SIGTERM)
+        return metrics
+
+    first.train_step = stop_after_step_2
+    with pytest.raises(TrainingStopped):
+        first.fit()
+    first.close()
+    state = json.loads((tmp_path / "resumed" / "checkpoints" / "step_0000002" / "trainer_state.json").read_text())
+    assert len(state["pending"]) == 8  # step 2's batch (4 problems x 2 samples), sampled during step 1
+    second = _trainer(tmp_path, tiny_model_path, "second", run)
+    versions = _sampled_versions(second)
+    resumed = _fit(second)
+    assert versions == [(3, 1)], "step 2's batch comes from the checkpoint; step 3's from the policy after step 2"
+    assert [r["step"] for r in resumed] == [0, 1, 2, 3]
+    assert resumed == straight
+
+
+def test_off_policy_needs_reinforce_and_a_sampled_batch(tmp_path, tiny_model_path):
+    with pytest.raises(ConfigError, match="trainer.off_policy_steps.*algo.name=ppo"):
+        _trainer(tmp_path, tiny_model_path, "ppo", OFF + ["algo.name=ppo"])
+    with pytest.raises(ConfigError, match="trainer.off_policy_steps.*method.name=pair_sft"):
+        _trainer(tmp_path, tiny_model_path, "sft", OFF + ["method.name=pair_sft"])
+    with pytest.raises(ConfigError, match="'trainer.off_policy_steps' must be 0 or 1, got 2"):
+        _trainer(tmp_path, tiny_model_path, "two", ["trainer.off_policy_steps=2"])
+
+
+def test_overlapped_on_ray_trains_what_in_process_trains(tmp_path, tiny_model_path):
+    """Backend invariance: on Ray the next batch is sampled in a driver thread while the learner works; in-process
+    one after the other. Same batches, same updates, same metrics."""
+    import ray
+
+    one_thread = ["rollout.cpus_per_worker=1", "learner.cpus_per_rank=1", "trainer.steps=3", *OFF]
+    local = _fit(_trainer(tmp_path, tiny_model_path, "local", one_thread))
+    try:
+        cfg = tiny_config(tmp_path / "ray", [f"model.path={tiny_model_path}", "ray.enabled=true", "ray.num_cpus=2",
+                                             "trainer.eval_before_after=false", "learner.lr=1e-2", *one_thread])
+        trainer = Trainer(cfg, log=lambda *_: None)
+        threads = []
+        step_episodes = trainer.step_episodes
+
+        def recording(step):
+            import threading
+
+            threads.append(threading.current_thread().name)
+            return step_episodes(step)
+
+        trainer.step_episodes = recording
+        on_ray = _fit(trainer)
+        trainer.close()
+    finally:
+        ray.shutdown()
+    assert threads == ["MainThread", "score-rl-rollout", "score-rl-rollout"], "the next batch overlaps the learning"
+    assert on_ray == local
