@@ -52,7 +52,9 @@ TRL_BETA = 0.04
 
 # name: (trainer, torch threads (None: the trainer's own default), score-rl overrides, description)
 CONFIGS = {
-    "score-rl": ("score-rl", None, [], "score-rl defaults (Ray actors)"),
+    "score-rl": ("score-rl", None, [], "score-rl defaults (Ray actors, CPUs sized to the machine)"),
+    "score-rl-overlap": ("score-rl", None, ["trainer.off_policy_steps=1"],
+                         "score-rl defaults + trainer.off_policy_steps=1 (rollout overlaps learning)"),
     "score-rl-inproc-1t": ("score-rl", 1, ["ray.enabled=false", "rollout.cpus_per_worker=1", "learner.cpus_per_rank=1"],
                            "score-rl in-process, 1 thread"),
     "score-rl-inproc-2t": ("score-rl", 2, ["ray.enabled=false", "rollout.cpus_per_worker=2", "learner.cpus_per_rank=2"],
@@ -62,10 +64,12 @@ CONFIGS = {
     # TRL ships gradient_checkpointing=True; the other TRL rows turn it off (score-rl does not checkpoint)
     "trl-gc": ("trl", None, [], "TRL GRPOTrainer, default threads, gradient checkpointing on (TRL's default)"),
 }
-DEFAULT_CONFIGS = ["score-rl", "score-rl-inproc-1t", "score-rl-inproc-2t", "trl-1t", "trl", "trl-gc"]
+DEFAULT_CONFIGS = ["score-rl", "score-rl-overlap", "score-rl-inproc-1t", "score-rl-inproc-2t", "trl-1t", "trl"]
 # (numerator, denominator, what the ratio compares)
 RATIOS = [
     ("score-rl", "trl", "each at its own defaults"),
+    ("score-rl-overlap", "trl", "score-rl overlapped vs TRL's defaults"),
+    ("score-rl-overlap", "score-rl", "overlap on vs off (score-rl)"),
     ("score-rl-inproc-1t", "trl-1t", "equal thread budget: 1 thread"),
     ("score-rl-inproc-2t", "trl", "equal thread budget: 2 threads"),
     ("score-rl", "score-rl-inproc-2t", "Ray vs in-process (score-rl)"),
@@ -94,6 +98,7 @@ def run_score_rl(name: str, warmup: int, steps: int) -> dict:
             "trainer.eval_before_after=false", "trainer.progress_bar=false", "trainer.checkpoint_every=0",
             f"trainer.run_dir={tmp}/run"])
         trainer = Trainer(cfg, log=lambda *_: None)
+        cfg = trainer.cfg  # the CPU settings as resolved for this machine
         startup = time.perf_counter() - T0
         captured = []
         step_episodes = trainer.step_episodes
@@ -328,7 +333,7 @@ def main() -> None:
             r = measure(name, args.warmup, args.steps, args.lock)
             runs[name].append(r)
             extra = " ".join(f"{key} {statistics.median(s[key] for s in r['steps']):.3f}"
-                             for key in ("rollout", "shape", "learn", "sync") if key in r["steps"][0])
+                             for key in ("rollout", "shape", "learn", "rollout_wait", "sync") if key in r["steps"][0])
             print(f"round {k + 1} {name:>20}: {r['tokens_per_s']:7.0f} tokens/s, step {r['step_s']:.3f} s "
                   f"({r['tokens_per_step']:.0f} tokens, {r['sequences']:.0f} sequences), start-up "
                   f"{r['startup_s']:.1f} s, process {r['process_s']:.1f} s using {r['run_cpus']:.2f} CPUs, others "
@@ -358,9 +363,16 @@ def main() -> None:
                   f"(per round x{min(paired):.2f}-x{max(paired):.2f})")
     for name in args.configs:
         if "learn" in runs[name][0]["steps"][0]:
+            first = runs[name][0]["steps"][0]
+            keys = [k for k in ("rollout", "shape", "learn", "rollout_wait", "sync", "step") if k in first]
             parts = {k: statistics.median(statistics.median(s[k] for s in r["steps"]) for r in runs[name])
-                     for k in ("rollout", "shape", "learn", "sync")}
+                     for k in keys}
             print(f"{name} step breakdown (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()))
+            if "rollout_wait" in parts:  # overlapped: the step vs the slower of its two sides, step by step
+                ratios = [s["step"] / max(s["rollout"], s["shape"] + s["learn"])
+                          for r in runs[name] for s in r["steps"]]
+                print(f"{name} overlap: step time / max(rollout, shape + learn) = x{statistics.median(ratios):.2f} "
+                      f"median (x{min(ratios):.2f}-x{max(ratios):.2f} over {len(ratios)} steps)")
 
 
 if __name__ == "__main__":

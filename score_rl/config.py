@@ -65,8 +65,9 @@ class ModelConfig:
         None, "Hugging Face model directory (local path). null builds the tiny base model described by model.tiny."
     )
     cache_dir: str = doc("~/.cache/score_rl", "Where locally built base models are cached (keyed by their config).")
-    dtype: str = doc("float32", "Parameter dtype: float32, bfloat16 or float16 (training in float16 needs "
-                                "learner.zero_stage >= 1).")
+    dtype: str = doc("auto", "Parameter dtype: auto (bfloat16 where bfloat16 math is fast: a GPU that supports it, a "
+                             "CPU with AVX512-BF16 or AMX; else float32; the choice is printed), float32, bfloat16 or "
+                             "float16 (training in float16 needs learner.zero_stage >= 1).")
     tiny: TinyModelConfig = doc(TinyModelConfig, "The locally built base model (used when model.path is null).")
     lora: LoRAConfig = doc(LoRAConfig, "Low-rank adapters instead of full fine-tuning of the policy (model.lora.r > 0).")
 
@@ -324,7 +325,7 @@ _CHOICES = {
     "learner.optimizer": ("adamw", "sgd"),
     "method.name": ("score", "single_turn_rl", "star", "pair_sft", "self_refine"),
     "method.star_keep": ("D", "D+"),
-    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.tiny.architecture": ("qwen2", "llama"),
     "learner.zero_stage": (0, 1, 2, 3),
     "learner.weight_sync": ("bucketed", "full"),

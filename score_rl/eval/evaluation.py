@@ -103,10 +103,11 @@ def make_workers(cfg: Config, model_path: str) -> ActorGroup:
     from score_rl.rollout.worker import RolloutWorker, check_engine_installed
 
     check_engine_installed(cfg)
-    from score_rl.launch.resources import plan_cpus
+    from score_rl.launch.resources import joined_cluster_cpus, plan_cpus, resolve_dtype
 
-    cfg, line = plan_cpus(cfg, learner=False)
-    print(f"score-rl: {line}", flush=True)
+    cfg, line = plan_cpus(cfg, learner=False, cluster_cpus=joined_cluster_cpus(cfg))
+    cfg, dtype_line = resolve_dtype(cfg)
+    print(f"score-rl: {line}" + (f"; {dtype_line}" if dtype_line else ""), flush=True)
     rc = cfg.rollout
     if cfg.ray.enabled:
         init_ray(cfg.ray.address, rc.num_workers * rc.cpus_per_worker, rc.num_workers * rc.gpus_per_worker,

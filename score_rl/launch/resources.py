@@ -9,7 +9,8 @@
 * torch threads: with ``trainer.off_policy_steps: 0`` rollout and learning take turns, so each side gets all the CPUs
   (``C // num_workers`` threads per worker, ``C // num_ranks`` per rank); with 1 they run at the same time and each
   actor gets its reservation;
-* joining a running cluster (``ray.address`` set) the driver cannot know the actors' nodes: 1 CPU and 1 thread each.
+* joining a running cluster (``ray.address`` set, e.g. the SLURM script's): the cluster's free CPUs are split the same
+  way, and each actor runs as many threads as it reserved (the driver cannot see which node an actor lands on).
 
 An explicit value is kept as given (reservation and thread count, as before), and ``*.torch_threads`` > 0 overrides the
 thread count. ``plan_cpus`` returns the resolved config and the line the trainer prints.
@@ -59,22 +60,20 @@ def _reservation(cpus: float, members: int) -> float:
     return share if share < 1 else float(math.floor(share))
 
 
-def plan_cpus(cfg: Config, learner: bool = True) -> Tuple[Config, str]:
+def plan_cpus(cfg: Config, learner: bool = True, cluster_cpus: Optional[int] = None) -> Tuple[Config, str]:
     """The config with every auto CPU setting resolved, and a line saying what was chosen and why.
-    ``learner=False``: an evaluation-only run (rollout workers only)."""
+    ``learner=False``: an evaluation-only run (rollout workers only). ``cluster_cpus``: the free CPUs of the running
+    cluster this run joined (``ray.address`` set), which the split then uses."""
     rc, lc = cfg.rollout, cfg.learner
     workers = rc.num_workers if cfg.ray.enabled else 1
     ranks = (lc.num_ranks if cfg.ray.enabled else 1) if learner else 0
     overlap = learner and cfg.trainer.off_policy_steps > 0
     auto_w, auto_r = rc.cpus_per_worker is None, learner and lc.cpus_per_rank is None
-    if cfg.ray.enabled and cfg.ray.address:  # a running cluster: its nodes are not this machine
-        cpw = rc.cpus_per_worker if not auto_w else 1.0
-        cpr = lc.cpus_per_rank if lc.cpus_per_rank is not None else 1.0
-        tw, tr = _threads(rc.torch_threads, cpw), _threads(lc.torch_threads, cpr)
-        why = f"joining the Ray cluster at {cfg.ray.address}: auto CPU settings are 1 CPU per actor" \
-            if auto_w or auto_r else "as configured"
-        return _resolved(cfg, cpw, cpr, tw, tr), _line(cfg, workers, ranks, cpw, cpr, tw, tr, why)
-    total, source = available_cpus(cfg.ray.num_cpus if cfg.ray.enabled else None)
+    joined = cfg.ray.enabled and bool(cfg.ray.address)  # a running cluster: its nodes are not this machine
+    if joined:
+        total, source = max(1, int(cluster_cpus or 1)), "free in the Ray cluster"
+    else:
+        total, source = available_cpus(cfg.ray.num_cpus if cfg.ray.enabled else None)
     if not cfg.ray.enabled:  # one process: rollout and learning take turns on the same threads
         tw = _threads(rc.torch_threads, rc.cpus_per_worker if not auto_w else total)
         tr = _threads(lc.torch_threads, lc.cpus_per_rank if lc.cpus_per_rank is not None else total)
@@ -92,10 +91,11 @@ def plan_cpus(cfg: Config, learner: bool = True) -> Tuple[Config, str]:
         cpr = _reservation(max(total - cpw * workers, 0.5 * ranks), ranks)
     else:
         cpr = lc.cpus_per_rank if lc.cpus_per_rank is not None else 1.0
-    if overlap:  # at the same time: each actor its own CPUs
+    if overlap or joined:  # at the same time, or actors on nodes this process cannot see: each its own CPUs
         tw = _threads(rc.torch_threads, cpw)
         tr = _threads(lc.torch_threads, cpr)
-        mode = "rollout and learning overlap (trainer.off_policy_steps=1)"
+        mode = "rollout and learning overlap (trainer.off_policy_steps=1)" if overlap else \
+            "a joined cluster: each actor as many threads as CPUs reserved"
     else:  # one after the other: each side all of them
         tw = _threads(rc.torch_threads, cpw if not auto_w else total // workers)
         tr = _threads(lc.torch_threads, cpr if not auto_r else total // max(ranks, 1))
@@ -124,3 +124,42 @@ def _line(cfg: Config, workers: int, ranks: int, cpw, cpr, tw: int, tr: int, why
     if ranks:
         parts.append(side(ranks, "learner rank", cpr, tr))
     return f"CPUs: {'; '.join(parts)} — {why}"
+
+
+def bf16_is_fast(gpu: bool) -> Tuple[bool, str]:
+    """Whether bfloat16 math runs at full speed where the models run, and why (the line the trainer prints)."""
+    import torch
+
+    if gpu:
+        if not torch.cuda.is_available():  # the driver has no GPU (a cluster's head node): the actors' GPUs decide
+            return True, "GPU actors"
+        ok = torch.cuda.is_bf16_supported()
+        return ok, f"{torch.cuda.get_device_name()} {'supports' if ok else 'lacks'} bfloat16"
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    ok = any(check() for check in checks if check is not None)
+    return ok, ("this CPU has AVX512-BF16 / AMX" if ok else
+                "this CPU has no AVX512-BF16 or AMX (bfloat16 matmuls would be emulated, many times slower)")
+
+
+def resolve_dtype(cfg: Config) -> Tuple[Config, Optional[str]]:
+    """``model.dtype: auto`` → bfloat16 where it is fast (a GPU with bfloat16, a CPU with AVX512-BF16 or AMX), else
+    float32; the config with it resolved, and the line saying why (None when the dtype was given)."""
+    if cfg.model.dtype != "auto":
+        return cfg, None
+    gpu = cfg.rollout.gpus_per_worker > 0 or cfg.learner.gpus_per_rank > 0
+    fast, why = bf16_is_fast(gpu)
+    dtype = "bfloat16" if fast else "float32"
+    return replace(cfg, model=replace(cfg.model, dtype=dtype)), f"model.dtype auto: {dtype} ({why})"
+
+
+def joined_cluster_cpus(cfg: Config) -> Optional[int]:
+    """With ``ray.address`` set: join the cluster now and return its free CPUs (what ``plan_cpus`` splits); else
+    None (a local cluster is started later, sized to the plan)."""
+    if not (cfg.ray.enabled and cfg.ray.address):
+        return None
+    import ray
+
+    from score_rl.launch.distributed import init_ray
+
+    init_ray(cfg.ray.address, 0)
+    return int(ray.available_resources().get("CPU", 0))

@@ -56,7 +56,9 @@ def node_address() -> str:
 
 class Learner:
     def __init__(self, cfg: Config, model_path: str, rank: int = 0, world_size: int = 1, episodes_per_rank: int = 1):
-        self.cfg = cfg
+        from score_rl.launch.resources import resolve_dtype
+
+        self.cfg = cfg = resolve_dtype(cfg)[0]  # model.dtype auto (the trainer resolves it already; tests may not)
         self.model_path = model_path
         self.rank, self.world_size = rank, world_size
         self.episodes_per_rank = episodes_per_rank

@@ -22,9 +22,11 @@ from score_rl.utils import load_model, load_tokenizer, quiet_libraries, set_thre
 
 class RolloutWorker:
     def __init__(self, cfg: Config, model_path: str, worker_index: int = 0):
+        from score_rl.launch.resources import resolve_dtype
+
         set_threads(cfg.rollout.torch_threads or cfg.rollout.cpus_per_worker or 1)
         quiet_libraries()
-        self.cfg = cfg
+        self.cfg = cfg = resolve_dtype(cfg)[0]  # model.dtype auto (the trainer resolves it already; tests may not)
         self.worker_index = worker_index
         self.tokenizer = load_tokenizer(model_path)
         self.device = "cuda" if cfg.rollout.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"

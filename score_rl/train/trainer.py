@@ -24,7 +24,7 @@ from score_rl.config import (Config, ConfigError, check_resume_config, episodes_
                              saved_config_tree, validate_training)
 from score_rl.launch.distributed import ActorGroup, check_run_dir_is_kept, init_ray, make_placement_group, shard
 from score_rl.launch.faults import TrainingAborted, dead_member, death_reason, wait_alive
-from score_rl.launch.resources import plan_cpus
+from score_rl.launch.resources import joined_cluster_cpus, plan_cpus, resolve_dtype
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode
 from score_rl.eval.evaluation import TRAINED_MARKER, EvalInterrupted, eval_problems, run_eval_episodes
@@ -161,8 +161,12 @@ class Trainer:
             self.sampler = ProblemSampler(self.env.problems("train"), tc.seed)
             self.eval_set = eval_problems(self.env.problems("test"), tc.eval_problems)
             self.start_step = 0
-            self.cfg, line = plan_cpus(cfg)  # auto CPU settings resolved (the saved config.yaml keeps them auto)
+            # auto CPU settings and dtype resolved for this machine (the saved config.yaml keeps them auto)
+            self.cfg, line = plan_cpus(cfg, cluster_cpus=joined_cluster_cpus(cfg))
             self.log(line)
+            self.cfg, line = resolve_dtype(self.cfg)
+            if line:
+                self.log(line)
             self._start_actors()
             self.weight_sync = make_weight_sync(cfg.learner)
         except BaseException:

@@ -61,10 +61,12 @@ def test_in_process_gives_both_all_cpus(cpus):
     assert plan == (4.0, 4, 4.0, 4) and "in-process" in line
 
 
-def test_joining_a_cluster_cannot_size_remote_nodes(cpus):
-    cpus(64)
-    plan, line = _plan("ray.address=auto")
-    assert plan == (1.0, 1, 1.0, 1) and "joining the Ray cluster" in line
+def test_joining_a_cluster_splits_its_free_cpus_one_thread_per_reserved_cpu(cpus):
+    cpus(64)  # this machine's CPUs do not count: the actors run on the cluster's nodes
+    cfg, line = plan_cpus(load_config(QUICKSTART, ["ray.address=auto"]), cluster_cpus=8)
+    assert (cfg.rollout.cpus_per_worker, cfg.rollout.torch_threads, cfg.learner.cpus_per_rank,
+            cfg.learner.torch_threads) == (4.0, 4, 4.0, 4)
+    assert "8 CPUs (free in the Ray cluster)" in line and "joined cluster" in line
 
 
 def test_allocation_limits_win_over_the_machine(cpus, monkeypatch):
@@ -81,3 +83,20 @@ def test_evaluation_only_gives_the_workers_everything(cpus):
     cpus(6)
     cfg, _ = plan_cpus(load_config(QUICKSTART, ["rollout.num_workers=2"]), learner=False)
     assert (cfg.rollout.cpus_per_worker, cfg.rollout.torch_threads) == (3.0, 3)
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, "float32"), (True, False, "bfloat16"),
+                                                         (False, True, "bfloat16")])
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_has_bf16_math(monkeypatch, avx512_bf16, amx, expected):
+    import torch
+
+    from score_rl.launch.resources import resolve_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    cfg, line = resolve_dtype(load_config(QUICKSTART))
+    assert cfg.model.dtype == expected and line.startswith(f"model.dtype auto: {expected}")
+    assert resolve_dtype(load_config(QUICKSTART, ["model.dtype=float32"]))[1] is None  # given: kept, nothing said
+    gpu, line = resolve_dtype(load_config(QUICKSTART, ["learner.gpus_per_rank=1"]))
+    if not torch.cuda.is_available():  # a driver without a GPU (a head node): the GPU actors get bfloat16
+        assert gpu.model.dtype == "bfloat16" and "GPU actors" in line
