@@ -85,7 +85,8 @@ class RolloutWorker:
                 ]
             # per-request seeds (vLLM): a turn depends on (seed, turn, position), not on the batching
             seeds = [request_seed((seed, turn_index), i) for i in range(len(contexts))]
-            generations = self.engine.generate(contexts, temperature, seeds)
+            # the next turn's contexts extend these: the HF engine keeps this turn's KV cache for them
+            generations = self.engine.generate(contexts, temperature, seeds, keep_cache=turn_index + 1 < num_turns)
             texts = [self.tokenizer.decode(gen.response_ids, skip_special_tokens=True) for gen in generations]
             verdicts = self.env.verify_batch(texts, [ep.reference for ep in episodes])
             for ep, ctx, gen, text, verdict in zip(episodes, contexts, generations, texts, verdicts):

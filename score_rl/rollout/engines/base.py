@@ -60,9 +60,12 @@ class Engine:
     eos_ids: List[int]
 
     def generate(self, prompts: List[List[int]], temperature: float,
-                 seeds: Optional[Sequence[int]] = None) -> List[Generation]:
+                 seeds: Optional[Sequence[int]] = None, keep_cache: bool = False) -> List[Generation]:
         """One turn per prompt. ``seeds``: one per prompt; an engine that seeds per request (vLLM) samples each
-        prompt's turn from its seed alone, whatever the batch; HF samples the batch from torch's generator."""
+        prompt's turn from its seed alone, whatever the batch; HF samples the batch from torch's generator.
+        ``keep_cache``: a hint that the next call's prompts extend these prompts and their responses (the next turn);
+        an engine may keep this call's KV cache for it (HF does; vLLM's prefix caching needs no hint and ignores it).
+        It never changes what is sampled, only how much of the next call's prompts has to be prefilled."""
         raise NotImplementedError
 
     def begin_weight_update(self) -> None:

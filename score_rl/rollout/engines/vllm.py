@@ -101,7 +101,8 @@ class VLLMEngine(Engine):
         self.max_new_tokens = max_new_tokens
 
     def generate(self, prompts: List[List[int]], temperature: float,
-                 seeds: Optional[Sequence[int]] = None) -> List[Generation]:
+                 seeds: Optional[Sequence[int]] = None, keep_cache: bool = False) -> List[Generation]:
+        """``keep_cache`` is not needed: prefix caching (rollout.vllm.enable_prefix_caching) reuses turn 1's blocks."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
