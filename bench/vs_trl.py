@@ -332,8 +332,9 @@ def main() -> None:
         for name in args.configs:
             r = measure(name, args.warmup, args.steps, args.lock)
             runs[name].append(r)
-            extra = " ".join(f"{key} {statistics.median(s[key] for s in r['steps']):.3f}"
-                             for key in ("rollout", "shape", "learn", "rollout_wait", "sync") if key in r["steps"][0])
+            extra = " ".join(f"{key} {statistics.median(s[key] for s in r['steps'] if key in s):.3f}"
+                             for key in ("rollout", "shape", "learn", "rollout_wait", "sync", "step")
+                             if key in r["steps"][0])
             print(f"round {k + 1} {name:>20}: {r['tokens_per_s']:7.0f} tokens/s, step {r['step_s']:.3f} s "
                   f"({r['tokens_per_step']:.0f} tokens, {r['sequences']:.0f} sequences), start-up "
                   f"{r['startup_s']:.1f} s, process {r['process_s']:.1f} s using {r['run_cpus']:.2f} CPUs, others "
@@ -365,8 +366,8 @@ def main() -> None:
         if "learn" in runs[name][0]["steps"][0]:
             first = runs[name][0]["steps"][0]
             keys = [k for k in ("rollout", "shape", "learn", "rollout_wait", "sync", "step") if k in first]
-            parts = {k: statistics.median(statistics.median(s[k] for s in r["steps"]) for r in runs[name])
-                     for k in keys}
+            parts = {k: statistics.median(statistics.median(s[k] for s in r["steps"] if k in s) for r in runs[name])
+                     for k in keys}  # rollout_wait: not on a run's last step (nothing is sampled ahead of it)
             print(f"{name} step breakdown (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()))
             if "rollout_wait" in parts:  # overlapped: the step vs the slower of its two sides, step by step
                 ratios = [s["step"] / max(s["rollout"], s["shape"] + s["learn"])
