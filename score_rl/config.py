@@ -128,6 +128,10 @@ class RolloutConfig:
     max_new_tokens: int = doc(32, "Maximum tokens per attempt.")
     max_prompt_tokens: int = doc(1024, "Longest allowed prompt of any turn; longer prompts are an error, never silently cut.")
     generation_batch_size: int = doc(256, "Sequences per generate() call inside a worker.")
+    kv_cache_reuse: bool = doc(True, "HF engine: turn 2 continues from turn 1's KV cache (only the correction is "
+                               "prefilled; same samples as a full prefill). Holds every generation batch's turn-1 "
+                               "cache until its turn 2: false trades that memory for re-prefilling. vLLM: prefix "
+                               "caching does this (rollout.vllm.enable_prefix_caching).")
 
 
 @dataclass
@@ -463,6 +467,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
     for key in ("eval.temperature", "eval.scaling_temperature", "trainer.eval_problems", "trainer.checkpoint_every",
                 "trainer.keep_checkpoints", "trainer.eval_every", "trainer.progress_interval_s", "ray.max_worker_restarts",
+                "rollout.torch_threads", "learner.torch_threads",
                 "shaping.alpha", "shaping.beta1", "shaping.beta2", "learner.weight_decay", "rollout.gpus_per_worker",
                 "learner.gpus_per_rank"):
         if get_key(cfg, key) < 0:
@@ -624,7 +629,7 @@ RESUMABLE_KEYS = ("trainer.steps", "trainer.checkpoint_every", "trainer.progress
                   "logging", "trainer.keep_checkpoints", "trainer.eval_every", "trainer.progress_interval_s",
                   "rollout.cpus_per_worker", "rollout.gpus_per_worker", "learner.cpus_per_rank",
                   "learner.gpus_per_rank", "learner.torch_threads", "rollout.torch_threads", "model.cache_dir", "learner.micro_batch_size",
-                  "rollout.generation_batch_size", "learner.weight_sync", "learner.weight_sync_bucket_mb",
+                  "rollout.generation_batch_size", "rollout.kv_cache_reuse", "learner.weight_sync", "learner.weight_sync_bucket_mb",
                   "learner.zero3_param_persistence_threshold", "rollout.vllm.gpu_memory_utilization",
                   "rollout.vllm.kv_cache_mb", "rollout.vllm.enforce_eager", "rollout.vllm.enable_prefix_caching")
 
@@ -652,7 +657,7 @@ def check_resume_config(cfg: Config, saved: Path) -> None:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"the run being resumed has an unreadable {saved} ({first}); set "
                           f"trainer.allow_config_change=true to resume with the new config") from None
-    new = OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))
+    new = same_auto_dtype(old, OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
     keys = [k for k in config_differences(old, new)
             if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)]
     if keys:
@@ -661,6 +666,14 @@ def check_resume_config(cfg: Config, saved: Path) -> None:
         raise ConfigError(f"{what} from the run being resumed in {saved.parent} (its config.yaml); "
                           f"resume with the same values, set trainer.allow_config_change=true to resume with the new "
                           f"ones, or choose another trainer.run_dir")
+
+
+def same_auto_dtype(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
+    """``new`` with model.dtype ``auto`` taken as the saved run's dtype: a run saved with float32 (the default before
+    ``auto``) is the same run under ``auto``, which resumes in the dtype it trained in (Trainer)."""
+    if new.get("model", {}).get("dtype") == "auto" and "dtype" in old.get("model", {}):
+        new["model"]["dtype"] = old["model"]["dtype"]
+    return new
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

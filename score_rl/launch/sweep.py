@@ -236,12 +236,13 @@ def _check_run_dir_config(run_id: str, run_dir: Path, cfg) -> None:
     """A run directory that exists was started with exactly this config, or the sweep refuses to touch it: a finished
     run would be reported under settings it never ran with, an interrupted one resumed from another config's
     checkpoint."""
-    from score_rl.config import config_differences, saved_config_tree, to_yaml
+    from score_rl.config import config_differences, same_auto_dtype, saved_config_tree, to_yaml
 
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
-    old, new = saved_config_tree(saved), OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))
+    old = saved_config_tree(saved)
+    new = same_auto_dtype(old, OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
     old["trainer"]["allow_config_change"] = new["trainer"]["allow_config_change"] = False  # saved false always
     for c in (old, new):  # where it runs (the backend adds ray.address=auto for Ray jobs) is not what it is
         c.pop("ray", None)

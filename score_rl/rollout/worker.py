@@ -86,7 +86,8 @@ class RolloutWorker:
             # per-request seeds (vLLM): a turn depends on (seed, turn, position), not on the batching
             seeds = [request_seed((seed, turn_index), i) for i in range(len(contexts))]
             # the next turn's contexts extend these: the HF engine keeps this turn's KV cache for them
-            generations = self.engine.generate(contexts, temperature, seeds, keep_cache=turn_index + 1 < num_turns)
+            keep = self.cfg.rollout.kv_cache_reuse and turn_index + 1 < num_turns
+            generations = self.engine.generate(contexts, temperature, seeds, keep_cache=keep)
             texts = [self.tokenizer.decode(gen.response_ids, skip_special_tokens=True) for gen in generations]
             verdicts = self.env.verify_batch(texts, [ep.reference for ep in episodes])
             for ep, ctx, gen, text, verdict in zip(episodes, contexts, generations, texts, verdicts):

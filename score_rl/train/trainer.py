@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -151,6 +152,9 @@ class Trainer:
         # off_policy_steps=1: the next step's batch, sampled during this one ({step: episodes}); in checkpoints too
         self.pending: Dict[int, List[Episode]] = {}
         self.pending_seconds = 0.0
+        # set while the main thread calls the learner ranks and a rollout runs beside it: a worker recovered in the
+        # rollout thread waits for it to clear before fetching weights (ranks must see their calls in one order)
+        self.learners_busy = threading.Event()
         try:
             if has_checkpoint(self.run_dir / "checkpoints"):  # a resume: the saved config before it is rewritten
                 check_resume_config(cfg, self.run_dir / "config.yaml")
@@ -164,6 +168,10 @@ class Trainer:
             # auto CPU settings and dtype resolved for this machine (the saved config.yaml keeps them auto)
             self.cfg, line = plan_cpus(cfg, cluster_cpus=joined_cluster_cpus(cfg))
             self.log(line)
+            trained_in = self._resumed_dtype() if self.cfg.model.dtype == "auto" else None
+            if trained_in:  # a resumed run keeps the dtype it trained in, whatever this machine would pick
+                self.cfg = replace(self.cfg, model=replace(self.cfg.model, dtype=trained_in))
+                self.log(f"model.dtype auto: {trained_in} (the dtype the run being resumed trained in)")
             self.cfg, line = resolve_dtype(self.cfg)
             if line:
                 self.log(line)
@@ -199,6 +207,26 @@ class Trainer:
         )
         master_addr, master_port = self.learners.call_one(0, "address")
         self.learners.call("setup", None, master_addr, master_port)
+
+    def _resumed_dtype(self) -> Optional[str]:
+        """The dtype of the run being resumed: its newest checkpoint's record, else its saved config's (runs saved
+        before model.dtype auto name theirs there); None for a new run."""
+        root = self.run_dir / "checkpoints"
+        if not has_checkpoint(root):
+            return None
+        for ckpt in resumable_checkpoints(root, warn=lambda *_: None):
+            try:
+                recorded = json.loads((ckpt / "trainer_state.json").read_text()).get("model_dtype")
+            except (OSError, ValueError):
+                recorded = None
+            if recorded:
+                return recorded
+            break
+        try:
+            saved = saved_config_tree(self.run_dir / "config.yaml")["model"]["dtype"]
+        except Exception:  # noqa: BLE001 - unreadable: check_resume_config has said so already
+            return None
+        return saved if saved != "auto" else None
 
     # --- the algorithm -------------------------------------------------------------------------------------------
     def fit(self) -> Dict[str, Dict[str, float]]:
@@ -299,11 +327,15 @@ class Trainer:
         self.pending.clear()
         following = None
         if self.cfg.trainer.off_policy_steps and step + 1 < self.cfg.trainer.steps:
+            self.learners_busy.set()
             following = _Background(lambda: self.step_episodes(step + 1), threaded=self.workers.use_ray)
-        with _timed(timings, "shape"):
-            stage, extra = self.prepare(episodes, step)
-        with _timed(timings, "learn"):  # {} when nothing is trained (a STaR batch without a kept trace)
-            stats = self.algorithm.update(self.learners, episodes, step)
+        try:
+            with _timed(timings, "shape"):
+                stage, extra = self.prepare(episodes, step)
+            with _timed(timings, "learn"):  # {} when nothing is trained (a STaR batch without a kept trace)
+                stats = self.algorithm.update(self.learners, episodes, step)
+        finally:
+            self.learners_busy.clear()  # a worker recovered in the rollout thread may now fetch the weights
         if following is not None:
             with _timed(timings, "rollout_wait"):
                 self.pending = {step + 1: following.result()}
@@ -388,6 +420,8 @@ class Trainer:
                  f"policy and redoing its shard")
         wait_alive(self.workers, index)
         one = self.workers.subset([index])
+        while self.learners_busy.is_set() and threading.current_thread() is not threading.main_thread():
+            time.sleep(0.05)  # the step's update is in flight on the ranks: fetch the weights after it
         if self.weights_version > 0:  # version 0 is the base model, which a restarted worker already holds
             self.weight_sync.push(self.learners, one)
         self._set_versions(one)
@@ -506,7 +540,10 @@ class Trainer:
         saved = self.run_dir / "eval_base.json"
         if saved.is_file():
             return json.loads(saved.read_text())
-        report = evaluate_models(self.cfg, [("base", self.model_path)], log=lambda *_: None)
+        # its actors reserve no CPU: the run's placement group may hold all of them, and the run's own actors are idle
+        # meanwhile (the final evaluation); the thread counts stay the plan's
+        cfg = replace(self.cfg, rollout=replace(self.cfg.rollout, cpus_per_worker=0.0))
+        report = evaluate_models(cfg, [("base", self.model_path)], log=lambda *_: None)
         return next(iter(report.metrics.values()))
 
     def close(self) -> None:
@@ -519,7 +556,8 @@ class Trainer:
 
     # --- persistence ---------------------------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
-        state = {"step": step, "sampler": self.sampler.state(), "model_path": self.model_path, "best": self.best}
+        state = {"step": step, "sampler": self.sampler.state(), "model_path": self.model_path, "best": self.best,
+                 "model_dtype": self.cfg.model.dtype}  # what model.dtype auto chose: a resume keeps it
         if step in self.pending:  # off-policy: the next batch was sampled (and the sampler advanced) before the update
             state["pending"] = [asdict(ep) for ep in self.pending[step]]
 

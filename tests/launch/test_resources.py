@@ -63,7 +63,7 @@ def test_in_process_gives_both_all_cpus(cpus):
 
 def test_joining_a_cluster_splits_its_free_cpus_one_thread_per_reserved_cpu(cpus):
     cpus(64)  # this machine's CPUs do not count: the actors run on the cluster's nodes
-    cfg, line = plan_cpus(load_config(QUICKSTART, ["ray.address=auto"]), cluster_cpus=8)
+    cfg, line = plan_cpus(load_config(QUICKSTART, ["ray.address=auto"]), cluster_cpus=(8, 8))
     assert (cfg.rollout.cpus_per_worker, cfg.rollout.torch_threads, cfg.learner.cpus_per_rank,
             cfg.learner.torch_threads) == (4.0, 4, 4.0, 4)
     assert "8 CPUs (free in the Ray cluster)" in line and "joined cluster" in line
@@ -97,6 +97,45 @@ def test_auto_dtype_is_bfloat16_only_where_the_cpu_has_bf16_math(monkeypatch, av
     cfg, line = resolve_dtype(load_config(QUICKSTART))
     assert cfg.model.dtype == expected and line.startswith(f"model.dtype auto: {expected}")
     assert resolve_dtype(load_config(QUICKSTART, ["model.dtype=float32"]))[1] is None  # given: kept, nothing said
-    gpu, line = resolve_dtype(load_config(QUICKSTART, ["learner.gpus_per_rank=1"]))
+    gpu, line = resolve_dtype(load_config(QUICKSTART, ["learner.gpus_per_rank=1", "rollout.gpus_per_worker=1"]))
     if not torch.cuda.is_available():  # a driver without a GPU (a head node): the GPU actors get bfloat16
         assert gpu.model.dtype == "bfloat16" and "GPU actors" in line
+    mixed, _ = resolve_dtype(load_config(QUICKSTART, ["learner.gpus_per_rank=1"]))  # CPU workers beside GPU ranks
+    assert mixed.model.dtype == expected, "one dtype for all models: bfloat16 only if the CPU side is fast too"
+
+
+def test_no_plan_reserves_more_cpus_than_there_are(cpus):
+    """Fewer CPUs than actors: fractional shares that add up to at most the CPUs (a placement group that can be
+    placed), whole CPUs above one each."""
+    for n in (1, 2, 3, 5, 8):
+        cpus(n)
+        for workers in (1, 2, 4):
+            for ranks in (1, 2):
+                for off in (0, 1):
+                    cfg, _ = plan_cpus(load_config(QUICKSTART, [f"rollout.num_workers={workers}",
+                                                                f"learner.num_ranks={ranks}",
+                                                                f"trainer.off_policy_steps={off}"]))
+                    cpw, cpr = cfg.rollout.cpus_per_worker, cfg.learner.cpus_per_rank
+                    assert cpw * workers + cpr * ranks <= n + 1e-9, (n, workers, ranks)
+                    assert all(c == int(c) or c < 1 for c in (cpw, cpr))
+
+
+def test_a_joined_cluster_caps_each_actor_at_its_biggest_node_and_needs_a_free_cpu(cpus):
+    from score_rl.config import ConfigError
+
+    cfg, _ = plan_cpus(load_config(QUICKSTART, ["ray.address=auto"]), cluster_cpus=(6, 2))  # 3 nodes x 2 CPUs
+    assert (cfg.rollout.cpus_per_worker, cfg.learner.cpus_per_rank) == (2.0, 2.0)
+    with pytest.raises(ConfigError, match="no free CPU"):
+        plan_cpus(load_config(QUICKSTART, ["ray.address=auto"]), cluster_cpus=(0, 4))
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "250000 100000\n"}, 3), ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "150000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None), ({}, None)],
+    ids=["v2", "v2-unlimited", "v1", "v1-unlimited", "none"])
+def test_cgroup_quota_v1_and_v2(tmp_path, monkeypatch, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert resources._cgroup_cpu_quota(str(tmp_path)) == expected

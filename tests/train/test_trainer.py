@@ -203,3 +203,23 @@ def test_bfloat16_trains_and_reports_the_sampler_learner_log_prob_gap(tmp_path, 
     assert all(r["loss"] == r["loss"] and r["grad_norm"] > 0 for r in rows)  # not NaN, and it learns
     # on this CPU a full forward pass and HF generate's cached decoding round alike: the gap is ~1e-7
     assert rows[0]["logprob_mismatch"] < 1e-2, "bfloat16 sampler and learner disagree by more than rounding"
+
+
+def test_model_dtype_auto_resumes_in_the_dtype_the_run_trained_in(tmp_path, tiny_model_path, monkeypatch):
+    """A run saved with float32 (the default before auto) resumes under auto, and keeps float32 even where auto would
+    now pick bfloat16 (a requeue onto another node): its checkpoint records the dtype."""
+    import torch
+
+    run = [f"trainer.run_dir={tmp_path / 'run'}", "trainer.checkpoint_every=1"]
+    _run(tmp_path, tiny_model_path, "first", run + ["trainer.steps=1", "model.dtype=float32"])
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_0000001" / "trainer_state.json").read_text())
+    assert state["model_dtype"] == "float32"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)  # auto would be bf16
+    lines = []
+    cfg = tiny_config(tmp_path / "second", [f"model.path={tiny_model_path}", "ray.enabled=false", "trainer.steps=2",
+                                            "trainer.eval_before_after=false", *run])
+    assert cfg.model.dtype == "auto"
+    trainer = Trainer(cfg, log=lines.append)
+    trainer.fit()
+    assert trainer.start_step == 1 and trainer.cfg.model.dtype == "float32"
+    assert any("the dtype the run being resumed trained in" in line for line in lines)
