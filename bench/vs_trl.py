@@ -127,12 +127,11 @@ def run_score_rl(name: str, warmup: int, steps: int) -> dict:
 
             ray.shutdown()
         shutdown = time.perf_counter() - start
-    import torch
-
+    rc, lc = cfg.rollout, cfg.learner
     return dict(startup_s=startup, shutdown_s=shutdown, steps=rows[warmup:],
-                threads=threads if threads else f"{cfg.rollout.num_workers} worker x {cfg.rollout.cpus_per_worker:g} "
-                f"CPU, {cfg.learner.num_ranks} rank x {cfg.learner.cpus_per_rank:g} CPU "
-                f"(driver {torch.get_num_threads()})")
+                threads=threads if threads else f"{rc.num_workers} worker x ({rc.cpus_per_worker:g} CPU, "
+                f"{rc.torch_threads} threads), {lc.num_ranks} rank x ({lc.cpus_per_rank:g} CPU, {lc.torch_threads} "
+                f"threads)")
 
 
 def run_trl(name: str, warmup: int, steps: int) -> dict:
