@@ -27,8 +27,12 @@ pytestmark = pytest.mark.slurm
 STEPS = 12
 # ~0.8 s a step on 2 CPU cores with Ray, so that a signal sent at step 3 lands mid-run; checkpoint_every large so
 # that a checkpoint in the run dir can only come from the stop signal
+# explicit CPUs: the reference runs on a local Ray (auto: 2 threads per actor, taking turns) and the job joins the
+# sbatch's cluster (auto: 1 thread per reserved CPU); float sums differ with the thread count, and these tests compare
+# the runs' metrics exactly
 RUN_ARGS = TINY_OVERRIDES + ["rollout.problems_per_step=64", "rollout.samples_per_problem=4", f"trainer.steps={STEPS}",
-                             "trainer.checkpoint_every=1000", "trainer.eval_before_after=false"]
+                             "trainer.checkpoint_every=1000", "trainer.eval_before_after=false",
+                             "rollout.cpus_per_worker=1", "learner.cpus_per_rank=1"]
 VENV = Path(sys.executable).parent.parent
 JOB_TIMEOUT = 240  # seconds for one job (or a requeued one) to reach its end
 # what a job output must not hold (Ray's SIGTERM stack dump, bash's "Aborted", srun/slurmstepd errors, tracebacks)
