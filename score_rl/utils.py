@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
-import numpy as np
-import torch
+# torch (~2 s to import) and numpy are imported where they are used: the commands that need neither (score, plot,
+# sweep's launcher) import this module for quiet_libraries
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+def _dtypes() -> dict:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def __getattr__(name: str):
+    if name == "DTYPES":  # {"float32": torch.float32, ...}, built when asked for
+        return _dtypes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_tokenizer(path: str):
@@ -23,14 +34,19 @@ def load_tokenizer(path: str):
 def load_model(path: str, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    return AutoModelForCausalLM.from_pretrained(path, dtype=_dtypes()[dtype])
 
 
 def set_threads(n: float) -> None:
+    import torch
+
     torch.set_num_threads(max(1, int(n)))
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -47,6 +63,16 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+    if "transformers" not in sys.modules:
+        # Not imported yet (~1 s; a Ray driver never needs it): the same two settings as the environment variables that
+        # transformers and huggingface_hub read when they are imported, in this process or one started from it
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        if "huggingface_hub" in sys.modules:  # it has read its environment already
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
+        return
     try:
         from transformers.utils import logging as hf_logging
 
