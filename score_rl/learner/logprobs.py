@@ -18,22 +18,28 @@ def token_logprobs(
     return logp, (logits if return_logits else None)
 
 
-def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``log_softmax(logits)`` gathered at ``index`` (shape of ``index``), one row at a time to bound peak memory.
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_tokens: int = 2048) -> torch.Tensor:
+    """``log_softmax(logits, -1)`` read at ``index`` (result shaped like ``index``), never holding the whole
+    [..., vocab] log-softmax: log p = logit[index] - logsumexp(logits), ``chunk_tokens`` positions at a time.
+    Low-precision logits are upcast to float32 a chunk at a time (a bfloat16 logsumexp loses the digits the KL needs).
 
-    On CPU this is TRL's ``selective_log_softmax`` line for line (its fused Triton kernel is CUDA / XPU only), without
-    importing TRL: ``trl.trainer.utils`` pulls in transformers' Trainer, datasets, pandas, peft and accelerate, ~5 s of
-    imports in the driver and in each learner process (which import this module through the learner). On an
-    accelerator TRL's own function runs (its fused kernel where Triton is installed)."""
+    On CUDA / XPU, TRL's function runs instead (a fused Triton kernel where Triton is installed); it is imported only
+    there, since ``trl.trainer.utils`` pulls in transformers' Trainer, datasets, pandas, peft and accelerate (~5 s per
+    process, and every learner imports this module)."""
     if logits.device.type != "cpu":
-        from trl.trainer.utils import selective_log_softmax as trl_selective_log_softmax
+        from trl.trainer.utils import selective_log_softmax as fused
 
-        return trl_selective_log_softmax(logits, index)
-    index = index.unsqueeze(-1)
-    if logits.dtype in (torch.float32, torch.float64):
-        selected = torch.gather(logits, dim=-1, index=index)
-        logsumexp = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])  # a row at a time: peak memory
-        return (selected - logsumexp.unsqueeze(-1)).squeeze(-1)
-    # logsumexp is unstable in bfloat16 / float16: log_softmax a row at a time
-    return torch.stack([torch.log_softmax(row, dim=-1).gather(dim=-1, index=idx)
-                        for row, idx in zip(logits, index)]).squeeze(-1)
+        return fused(logits, index)
+    if logits.shape[:-1] != index.shape:
+        raise ValueError(f"selective_log_softmax: logits {tuple(logits.shape)} do not match index {tuple(index.shape)}")
+    flat_logits, flat_index = logits.reshape(-1, logits.shape[-1]), index.reshape(-1, 1)
+    parts = []
+    for start in range(0, flat_index.shape[0], chunk_tokens):
+        block = flat_logits[start:start + chunk_tokens]
+        if block.dtype not in (torch.float32, torch.float64):
+            block = block.float()
+        picked = block.gather(-1, flat_index[start:start + chunk_tokens]).squeeze(-1)
+        parts.append(picked - torch.logsumexp(block, dim=-1))
+    if not parts:  # no positions at all
+        return flat_logits.new_zeros(index.shape, dtype=torch.promote_types(logits.dtype, torch.float32))
+    return torch.cat(parts).view(index.shape)
