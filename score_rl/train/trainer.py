@@ -37,6 +37,8 @@ from score_rl.shaping import shape_episodes, stage_at
 from score_rl.utils import seed_everything
 from score_rl.launch.weight_sync import make_weight_sync
 
+PENDING_FILE = "pending_batch.json"  # in a checkpoint: the batch sampled ahead of its step (off-policy)
+
 
 class ProblemSampler:
     """Shuffled passes over the train split; its position is part of the checkpoint (exact resume)."""
@@ -334,6 +336,11 @@ class Trainer:
                 stage, extra = self.prepare(episodes, step)
             with _timed(timings, "learn"):  # {} when nothing is trained (a STaR batch without a kept trace)
                 stats = self.algorithm.update(self.learners, episodes, step)
+        except BaseException:
+            if following is not None:  # no rollout thread left driving the workers while the run stops or aborts
+                self.learners_busy.clear()
+                following.wait()
+            raise
         finally:
             self.learners_busy.clear()  # a worker recovered in the rollout thread may now fetch the weights
         if following is not None:
@@ -558,11 +565,14 @@ class Trainer:
     def save_checkpoint(self, step: int) -> None:
         state = {"step": step, "sampler": self.sampler.state(), "model_path": self.model_path, "best": self.best,
                  "model_dtype": self.cfg.model.dtype}  # what model.dtype auto chose: a resume keeps it
-        if step in self.pending:  # off-policy: the next batch was sampled (and the sampler advanced) before the update
-            state["pending"] = [asdict(ep) for ep in self.pending[step]]
+        pending = self.pending.get(step)  # off-policy: the next batch was sampled (the sampler advanced) before it
 
         def save(directory: str, tag: str) -> None:
             self.learners.call("save_checkpoint", None, directory, tag)
+            if pending is not None:  # compact: a batch of episodes with per-token log-probs
+                (Path(directory) / PENDING_FILE).write_text(json.dumps(
+                    {"rollout_seconds": self.pending_seconds, "episodes": [asdict(ep) for ep in pending]},
+                    separators=(",", ":")))
             if self.best is not None and (self.run_dir / "best").is_dir():  # the best policy as of this step
                 _link_tree(self.run_dir / "best", Path(directory) / "best")
 
@@ -597,7 +607,11 @@ class Trainer:
                                   f"away to start over")
         self.sampler.load(state["sampler"])
         self.start_step = state["step"]
-        if state.get("pending"):  # the batch an uninterrupted off-policy run would train next
+        if (ckpt / PENDING_FILE).is_file():  # the batch an uninterrupted off-policy run would train next
+            pending = json.loads((ckpt / PENDING_FILE).read_text())
+            self.pending = {self.start_step: [methods.episode_from_dict(ep) for ep in pending["episodes"]]}
+            self.pending_seconds = pending["rollout_seconds"]
+        elif state.get("pending"):  # written by earlier versions, inside trainer_state.json
             self.pending = {self.start_step: [methods.episode_from_dict(ep) for ep in state["pending"]]}
         self._restore_best(ckpt, state)
         self.push_weights()
@@ -712,9 +726,12 @@ class _Background:
         else:
             run()
 
-    def result(self):
+    def wait(self) -> None:
         if self.thread is not None:
             self.thread.join()
+
+    def result(self):
+        self.wait()
         if self.error is not None:
             raise self.error
         return self.value

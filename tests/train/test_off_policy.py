@@ -8,7 +8,7 @@ import json
 import pytest
 
 from score_rl.config import ConfigError
-from score_rl.train.trainer import Trainer
+from score_rl.train.trainer import PENDING_FILE, Trainer
 from tests.conftest import tiny_config
 
 OFF = ["trainer.off_policy_steps=1"]
@@ -78,11 +78,16 @@ def test_an_off_policy_run_stopped_and_resumed_logs_what_an_uninterrupted_run_lo
     with pytest.raises(TrainingStopped):
         first.fit()
     first.close()
-    state = json.loads((tmp_path / "resumed" / "checkpoints" / "step_0000002" / "trainer_state.json").read_text())
-    assert len(state["pending"]) == 8  # step 2's batch (4 problems x 2 samples), sampled during step 1
+    ckpt = tmp_path / "resumed" / "checkpoints" / "step_0000002"
+    assert "pending" not in json.loads((ckpt / "trainer_state.json").read_text())
+    pending = json.loads((ckpt / PENDING_FILE).read_text())  # compact, beside the readable trainer state
+    assert len(pending["episodes"]) == 8  # step 2's batch (4 problems x 2 samples), sampled during step 1
+    assert pending["rollout_seconds"] > 0
     second = _trainer(tmp_path, tiny_model_path, "second", run)
     versions = _sampled_versions(second)
     resumed = _fit(second)
+    rows = [json.loads(line) for line in (second.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[2]["time/rollout"] == pytest.approx(pending["rollout_seconds"]), "the restored batch's rollout time"
     assert versions == [(3, 1)], "step 2's batch comes from the checkpoint; step 3's from the policy after step 2"
     assert [r["step"] for r in resumed] == [0, 1, 2, 3]
     assert resumed == straight
@@ -124,3 +129,35 @@ def test_overlapped_on_ray_trains_what_in_process_trains(tmp_path, tiny_model_pa
         ray.shutdown()
     assert threads == ["MainThread", "score-rl-rollout", "score-rl-rollout"], "the next batch overlaps the learning"
     assert on_ray == local
+
+
+def test_a_failed_update_waits_for_the_rollout_thread(tmp_path, tiny_model_path, monkeypatch):
+    """An error in the learning (here the shaping) while the next batch is sampled in the rollout thread: the step
+    raises only after that thread is done, so no thread is left driving the workers while the run stops."""
+    import threading
+    import time
+
+    from score_rl.train import trainer as trainer_module
+
+    trainer = _trainer(tmp_path, tiny_model_path, "fail", OFF)
+    background = trainer_module._Background
+    monkeypatch.setattr(trainer_module, "_Background", lambda fn, threaded: background(fn, threaded=True))  # as on Ray
+    rollout_done = threading.Event()
+    step_episodes = trainer.step_episodes
+
+    def slow(step):
+        episodes = step_episodes(step)
+        if step == 1:
+            time.sleep(0.5)
+            rollout_done.set()
+        return episodes
+
+    def broken(episodes, step):
+        raise RuntimeError("shaping failed")
+
+    trainer.step_episodes, trainer.prepare = slow, broken
+    with pytest.raises(RuntimeError, match="shaping failed"):
+        trainer.train_step(0)
+    assert rollout_done.is_set()
+    assert not [t for t in threading.enumerate() if t.name == "score-rl-rollout"]
+    trainer.close()
