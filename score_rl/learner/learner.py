@@ -23,7 +23,7 @@ from score_rl.algos.losses import ppo_kl_loss, reinforce_kl_loss, value_loss
 from score_rl.learner.batch import collate
 from score_rl.config import Config
 from score_rl.episode import Episode
-from score_rl.learner.logprobs import token_logprobs
+from score_rl.learner.logprobs import first_response_target, token_logprobs
 from score_rl.utils import load_model, load_tokenizer, quiet_libraries, set_threads
 
 
@@ -147,7 +147,8 @@ class Learner:
         for start in range(0, len(episodes), self.cfg.learner.micro_batch_size):
             chunk = episodes[start:start + self.cfg.learner.micro_batch_size]
             b = self._to_device(collate(chunk, self.tokenizer.pad_token_id))
-            ref, _ = token_logprobs(self.reference, b["input_ids"], b["attention_mask"], self.cfg.rollout.temperature)
+            ref, _ = token_logprobs(self.reference, b["input_ids"], b["attention_mask"], self.cfg.rollout.temperature,
+                                    first_target=first_response_target(b["turn"]))
             ref, turn = ref.cpu(), b["turn"].cpu()  # collate's turn index marks each turn's targets
             for i, ep in enumerate(chunk):
                 out.append([ref[i][turn[i] == t].tolist() for t in range(1, len(ep.turns) + 1)])
@@ -181,10 +182,12 @@ class Learner:
             out = []
             for chunk in self._micro_batches(episodes):
                 b = self._to_device(collate(chunk, self.tokenizer.pad_token_id))
-                logp, _ = token_logprobs(self.engine, b["input_ids"], b["attention_mask"], temperature)
+                first = first_response_target(b["turn"])
+                logp, _ = token_logprobs(self.engine, b["input_ids"], b["attention_mask"], temperature,
+                                         first_target=first)
                 values = self._values(b)
                 ref_logp = b["ref_logprobs"] if "ref_logprobs" in b else token_logprobs(
-                    self.reference, b["input_ids"], b["attention_mask"], temperature)[0]
+                    self.reference, b["input_ids"], b["attention_mask"], temperature, first_target=first)[0]
                 _add_policy_stats(stats, b, logp, ref_logp, _loss_mask(b))
                 logp, values, ref_logp, turn = logp.cpu(), values.cpu(), ref_logp.cpu(), b["turn"].cpu()
                 for i, ep in enumerate(chunk):
@@ -222,14 +225,15 @@ class Learner:
         pre_clip_norms = None
         for i, chunk in enumerate(micro):
             b = self._to_device(collate(chunk, self.tokenizer.pad_token_id))
-            logp, logits = token_logprobs(self.engine, b["input_ids"], b["attention_mask"], temperature, full)
+            first = first_response_target(b["turn"])  # the logits before it are not computed (not with `full`)
+            logp, logits = token_logprobs(self.engine, b["input_ids"], b["attention_mask"], temperature, full, first)
             ref_logits = None
             if "ref_logprobs" in b and not full:  # computed once this step already (the reward's KL penalty)
                 ref_logp = b["ref_logprobs"]
             else:
                 with torch.no_grad():
                     ref_logp, ref_logits = token_logprobs(
-                        self.reference, b["input_ids"], b["attention_mask"], temperature, full
+                        self.reference, b["input_ids"], b["attention_mask"], temperature, full, first
                     )
             mask = _loss_mask(b)
             kl = dict(kl_estimator=algo.kl_estimator, kl_in_loss=not algo.kl_in_the_reward(), loss_agg=algo.loss_agg,

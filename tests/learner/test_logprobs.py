@@ -51,3 +51,88 @@ def test_empty_and_mismatched_inputs():
     assert selective_log_softmax(torch.zeros(2, 0, 5), torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0)
     with pytest.raises(ValueError, match="do not match index"):
         selective_log_softmax(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+
+
+def _trimmed_batch(tiny_model_path, first=9):
+    from score_rl.utils import load_model
+
+    model = load_model(tiny_model_path)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(2, 40, (3, 16), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 13:] = 0  # a right-padded row
+    turn = torch.zeros(3, 15, dtype=torch.long)
+    turn[0, first:12], turn[1, first + 2:12], turn[2, first + 1:15] = 1, 2, 1
+    return model, ids, mask, turn
+
+
+def test_logits_before_the_first_response_token_are_not_computed(tiny_model_path):
+    """Skipping the prompt's logits (logits_to_keep) changes no response token's log-prob, nor its gradient."""
+    from score_rl.learner.logprobs import first_response_target, token_logprobs
+
+    model, ids, mask, turn = _trimmed_batch(tiny_model_path)
+    first = first_response_target(turn)
+    assert first == 9
+    calls = []
+    model.register_forward_hook(lambda mod, args, kwargs, out: calls.append(kwargs.get("logits_to_keep")),
+                                with_kwargs=True)
+    full, _ = token_logprobs(model, ids, mask, 0.7)
+    (full * (turn > 0)).sum().backward()
+    full_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    trimmed, _ = token_logprobs(model, ids, mask, 0.7, first_target=first)
+    (trimmed * (turn > 0)).sum().backward()
+    assert calls == [None, 16 - 9]
+    assert trimmed.shape == full.shape and (trimmed[:, :first] == 0).all()
+    torch.testing.assert_close(trimmed[:, first:], full[:, first:], rtol=0, atol=1e-5)
+    for p, grad in zip(model.parameters(), full_grads):
+        torch.testing.assert_close(p.grad, grad, rtol=1e-4, atol=1e-6)
+    # the full-KL estimator needs every position's logits: no trimming with return_logits
+    logp, logits = token_logprobs(model, ids, mask, 1.0, return_logits=True, first_target=first)
+    assert logits.shape[1] == 15 and calls[-1] is None
+
+
+def test_models_without_logits_to_keep_get_every_position(tiny_model_path):
+    from score_rl.learner.logprobs import takes_logits_to_keep, token_logprobs
+
+    model, ids, mask, turn = _trimmed_batch(tiny_model_path)
+
+    class Plain(torch.nn.Module):  # a custom model whose forward has no logits_to_keep
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    class Wrapper(torch.nn.Module):  # like a DeepSpeed engine: the model is its `module`
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, **kwargs):
+            return self.module(**kwargs)
+
+    assert takes_logits_to_keep(model) and takes_logits_to_keep(Wrapper(model))
+    assert not takes_logits_to_keep(Plain()) and not takes_logits_to_keep(Wrapper(Plain()))
+    with torch.no_grad():
+        plain, _ = token_logprobs(Wrapper(Plain()), ids, mask, 1.0, first_target=9)
+        full, _ = token_logprobs(model, ids, mask, 1.0)
+    torch.testing.assert_close(plain, full, rtol=0, atol=0)
+
+
+def test_peft_models_are_trimmed_through_the_wrapper(tiny_model_path):
+    from peft import LoraConfig, get_peft_model
+
+    from score_rl.learner.learner import AdapterDisabled
+
+    from score_rl.learner.logprobs import takes_logits_to_keep, token_logprobs
+
+    model, ids, mask, turn = _trimmed_batch(tiny_model_path)
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert takes_logits_to_keep(peft_model)
+    assert takes_logits_to_keep(AdapterDisabled(peft_model))  # the LoRA reference: the adapter switched off
+    with torch.no_grad():
+        full, _ = token_logprobs(peft_model, ids, mask, 1.0)
+        trimmed, _ = token_logprobs(peft_model, ids, mask, 1.0, first_target=9)
+    torch.testing.assert_close(trimmed[:, 9:], full[:, 9:], rtol=0, atol=1e-5)
