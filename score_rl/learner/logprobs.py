@@ -59,28 +59,39 @@ def takes_logits_to_keep(model) -> bool:
     return False
 
 
-def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_tokens: int = 2048) -> torch.Tensor:
-    """``log_softmax(logits, -1)`` read at ``index`` (result shaped like ``index``), never holding the whole
-    [..., vocab] log-softmax: log p = logit[index] - logsumexp(logits), ``chunk_tokens`` positions at a time.
-    Low-precision logits are upcast to float32 a chunk at a time (a bfloat16 logsumexp loses the digits the KL needs).
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_bytes: int = 64 << 20) -> torch.Tensor:
+    """``log_softmax(logits, -1)`` read at ``index`` (result shaped like ``index``): log p = logit[index] −
+    logsumexp(logits), over views of ``logits`` of about ``chunk_bytes`` of float32 each (whole rows of the leading
+    dimension, or position ranges of one row), so no [..., vocab] temporary bigger than a chunk is made — not even for
+    a non-contiguous input such as ``logits[:, :-1]``. Low-precision logits are upcast to float32 a chunk at a time (a
+    bfloat16 logsumexp loses the digits the KL needs); under autograd ``logsumexp`` keeps those upcast chunks for its
+    backward, so that saves memory only without grad.
 
     On CUDA / XPU, TRL's function runs instead (a fused Triton kernel where Triton is installed); it is imported only
     there, since ``trl.trainer.utils`` pulls in transformers' Trainer, datasets, pandas, peft and accelerate (~5 s per
     process, and every learner imports this module)."""
+    if logits.shape[:-1] != index.shape:
+        raise ValueError(f"selective_log_softmax: logits {tuple(logits.shape)} do not match index {tuple(index.shape)}")
     if logits.device.type != "cpu":
         from trl.trainer.utils import selective_log_softmax as fused
 
         return fused(logits, index)
-    if logits.shape[:-1] != index.shape:
-        raise ValueError(f"selective_log_softmax: logits {tuple(logits.shape)} do not match index {tuple(index.shape)}")
-    flat_logits, flat_index = logits.reshape(-1, logits.shape[-1]), index.reshape(-1, 1)
-    parts = []
-    for start in range(0, flat_index.shape[0], chunk_tokens):
-        block = flat_logits[start:start + chunk_tokens]
-        if block.dtype not in (torch.float32, torch.float64):
-            block = block.float()
-        picked = block.gather(-1, flat_index[start:start + chunk_tokens]).squeeze(-1)
-        parts.append(picked - torch.logsumexp(block, dim=-1))
-    if not parts:  # no positions at all
-        return flat_logits.new_zeros(index.shape, dtype=torch.promote_types(logits.dtype, torch.float32))
-    return torch.cat(parts).view(index.shape)
+    if logits.dim() == 2:  # [positions, vocab]: one row
+        return selective_log_softmax(logits.unsqueeze(0), index.unsqueeze(0), chunk_bytes).squeeze(0)
+    if logits.dim() > 3:  # [..., positions, vocab]
+        return selective_log_softmax(logits.flatten(0, -3), index.flatten(0, -2), chunk_bytes).view(index.shape)
+    rows, positions, vocab = logits.shape
+    if rows * positions == 0:
+        return logits[..., 0].float() * 0  # empty, but with a grad_fn like any other result
+    per_chunk = max(1, chunk_bytes // (4 * vocab))  # positions a chunk holds
+    if per_chunk >= positions:  # whole rows at a time
+        step = per_chunk // positions
+        return torch.cat([_picked_logp(logits[r:r + step], index[r:r + step]) for r in range(0, rows, step)])
+    return torch.cat([torch.cat([_picked_logp(logits[r:r + 1, p:p + per_chunk], index[r:r + 1, p:p + per_chunk])
+                                 for p in range(0, positions, per_chunk)], dim=1) for r in range(rows)])
+
+
+def _picked_logp(block: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    if block.dtype not in (torch.float32, torch.float64):
+        block = block.float()
+    return block.gather(-1, chosen.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(block, dim=-1)

@@ -153,7 +153,7 @@ class Trainer:
         self.best: Optional[Dict] = None  # trainer.best_metric's best so far: {metric, mode, value, step}
         # off_policy_steps=1: the next step's batch, sampled during this one ({step: episodes}); in checkpoints too
         self.pending: Dict[int, List[Episode]] = {}
-        self.pending_seconds = 0.0
+        self.pending_seconds: Optional[float] = 0.0
         # set while the main thread calls the learner ranks and a rollout runs beside it: a worker recovered in the
         # rollout thread waits for it to clear before fetching weights (ranks must see their calls in one order)
         self.learners_busy = threading.Event()
@@ -324,7 +324,7 @@ class Trainer:
         if episodes is None:
             with _timed(timings, "rollout"):
                 episodes = self.step_episodes(step)
-        else:
+        elif self.pending_seconds is not None:  # None: restored from a checkpoint that did not record it
             timings["rollout"] = self.pending_seconds
         self.pending.clear()
         following = None
@@ -336,8 +336,12 @@ class Trainer:
                 stage, extra = self.prepare(episodes, step)
             with _timed(timings, "learn"):  # {} when nothing is trained (a STaR batch without a kept trace)
                 stats = self.algorithm.update(self.learners, episodes, step)
-        except BaseException:
-            if following is not None:  # no rollout thread left driving the workers while the run stops or aborts
+        except Exception as err:
+            from ray.exceptions import RayActorError
+
+            # an error of the step's own: the rollout thread finishes before it propagates, so no thread is left
+            # driving the workers. Not for a dead learner (the run aborts) or a second Ctrl-C (it stops at once).
+            if following is not None and not isinstance(err, RayActorError):
                 self.learners_busy.clear()
                 following.wait()
             raise
@@ -588,6 +592,8 @@ class Trainer:
         for candidate in resumable_checkpoints(root, warn=self.log):
             try:
                 state = json.loads((candidate / "trainer_state.json").read_text())
+                pending = json.loads((candidate / PENDING_FILE).read_text()) \
+                    if (candidate / PENDING_FILE).is_file() else None
                 self.learners.call("load_checkpoint", None, str(candidate), "learner")
             except Exception as err:  # noqa: BLE001 - any failure to load is damage (Ray wraps the learner's error)
                 from ray.exceptions import RayActorError
@@ -607,12 +613,12 @@ class Trainer:
                                   f"away to start over")
         self.sampler.load(state["sampler"])
         self.start_step = state["step"]
-        if (ckpt / PENDING_FILE).is_file():  # the batch an uninterrupted off-policy run would train next
-            pending = json.loads((ckpt / PENDING_FILE).read_text())
+        if pending is not None:  # the batch an uninterrupted off-policy run would train next
             self.pending = {self.start_step: [methods.episode_from_dict(ep) for ep in pending["episodes"]]}
             self.pending_seconds = pending["rollout_seconds"]
-        elif state.get("pending"):  # written by earlier versions, inside trainer_state.json
+        elif state.get("pending"):  # written by earlier versions, inside trainer_state.json, without its time
             self.pending = {self.start_step: [methods.episode_from_dict(ep) for ep in state["pending"]]}
+            self.pending_seconds = None
         self._restore_best(ckpt, state)
         self.push_weights()
         self.log(f"resumed from {ckpt} at step {self.start_step}")

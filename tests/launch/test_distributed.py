@@ -76,3 +76,21 @@ def _children(proc):
         return proc.children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+def test_local_actors_keep_freed_memory_unless_the_user_tuned_malloc(monkeypatch):
+    """The local cluster's actors get glibc malloc settings that stop them page-faulting each step's memory back
+    (issue 13); a user's own malloc settings win."""
+    from score_rl.launch.distributed import actor_env_vars
+
+    for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
+                "GLIBC_TUNABLES", "DS_ACCELERATOR"):
+        monkeypatch.delenv(key, raising=False)
+    env = actor_env_vars()
+    assert env["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20) and env["MALLOC_TRIM_THRESHOLD_"] == str(512 << 20)
+    assert env["DS_ACCELERATOR"] == "cpu" and actor_env_vars(1)["DS_ACCELERATOR"] == "cuda"
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "0")
+    assert not any(k.startswith("MALLOC_") for k in actor_env_vars())
+    monkeypatch.delenv("MALLOC_TOP_PAD_")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
+    assert not any(k.startswith("MALLOC_") for k in actor_env_vars())

@@ -15,7 +15,7 @@ def test_matches_log_softmax_for_any_chunk_size(chunk_tokens):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 7, 11, generator=g) * 5
     index = torch.randint(0, 11, (3, 7), generator=g)
-    out = selective_log_softmax(logits, index, chunk_tokens=chunk_tokens)
+    out = selective_log_softmax(logits, index, chunk_bytes=chunk_tokens * 11 * 4)
     assert out.shape == index.shape and out.dtype == torch.float32
     torch.testing.assert_close(out.double(), _reference(logits, index), rtol=0, atol=1e-5)
 
@@ -28,7 +28,7 @@ def test_gradient_matches_log_softmax_and_chunking_is_invariant():
     grads = []
     for chunk in (4, 18, 1000):
         logits = base.clone().requires_grad_(True)
-        (selective_log_softmax(logits, index, chunk_tokens=chunk) * weights).sum().backward()
+        (selective_log_softmax(logits, index, chunk_bytes=chunk * 13 * 8) * weights).sum().backward()
         grads.append(logits.grad)
     logits = base.clone().requires_grad_(True)
     (_reference(logits, index) * weights).sum().backward()
@@ -42,13 +42,32 @@ def test_low_precision_logits_are_upcast():
     g = torch.Generator().manual_seed(2)
     logits = (torch.randn(4, 6, 50, generator=g) * 8).to(torch.bfloat16)
     index = torch.randint(0, 50, (4, 6), generator=g)
-    out = selective_log_softmax(logits, index, chunk_tokens=5)
+    out = selective_log_softmax(logits, index, chunk_bytes=5 * 50 * 4)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), _reference(logits.float(), index), rtol=0, atol=1e-5)
 
 
+def test_non_contiguous_and_any_rank():
+    """The learner passes logits[:, :-1] (non-contiguous); 2-d and 4-d inputs work too."""
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 8, 17, generator=g)[:, :-1]
+    index = torch.randint(0, 17, (3, 7), generator=g)
+    assert not logits.is_contiguous()
+    for chunk_bytes in (4 * 17 * 3, 4 * 17 * 7 * 2, 1 << 20):
+        torch.testing.assert_close(selective_log_softmax(logits, index, chunk_bytes).double(),
+                                   _reference(logits, index), rtol=0, atol=1e-5)
+    torch.testing.assert_close(selective_log_softmax(logits[0], index[0]).double(), _reference(logits[0], index[0]),
+                               rtol=0, atol=1e-5)
+    four = logits.reshape(1, 3, 7, 17)
+    torch.testing.assert_close(selective_log_softmax(four, index.view(1, 3, 7)).double(),
+                               _reference(four, index.view(1, 3, 7)), rtol=0, atol=1e-5)
+
+
 def test_empty_and_mismatched_inputs():
-    assert selective_log_softmax(torch.zeros(2, 0, 5), torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0)
+    logits = torch.zeros(2, 0, 5, requires_grad=True)
+    empty = selective_log_softmax(logits, torch.zeros(2, 0, dtype=torch.long))
+    assert empty.shape == (2, 0)
+    empty.sum().backward()  # like any other result
     with pytest.raises(ValueError, match="do not match index"):
         selective_log_softmax(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
 

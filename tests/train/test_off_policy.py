@@ -131,9 +131,11 @@ def test_overlapped_on_ray_trains_what_in_process_trains(tmp_path, tiny_model_pa
     assert on_ray == local
 
 
-def test_a_failed_update_waits_for_the_rollout_thread(tmp_path, tiny_model_path, monkeypatch):
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_failed_update_waits_for_the_rollout_thread(tmp_path, tiny_model_path, monkeypatch, error):
     """An error in the learning (here the shaping) while the next batch is sampled in the rollout thread: the step
-    raises only after that thread is done, so no thread is left driving the workers while the run stops."""
+    raises only after that thread is done, so no thread is left driving the workers while the run stops. A second
+    Ctrl-C (KeyboardInterrupt) stops at once, without waiting for the rollout."""
     import threading
     import time
 
@@ -153,11 +155,45 @@ def test_a_failed_update_waits_for_the_rollout_thread(tmp_path, tiny_model_path,
         return episodes
 
     def broken(episodes, step):
-        raise RuntimeError("shaping failed")
+        raise error("shaping failed")
 
     trainer.step_episodes, trainer.prepare = slow, broken
-    with pytest.raises(RuntimeError, match="shaping failed"):
+    with pytest.raises(error, match="shaping failed"):
         trainer.train_step(0)
-    assert rollout_done.is_set()
-    assert not [t for t in threading.enumerate() if t.name == "score-rl-rollout"]
+    assert rollout_done.is_set() == (error is RuntimeError)
+    for thread in [t for t in threading.enumerate() if t.name == "score-rl-rollout"]:
+        assert error is KeyboardInterrupt
+        thread.join()
     trainer.close()
+
+
+def test_a_damaged_pending_batch_falls_back_to_the_checkpoint_before(tmp_path, tiny_model_path):
+    """pending_batch.json zero-filled at its own size (the manifest's size check passes): the resume treats the
+    checkpoint as damaged and resumes from the one before, with that one's pending batch: the same run."""
+    import signal
+
+    from score_rl.train.signals import TrainingStopped
+
+    straight = _fit(_trainer(tmp_path, tiny_model_path, "straight", OFF))
+    run = [f"trainer.run_dir={tmp_path / 'damaged'}", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=0", *OFF]
+    first = _trainer(tmp_path, tiny_model_path, "first", run)
+    train_step = first.train_step
+
+    def stop_after_step_2(step):
+        metrics = train_step(step)
+        if step == 1:
+            first.stop.request(signal.SIGTERM)
+        return metrics
+
+    first.train_step = stop_after_step_2
+    with pytest.raises(TrainingStopped):
+        first.fit()
+    first.close()
+    damaged = tmp_path / "damaged" / "checkpoints" / "step_0000002" / PENDING_FILE
+    damaged.write_bytes(b"\0" * len(damaged.read_bytes()))
+    logs = []
+    second = _trainer(tmp_path, tiny_model_path, "second", run)
+    second.log = logs.append
+    assert _fit(second) == straight
+    assert any("step_0000002 could not be loaded" in line for line in logs)
+    assert any("resumed from" in line and "step_0000001" in line for line in logs)
