@@ -19,42 +19,57 @@ def collate(episodes: Sequence[Episode], pad_id: int) -> Dict[str, torch.Tensor]
     old_logprobs / values / returns (PPO): present when every turn carries them; a turn's ``token_advantages``, when
     set, replace its ``advantage`` token by token.
     """
-    width = max(len(ep.full_ids()) for ep in episodes)
-    n = len(episodes)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, width), dtype=torch.long)
-    turn = torch.zeros((n, width - 1), dtype=torch.long)
-    trained = torch.zeros((n, width - 1), dtype=torch.bool)
-    loss_weight = torch.zeros((n, width - 1))
-    advantage = torch.zeros((n, width - 1))
-    kl_coef = torch.zeros((n, width - 1))
-    sampling_logprobs = torch.zeros((n, width - 1))
-    optional = {name: torch.zeros((n, width - 1)) for name in PER_TOKEN_OPTIONAL
-                if all(getattr(tr, name) is not None for ep in episodes for tr in ep.turns)}
+    n, width = len(episodes), max(len(ep.full_ids()) for ep in episodes)
+    optional_names = [name for name in PER_TOKEN_OPTIONAL
+                      if all(getattr(tr, name) is not None for ep in episodes for tr in ep.turns)]
+    # flat lists of (row, column, value), converted to tensors once: one Python pass, no per-turn tensors
+    id_rows, id_cols, id_vals = [], [], []
+    rows, cols = [], []
+    values = {name: [] for name in ("turn", "trained", "loss_weight", "advantage", "kl_coef", "sampling_logprobs",
+                                    *optional_names)}
     for i, ep in enumerate(episodes):
         ids = ep.full_ids()
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention_mask[i, : len(ids)] = 1
+        id_rows += [i] * len(ids)
+        id_cols += range(len(ids))
+        id_vals += ids
         for t, ((start, end), tr) in enumerate(zip(ep.response_spans(), ep.turns), start=1):
-            if end == start:
+            size = end - start
+            if size == 0:
                 continue
             # token at position p is predicted by logits at p-1 → target index p-1
-            sl = slice(start - 1, end - 1)
-            turn[i, sl] = t
-            trained[i, sl] = tr.trained
-            loss_weight[i, sl] = tr.loss_weight if tr.trained else 0.0
+            rows += [i] * size
+            cols += range(start - 1, end - 1)
+            values["turn"] += [t] * size
+            values["trained"] += [tr.trained] * size
+            values["loss_weight"] += [tr.loss_weight if tr.trained else 0.0] * size
             if tr.token_advantages is not None:
-                advantage[i, sl] = torch.tensor(tr.token_advantages, dtype=torch.float32)
+                values["advantage"] += _per_token(tr.token_advantages, size, "token_advantages", i, t)
             else:
-                advantage[i, sl] = tr.advantage if tr.advantage is not None else 0.0
-            kl_coef[i, sl] = tr.kl_coef if tr.kl_coef is not None else 0.0
-            sampling_logprobs[i, sl] = torch.tensor(tr.sampling_logprobs, dtype=torch.float32)
-            for name, tensor in optional.items():
-                tensor[i, sl] = torch.tensor(getattr(tr, name), dtype=torch.float32)
-    out = dict(input_ids=input_ids, attention_mask=attention_mask, turn=turn, trained=trained, loss_weight=loss_weight, advantage=advantage,
-               kl_coef=kl_coef, sampling_logprobs=sampling_logprobs)
-    out.update(optional)  # e.g. ref_logprobs: every turn carries them, so the learner skips the reference pass
+                values["advantage"] += [tr.advantage if tr.advantage is not None else 0.0] * size
+            values["kl_coef"] += [tr.kl_coef if tr.kl_coef is not None else 0.0] * size
+            values["sampling_logprobs"] += _per_token(tr.sampling_logprobs, size, "sampling_logprobs", i, t)
+            for name in optional_names:
+                values[name] += _per_token(getattr(tr, name), size, name, i, t)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    where = (torch.tensor(id_rows, dtype=torch.long), torch.tensor(id_cols, dtype=torch.long))
+    input_ids[where] = torch.tensor(id_vals, dtype=torch.long)
+    attention_mask[where] = 1
+    out = dict(input_ids=input_ids, attention_mask=attention_mask)
+    where = (torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long))
+    dtypes = {"turn": torch.long, "trained": torch.bool}
+    for name, vals in values.items():  # the optional ones last, e.g. ref_logprobs: the learner then skips its pass
+        dtype = dtypes.get(name, torch.float32)
+        tensor = torch.zeros((n, width - 1), dtype=dtype)
+        tensor[where] = torch.tensor(vals, dtype=dtype)
+        out[name] = tensor
     return out
+
+
+def _per_token(vals, size: int, name: str, episode: int, turn: int) -> list:
+    if len(vals) != size:
+        raise ValueError(f"collate: episode {episode} turn {turn} has {len(vals)} {name} for {size} response tokens")
+    return list(vals)
 
 
 # per-token fields of a Turn that collate places when every turn of the batch carries them

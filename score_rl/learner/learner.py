@@ -149,9 +149,7 @@ class Learner:
             b = self._to_device(collate(chunk, self.tokenizer.pad_token_id))
             ref, _ = token_logprobs(self.reference, b["input_ids"], b["attention_mask"], self.cfg.rollout.temperature,
                                     first_target=first_response_target(b["turn"]))
-            ref, turn = ref.cpu(), b["turn"].cpu()  # collate's turn index marks each turn's targets
-            for i, ep in enumerate(chunk):
-                out.append([ref[i][turn[i] == t].tolist() for t in range(1, len(ep.turns) + 1)])
+            out.extend(_per_turn(ref.cpu().tolist(), chunk))
         return out
 
     def train_step(self, episodes: Sequence[Episode], denominator: float) -> Dict[str, float]:
@@ -189,10 +187,8 @@ class Learner:
                 ref_logp = b["ref_logprobs"] if "ref_logprobs" in b else token_logprobs(
                     self.reference, b["input_ids"], b["attention_mask"], temperature, first_target=first)[0]
                 _add_policy_stats(stats, b, logp, ref_logp, _loss_mask(b))
-                logp, values, ref_logp, turn = logp.cpu(), values.cpu(), ref_logp.cpu(), b["turn"].cpu()
-                for i, ep in enumerate(chunk):
-                    out.append([tuple(x[i][turn[i] == t].tolist() for x in (logp, values, ref_logp))
-                                for t in range(1, len(ep.turns) + 1)])
+                per_turn = [_per_turn(x.cpu().tolist(), chunk) for x in (logp, values, ref_logp)]
+                out.extend([list(zip(*turns)) for turns in zip(*per_turn)])
             rows.append(out)
         return {"rows": rows, "stats": stats}
 
@@ -414,6 +410,12 @@ class Learner:
 # sums describing the policy on a batch (reduce_rank_stats turns them into logprob_mismatch, entropy_proxy, kl_turn*)
 POLICY_STATS = ("logprob_mismatch_sum", "neg_logp_sum", "tokens", "kl_turn1_sum", "kl_turn2_sum", "tokens_turn1",
                 "tokens_turn2")
+
+
+def _per_turn(rows: List[List[float]], episodes: Sequence[Episode]) -> List[List[List[float]]]:
+    """Per-token values of collated rows (aligned with the targets) cut into each episode's turns: ``out[i][t]``
+    lists those of episode i's turn t+1 (the token at position p sits at target index p-1, as collate places it)."""
+    return [[row[start - 1:end - 1] for start, end in ep.response_spans()] for row, ep in zip(rows, episodes)]
 
 
 def _loss_mask(b: Dict[str, torch.Tensor]) -> torch.Tensor:

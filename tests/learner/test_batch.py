@@ -88,3 +88,67 @@ def test_pad_id_is_used_and_order_is_kept():
     assert b["input_ids"][0].tolist() == [11, 12, 21, 31, 41] + [99] * 5
     assert b["turn"][1].tolist() == [0, 0, 1, 1, 0, 0, 2, 2, 2]
     assert b["input_ids"].dtype == torch.long and b["turn"].dtype == torch.long
+
+
+def _collate_turn_by_turn(episodes, pad_id):
+    """The straightforward layout, a turn at a time: what collate's one-pass version must equal exactly."""
+    from score_rl.learner.batch import PER_TOKEN_OPTIONAL
+
+    n, width = len(episodes), max(len(ep.full_ids()) for ep in episodes)
+    out = dict(input_ids=torch.full((n, width), pad_id, dtype=torch.long),
+               attention_mask=torch.zeros((n, width), dtype=torch.long),
+               turn=torch.zeros((n, width - 1), dtype=torch.long), trained=torch.zeros((n, width - 1), dtype=torch.bool),
+               **{k: torch.zeros((n, width - 1)) for k in ("loss_weight", "advantage", "kl_coef", "sampling_logprobs")})
+    optional = [k for k in PER_TOKEN_OPTIONAL if all(getattr(t, k) is not None for ep in episodes for t in ep.turns)]
+    out.update({k: torch.zeros((n, width - 1)) for k in optional})
+    for i, ep in enumerate(episodes):
+        ids = ep.full_ids()
+        out["input_ids"][i, :len(ids)] = torch.tensor(ids)
+        out["attention_mask"][i, :len(ids)] = 1
+        for t, ((start, end), tr) in enumerate(zip(ep.response_spans(), ep.turns), start=1):
+            sl = slice(start - 1, end - 1)
+            out["turn"][i, sl] = t if end > start else 0
+            out["trained"][i, sl] = tr.trained
+            out["loss_weight"][i, sl] = tr.loss_weight if tr.trained else 0.0
+            out["advantage"][i, sl] = torch.tensor(tr.token_advantages) if tr.token_advantages is not None \
+                else (tr.advantage or 0.0)
+            out["kl_coef"][i, sl] = tr.kl_coef or 0.0
+            out["sampling_logprobs"][i, sl] = torch.tensor(tr.sampling_logprobs)
+            for k in optional:
+                out[k][i, sl] = torch.tensor(getattr(tr, k))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_collate_equals_the_turn_by_turn_layout(seed):
+    """Random episodes: any lengths (empty responses too), untrained turns, loss weights, unset advantages, GAE token
+    advantages, and the optional per-token fields present on all turns or missing on one."""
+    import random
+
+    rng = random.Random(seed)
+    episodes = []
+    for k in range(rng.randint(1, 7)):
+        prompt = [rng.randint(2, 50) for _ in range(rng.randint(1, 6))]
+        turns = []
+        for t in range(rng.randint(1, 3)):
+            response = [rng.randint(2, 50) for _ in range(rng.randint(0, 5))]
+            size = len(response)
+            turns.append(Turn(
+                prompt_ids=list(prompt), response_ids=response, sampling_logprobs=[-rng.random() for _ in range(size)],
+                response_text="", reward=0.0, trained=rng.random() < 0.8, loss_weight=rng.choice([1.0, 0.5]),
+                advantage=rng.choice([None, rng.uniform(-2, 2)]), kl_coef=rng.choice([None, 0.1]),
+                ref_logprobs=[-rng.random() for _ in range(size)] if seed % 2 == 0 or k else None,
+                token_advantages=[rng.uniform(-1, 1) for _ in range(size)] if seed == 2 else None))
+            prompt = prompt + response + [rng.randint(2, 50) for _ in range(rng.randint(1, 3))]
+        episodes.append(Episode(problem_id=str(k), sample_index=0, turns=turns))
+    got, want = collate(episodes, pad_id=PAD), _collate_turn_by_turn(episodes, PAD)
+    assert list(got) == list(want)
+    for key in want:
+        assert got[key].dtype == want[key].dtype, key
+        assert torch.equal(got[key], want[key]), key
+
+
+def test_per_token_lists_of_the_wrong_length_are_refused():
+    bad = _two_turn([11, 12], [21, 22], [31], [41], [-0.1], [-0.2])  # 1 log-prob for 2 tokens
+    with pytest.raises(ValueError, match="episode 0 turn 1 has 1 sampling_logprobs for 2 response tokens"):
+        collate([bad], pad_id=PAD)
