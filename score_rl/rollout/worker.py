@@ -69,8 +69,8 @@ class RolloutWorker:
             Episode(problem_id=p.id, sample_index=k, turns=[], reference=p.reference)
             for p in problems for k in range(samples_per_problem)
         ]
-        owners = [p for p in problems for _ in range(samples_per_problem)]
-        contexts = [self.prompts.first_attempt(p) for p in owners]
+        first = [self.prompts.first_attempt(p) for p in problems]  # encoded once per problem, not per sample
+        contexts = [list(ids) for ids in first for _ in range(samples_per_problem)]
         for turn_index in range(num_turns):
             if turn_index == 1 and corrections_per_attempt > 1:
                 episodes = [  # attempt: the first attempt's position in this call (unique even if a problem repeats)
