@@ -38,6 +38,26 @@ def _sampled_versions(trainer):
     return versions
 
 
+def _stop_after_step_2(trainer):
+    """Run ``trainer`` until a stop signal arrives during step 2 (as SIGTERM would): it checkpoints and stops."""
+    import signal
+
+    from score_rl.train.signals import TrainingStopped
+
+    train_step = trainer.train_step
+
+    def stop_after_step_2(step):
+        metrics = train_step(step)
+        if step == 1:
+            trainer.stop.request(signal.SIGTERM)
+        return metrics
+
+    trainer.train_step = stop_after_step_2
+    with pytest.raises(TrainingStopped):
+        trainer.fit()
+    trainer.close()
+
+
 @pytest.mark.parametrize("off", [0, 1])
 def test_each_batch_is_sampled_by_the_policy_the_setting_says(tmp_path, tiny_model_path, off):
     trainer = _trainer(tmp_path, tiny_model_path, f"v{off}", [f"trainer.off_policy_steps={off}"])
@@ -59,25 +79,9 @@ def test_each_batch_is_sampled_by_the_policy_the_setting_says(tmp_path, tiny_mod
 def test_an_off_policy_run_stopped_and_resumed_logs_what_an_uninterrupted_run_logs(tmp_path, tiny_model_path):
     """A stop signal after step 2 of 4: the checkpoint keeps the batch already sampled for step 3 (and the sampler
     past it), so the resumed run trains on the very batch the uninterrupted one did, sampled one update earlier."""
-    import signal
-
-    from score_rl.train.signals import TrainingStopped
-
     straight = _fit(_trainer(tmp_path, tiny_model_path, "straight", OFF))
     run = [f"trainer.run_dir={tmp_path / 'resumed'}", *OFF]
-    first = _trainer(tmp_path, tiny_model_path, "first", run)
-    train_step = first.train_step
-
-    def stop_after_step_2(step):
-        metrics = train_step(step)
-        if step == 1:
-            first.stop.request(signal.SIGTERM)
-        return metrics
-
-    first.train_step = stop_after_step_2
-    with pytest.raises(TrainingStopped):
-        first.fit()
-    first.close()
+    _stop_after_step_2(_trainer(tmp_path, tiny_model_path, "first", run))
     ckpt = tmp_path / "resumed" / "checkpoints" / "step_0000002"
     assert "pending" not in json.loads((ckpt / "trainer_state.json").read_text())
     pending = json.loads((ckpt / PENDING_FILE).read_text())  # compact, beside the readable trainer state
@@ -170,25 +174,9 @@ def test_a_failed_update_waits_for_the_rollout_thread(tmp_path, tiny_model_path,
 def test_a_damaged_pending_batch_falls_back_to_the_checkpoint_before(tmp_path, tiny_model_path):
     """pending_batch.json zero-filled at its own size (the manifest's size check passes): the resume treats the
     checkpoint as damaged and resumes from the one before, with that one's pending batch: the same run."""
-    import signal
-
-    from score_rl.train.signals import TrainingStopped
-
     straight = _fit(_trainer(tmp_path, tiny_model_path, "straight", OFF))
     run = [f"trainer.run_dir={tmp_path / 'damaged'}", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=0", *OFF]
-    first = _trainer(tmp_path, tiny_model_path, "first", run)
-    train_step = first.train_step
-
-    def stop_after_step_2(step):
-        metrics = train_step(step)
-        if step == 1:
-            first.stop.request(signal.SIGTERM)
-        return metrics
-
-    first.train_step = stop_after_step_2
-    with pytest.raises(TrainingStopped):
-        first.fit()
-    first.close()
+    _stop_after_step_2(_trainer(tmp_path, tiny_model_path, "first", run))
     damaged = tmp_path / "damaged" / "checkpoints" / "step_0000002" / PENDING_FILE
     damaged.write_bytes(b"\0" * len(damaged.read_bytes()))
     logs = []
