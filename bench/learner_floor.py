@@ -4,13 +4,14 @@ the same completions.
 
 One process, in-process score-rl (ray.enabled=false), the quickstart model, float32, --threads torch threads, one
 real step's batch (32 problems x 4 samples x 2 turns, sampled and shaped by score-rl at step 0), then, interleaved
---reps times after 2 warm-ups:
+--reps times after 3 warm-ups:
 
 - score-rl: the learner's share of a step as Trainer.train_step runs it — the reference log-probs for the reward's
   KL (`Trainer.reward_kl`, the "shape" phase) and one update (`Learner.train_step`: collate, forward, loss, backward,
-  DeepSpeed step), on a fresh copy of the episodes;
+  DeepSpeed step), on a fresh copy of the episodes (copied before the timing);
 - bare (score-rl's batch): the same three passes on pre-collated tensors with plain torch — reference forward, policy
-  forward, REINFORCE loss on the response tokens, backward, grad-norm clip, AdamW — micro-batches of 64 episodes;
+  forward, REINFORCE loss on the response tokens, backward, grad-norm clip, AdamW — micro-batches of 64 episodes,
+  logits from each micro-batch's first response token on, as the learner computes them;
 - bare (TRL's batch): the same on the batch TRL would train for the same 256 completions: one sequence per sampled
   turn, the turn-1 prompt left-padded to the batch's longest and the completion right-padded to the longest
   completion, logits of the completion positions only (TRL's logits_to_keep), micro-batches of 64 sequences.
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+WARMUP = 3  # untimed repetitions of each before the timed ones
 sys.path.insert(0, str(ROOT))
 
 
@@ -52,14 +54,18 @@ def bare_step(policy, reference, optimizer, batches, temperature: float = 1.0) -
 
 
 def score_rl_batches(episodes, pad_id: int, micro: int):
-    """Collated micro-batches of the episodes as score-rl's learner sees them (all positions kept)."""
+    """Collated micro-batches of the episodes as score-rl's learner sees them: logits from the micro-batch's first
+    response token on (the learner's logits_to_keep)."""
     from score_rl.learner.batch import collate
+    from score_rl.learner.logprobs import first_response_target
 
     out = []
     for start in range(0, len(episodes), micro):
         b = collate(episodes[start:start + micro], pad_id)
-        mask = ((b["turn"] > 0) & b["trained"]).float()
-        out.append((b["input_ids"], b["attention_mask"], 0, b["input_ids"][:, 1:], mask * b["advantage"]))
+        first = first_response_target(b["turn"])
+        weights = (((b["turn"] > 0) & b["trained"]).float() * b["advantage"])[:, first:]
+        out.append((b["input_ids"], b["attention_mask"], b["input_ids"].shape[1] - first,
+                    b["input_ids"][:, 1 + first:], weights))
     return out
 
 
@@ -117,8 +123,10 @@ def main() -> None:
         trainer.prepare(shaped, 0)
         micro = cfg.learner.micro_batch_size
 
+        copies = [copy.deepcopy(episodes) for _ in range(args.reps + WARMUP)]  # made before any timing
+
         def score_rl() -> None:
-            batch = copy.deepcopy(episodes)
+            batch = copies.pop()
             trainer.prepare(batch, 0)  # shaping, with the reference log-probs for the reward's KL
             learner.train_step(batch, learner_denominator(batch, cfg.algo.loss_agg))
 
@@ -129,20 +137,24 @@ def main() -> None:
                 "bare passes, score-rl's batch": lambda: bare_step(policy, reference, optimizer, mine),
                 "bare passes, TRL's batch": lambda: bare_step(policy, reference, optimizer, theirs)}
         times = {name: [] for name in runs}
-        for rep in range(args.reps + 2):
+        for rep in range(args.reps + WARMUP):
             for name, fn in runs.items():
                 start = time.perf_counter()
                 fn()
-                if rep >= 2:
+                if rep >= WARMUP:
                     times[name].append(time.perf_counter() - start)
         trainer.close()
-    tokens = {"bare passes, score-rl's batch": sum(int(b[1].sum()) for b in mine),
-              "bare passes, TRL's batch": sum(b[0].numel() for b in theirs)}
+    tokens = {"bare passes, score-rl's batch": mine, "bare passes, TRL's batch": theirs}
     trained = sum(len(t.response_ids) for ep in shaped for t in ep.turns)
     print(f"threads {args.threads}, {len(shaped)} episodes, {trained} trained tokens, median of {args.reps}")
     med = {name: statistics.median(ts) for name, ts in times.items()}
     for name, seconds in med.items():
-        extra = f", {tokens[name]} tokens a pass" if name in tokens else ""
+        extra = ""
+        if name in tokens:  # positions a pass computes (padding included), of which real tokens; logit rows
+            padded = sum(b[0].numel() for b in tokens[name])
+            real = sum(int(b[1].sum()) for b in tokens[name])
+            logit_rows = sum(b[0].shape[0] * b[2] for b in tokens[name])
+            extra = f", {padded} positions a pass ({real} tokens), {logit_rows} with logits"
         print(f"  {name:36s} {seconds:.3f} s (range {min(times[name]):.3f}-{max(times[name]):.3f}){extra}")
     names = list(med)
     print(f"score-rl / bare (framework overhead): x{med[names[0]] / med[names[1]]:.2f}")

@@ -79,6 +79,8 @@ class Env:
 
     # --- prompts (templates come from the config, never from code) -------------------------------------------------
     def first_attempt_prompt(self, problem: Problem) -> str:
+        """The turn-1 prompt of ``problem``. Deterministic: a rollout asks once per problem and gives every sample
+        of it the same prompt (the group shares it)."""
         return self.prompt.first_attempt.replace("{problem}", problem.text)
 
     def correction_instruction(self) -> str:

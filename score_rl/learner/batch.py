@@ -36,6 +36,8 @@ def collate(episodes: Sequence[Episode], pad_id: int) -> Dict[str, torch.Tensor]
             size = end - start
             if size == 0:
                 continue
+            if start < 1:  # its first token would sit at target index -1: nothing predicts it
+                raise ValueError(f"collate: episode {i} turn {t} has a response but an empty prompt")
             # token at position p is predicted by logits at p-1 → target index p-1
             rows += [i] * size
             cols += range(start - 1, end - 1)

@@ -152,3 +152,11 @@ def test_per_token_lists_of_the_wrong_length_are_refused():
     bad = _two_turn([11, 12], [21, 22], [31], [41], [-0.1], [-0.2])  # 1 log-prob for 2 tokens
     with pytest.raises(ValueError, match="episode 0 turn 1 has 1 sampling_logprobs for 2 response tokens"):
         collate([bad], pad_id=PAD)
+
+
+def test_a_response_without_a_prompt_is_refused():
+    """Its first token has no position predicting it: it must not wrap to the last column (a padded one)."""
+    bad = Episode(problem_id="p", sample_index=0, turns=[Turn(prompt_ids=[], response_ids=[7, 8, 9],
+                                                              sampling_logprobs=[-1.0] * 3, response_text="", reward=0)])
+    with pytest.raises(ValueError, match="episode 1 turn 1 has a response but an empty prompt"):
+        collate([EP_SHORT, bad], pad_id=PAD)

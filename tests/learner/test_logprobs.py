@@ -155,3 +155,42 @@ def test_peft_models_are_trimmed_through_the_wrapper(tiny_model_path):
         full, _ = token_logprobs(peft_model, ids, mask, 1.0)
         trimmed, _ = token_logprobs(peft_model, ids, mask, 1.0, first_target=9)
     torch.testing.assert_close(trimmed[:, 9:], full[:, 9:], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_learner_skips_the_prompt_logits_of_policy_and_reference(tmp_path, tiny_model_path, lora):
+    """Through the real wrappers (the DeepSpeed engine, PEFT, the LoRA reference with its adapter off), the policy's
+    and the reference's forward passes get logits_to_keep = L - the micro-batch's first response target."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import _dp_updates as dp
+    from test_loss_mask import dp_port
+
+    from score_rl.learner.batch import collate
+    from score_rl.learner.learner import Learner, loss_denominator
+    from score_rl.learner.logprobs import first_response_target
+    from score_rl.utils import load_tokenizer
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, [f"model.path={tiny_model_path}", "algo.kl_estimator=k3", "learner.micro_batch_size=4",
+                                 *(["model.lora.r=4"] if lora else [])])
+    learner = Learner(cfg, tiny_model_path, 0, 1, 8)
+    learner.setup("127.0.0.1", dp_port())
+    episodes = dp.make_episodes(len(load_tokenizer(tiny_model_path)), 8, seed=3)
+    seen = []
+    base = learner.engine.module.get_base_model() if lora else learner.engine.module
+    base.register_forward_hook(lambda mod, args, kwargs, out: seen.append(kwargs.get("logits_to_keep")),
+                               with_kwargs=True)
+    if not lora:  # a separate reference model
+        learner.reference.register_forward_hook(
+            lambda mod, args, kwargs, out: seen.append(("ref", kwargs.get("logits_to_keep"))), with_kwargs=True)
+    learner.train_step(episodes, loss_denominator(episodes, cfg.algo.loss_agg))
+    expected = []
+    for chunk in (episodes[:4], episodes[4:]):
+        b = collate(chunk, learner.tokenizer.pad_token_id)
+        keep = b["input_ids"].shape[1] - first_response_target(b["turn"])
+        assert keep <= b["input_ids"].shape[1] - 2, "every prompt has 3-6 tokens: at least 2 positions are skipped"
+        expected += [keep, keep] if lora else [keep, ("ref", keep)]  # policy pass, then the reference's
+    assert seen == expected
