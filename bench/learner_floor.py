@@ -6,7 +6,8 @@ One process, in-process score-rl (ray.enabled=false), the quickstart model, floa
 real step's batch (32 problems x 4 samples x 2 turns, sampled and shaped by score-rl at step 0), then, interleaved
 --reps times after 3 warm-ups:
 
-- score-rl: the learner's share of a step as Trainer.train_step runs it — the reference log-probs for the reward's
+- score-rl: the learner's share of a step as Trainer.train_step runs it (with learner.share_prompt_prefix on, the
+  default, and off) — the reference log-probs for the reward's
   KL (`Trainer.reward_kl`, the "shape" phase) and one update (`Learner.train_step`: collate, forward, loss, backward,
   DeepSpeed step), on a fresh copy of the episodes (copied before the timing);
 - bare (score-rl's batch): the same three passes on pre-collated tensors with plain torch — reference forward, policy
@@ -30,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,17 +125,21 @@ def main() -> None:
         trainer.prepare(shaped, 0)
         micro = cfg.learner.micro_batch_size
 
-        copies = [copy.deepcopy(episodes) for _ in range(args.reps + WARMUP)]  # made before any timing
+        copies = [copy.deepcopy(episodes) for _ in range(2 * (args.reps + WARMUP))]  # made before any timing
 
-        def score_rl() -> None:
-            batch = copies.pop()
-            trainer.prepare(batch, 0)  # shaping, with the reference log-probs for the reward's KL
-            learner.train_step(batch, learner_denominator(batch, cfg.algo.loss_agg))
+        def score_rl(share: bool):
+            def run() -> None:
+                learner.cfg = replace(learner.cfg, learner=replace(learner.cfg.learner, share_prompt_prefix=share))
+                batch = copies.pop()
+                trainer.prepare(batch, 0)  # shaping, with the reference log-probs for the reward's KL
+                learner.train_step(batch, learner_denominator(batch, cfg.algo.loss_agg))
+            return run
 
         policy, reference = load_model(trainer.model_path), load_model(trainer.model_path).eval()
         optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4)
         mine, theirs = score_rl_batches(shaped, pad_id, micro), trl_batches(shaped, pad_id, micro)
-        runs = {"score-rl learner (shape + learn)": score_rl,
+        runs = {"score-rl learner (shape + learn)": score_rl(True),
+                "score-rl learner, prompts not shared": score_rl(False),
                 "bare passes, score-rl's batch": lambda: bare_step(policy, reference, optimizer, mine),
                 "bare passes, TRL's batch": lambda: bare_step(policy, reference, optimizer, theirs)}
         times = {name: [] for name in runs}
@@ -157,9 +163,11 @@ def main() -> None:
             extra = f", {padded} positions a pass ({real} tokens), {logit_rows} with logits"
         print(f"  {name:36s} {seconds:.3f} s (range {min(times[name]):.3f}-{max(times[name]):.3f}){extra}")
     names = list(med)
-    print(f"score-rl / bare (framework overhead): x{med[names[0]] / med[names[1]]:.2f}")
-    print(f"bare score-rl / bare TRL (two-turn episodes vs one-turn samples, same trained tokens): "
-          f"x{med[names[1]] / med[names[2]]:.2f}")
+    print(f"score-rl, prompts shared / not shared: x{med[names[0]] / med[names[1]]:.2f}")
+    print(f"score-rl, prompts not shared / bare (framework overhead): x{med[names[1]] / med[names[2]]:.2f}")
+    print(f"score-rl / bare TRL: x{med[names[0]] / med[names[3]]:.2f}")
+    print(f"bare score-rl / bare TRL (two-turn episodes vs one-turn samples, same trained tokens, whole rows): "
+          f"x{med[names[2]] / med[names[3]]:.2f}")
 
 
 if __name__ == "__main__":

@@ -234,6 +234,10 @@ class LearnerConfig:
     weight_decay: float = doc(0.0, "Weight decay (decoupled for adamw).")
     adam_betas: List[float] = doc([0.9, 0.999], "AdamW betas (adamw only).")
     grad_clip: float = doc(1.0, "Clip the global gradient norm of a step to this (0 = off).")
+    share_prompt_prefix: bool = doc(True, "Run the turn-1 prompt a problem's samples share once per micro-batch and "
+                                    "extend its K/V cache by each sample's own tokens, in the learner's policy and "
+                                    "reference passes (same log-probs and gradients up to float rounding, fewer "
+                                    "positions); models without a plain K/V cache run every row whole.")
     micro_batch_size: int = doc(64, "Episodes per forward/backward pass on one rank. Gradients accumulate over a "
                                 "step's micro-batches: one optimizer update per training step, whatever the size "
                                 "(with bfloat16 and ZeRO 0 they accumulate in bfloat16; ZeRO >= 1 accumulates in "
@@ -629,6 +633,7 @@ RESUMABLE_KEYS = ("trainer.steps", "trainer.checkpoint_every", "trainer.progress
                   "logging", "trainer.keep_checkpoints", "trainer.eval_every", "trainer.progress_interval_s",
                   "rollout.cpus_per_worker", "rollout.gpus_per_worker", "learner.cpus_per_rank",
                   "learner.gpus_per_rank", "learner.torch_threads", "rollout.torch_threads", "model.cache_dir", "learner.micro_batch_size",
+                  "learner.share_prompt_prefix",
                   "rollout.generation_batch_size", "rollout.kv_cache_reuse", "learner.weight_sync", "learner.weight_sync_bucket_mb",
                   "learner.zero3_param_persistence_threshold", "rollout.vllm.gpu_memory_utilization",
                   "rollout.vllm.kv_cache_mb", "rollout.vllm.enforce_eager", "rollout.vllm.enable_prefix_caching")

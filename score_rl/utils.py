@@ -114,3 +114,12 @@ def read_jsonl_objects(path, what: str = ""):
     """[(line number, object)] of a JSONL file; a bad line is a ConfigError naming file and line."""
     return list(iter_jsonl_objects(path, what))
 
+
+
+def holds_every_position(cache) -> bool:
+    """A K/V cache whose every layer holds every position it was fed (a plain DynamicCache: no sliding window, no
+    offloading, no linear attention), so it can be continued or shared by rows that extend its prefix."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    return (isinstance(cache, DynamicCache) and not getattr(cache, "offloading", False) and len(cache.layers) > 0
+            and all(type(layer) is DynamicLayer for layer in cache.layers))

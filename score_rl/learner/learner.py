@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -23,7 +23,7 @@ from score_rl.algos.losses import ppo_kl_loss, reinforce_kl_loss, value_loss
 from score_rl.learner.batch import collate
 from score_rl.config import Config
 from score_rl.episode import Episode
-from score_rl.learner.logprobs import first_response_target, token_logprobs
+from score_rl.learner.logprobs import SharedPrefix, first_response_target, token_logprobs
 from score_rl.utils import load_model, load_tokenizer, quiet_libraries, set_threads
 
 
@@ -148,7 +148,7 @@ class Learner:
             chunk = episodes[start:start + self.cfg.learner.micro_batch_size]
             b = self._to_device(collate(chunk, self.tokenizer.pad_token_id))
             ref, _ = token_logprobs(self.reference, b["input_ids"], b["attention_mask"], self.cfg.rollout.temperature,
-                                    first_target=first_response_target(b["turn"]))
+                                    first_target=first_response_target(b["turn"]), shared=self._shared(chunk))
             out.extend(_per_turn(ref.cpu().tolist(), chunk))
         return out
 
@@ -180,12 +180,13 @@ class Learner:
             out = []
             for chunk in self._micro_batches(episodes):
                 b = self._to_device(collate(chunk, self.tokenizer.pad_token_id))
-                first = first_response_target(b["turn"])
+                first, shared = first_response_target(b["turn"]), self._shared(chunk)
                 logp, _ = token_logprobs(self.engine, b["input_ids"], b["attention_mask"], temperature,
-                                         first_target=first)
+                                         first_target=first, shared=shared)
                 values = self._values(b)
                 ref_logp = b["ref_logprobs"] if "ref_logprobs" in b else token_logprobs(
-                    self.reference, b["input_ids"], b["attention_mask"], temperature, first_target=first)[0]
+                    self.reference, b["input_ids"], b["attention_mask"], temperature, first_target=first,
+                    shared=shared)[0]
                 _add_policy_stats(stats, b, logp, ref_logp, _loss_mask(b))
                 per_turn = [_per_turn(x.cpu().tolist(), chunk) for x in (logp, values, ref_logp)]
                 out.extend([list(zip(*turns)) for turns in zip(*per_turn)])
@@ -195,6 +196,10 @@ class Learner:
     def _values(self, b: Dict[str, torch.Tensor]) -> torch.Tensor:
         """V(state before each target token), aligned with the targets like the log-probs: [B, L-1]."""
         return self.critic(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1, 0].float()
+
+    def _shared(self, episodes: Sequence[Episode]) -> Optional[SharedPrefix]:
+        """The turn-1 prompts a micro-batch's episodes share (learner.share_prompt_prefix)."""
+        return SharedPrefix.of(episodes) if self.cfg.learner.share_prompt_prefix else None
 
     def _micro_batches(self, episodes: Sequence[Episode]) -> List[Sequence[Episode]]:
         size = self.cfg.learner.micro_batch_size
@@ -221,15 +226,17 @@ class Learner:
         pre_clip_norms = None
         for i, chunk in enumerate(micro):
             b = self._to_device(collate(chunk, self.tokenizer.pad_token_id))
-            first = first_response_target(b["turn"])  # the logits before it are not computed (not with `full`)
-            logp, logits = token_logprobs(self.engine, b["input_ids"], b["attention_mask"], temperature, full, first)
+            # the logits before `first` are not computed, nor a shared prompt twice (neither with `full`)
+            first, shared = first_response_target(b["turn"]), self._shared(chunk)
+            logp, logits = token_logprobs(self.engine, b["input_ids"], b["attention_mask"], temperature, full, first,
+                                          shared)
             ref_logits = None
             if "ref_logprobs" in b and not full:  # computed once this step already (the reward's KL penalty)
                 ref_logp = b["ref_logprobs"]
             else:
                 with torch.no_grad():
                     ref_logp, ref_logits = token_logprobs(
-                        self.reference, b["input_ids"], b["attention_mask"], temperature, full, first
+                        self.reference, b["input_ids"], b["attention_mask"], temperature, full, first, shared
                     )
             mask = _loss_mask(b)
             kl = dict(kl_estimator=algo.kl_estimator, kl_in_loss=not algo.kl_in_the_reward(), loss_agg=algo.loss_agg,

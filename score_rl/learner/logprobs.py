@@ -3,24 +3,67 @@
 from __future__ import annotations
 
 import inspect
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
+
+from score_rl.episode import Episode
+from score_rl.utils import holds_every_position
+
+
+@dataclass
+class SharedPrefix:
+    """Rows of a batch that begin with the same tokens: row r belongs to group ``group[r]``, whose first
+    ``length[g]`` tokens are the same in every member; ``rows[g]`` is one member of group g."""
+
+    group: torch.Tensor  # [B] long
+    length: torch.Tensor  # [G] long, >= 1
+    rows: torch.Tensor  # [G] long
+
+    @classmethod
+    def of(cls, episodes: Sequence[Episode]) -> Optional["SharedPrefix"]:
+        """Episodes with the same turn-1 prompt (a problem's samples) share it but its last token (which predicts
+        the first response token, so every target lies after the shared part). None when no two episodes share one
+        (nothing to save) or a prompt has fewer than 2 tokens."""
+        groups: Dict[tuple, int] = {}
+        group = [groups.setdefault(tuple(ep.turns[0].prompt_ids), len(groups)) for ep in episodes]
+        if len(groups) == len(episodes) or any(len(prompt) < 2 for prompt in groups):
+            return None
+        rows = {g: r for r, g in reversed(list(enumerate(group)))}  # each group's first row
+        return cls(torch.tensor(group), torch.tensor([len(prompt) - 1 for prompt in groups]),
+                   torch.tensor([rows[g] for g in range(len(groups))]))
+
+
+_NO_SHARED_CACHE: set = set()  # model classes whose K/V cache cannot be shared (sliding windows, ...)
 
 
 def token_logprobs(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float, return_logits: bool = False,
-    first_target: int = 0,
+    first_target: int = 0, shared: Optional[SharedPrefix] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs of input_ids[:, 1:] given their prefixes, at the sampling temperature. Shape [B, L-1].
+    """Log-probs of input_ids[:, 1:] given their prefixes, at the sampling temperature. Shape [B, L-1]. Rows are
+    right-padded (``attention_mask`` 1 on each row's tokens, then 0).
 
     ``first_target``: the first target index (into input_ids[:, 1:]) the caller reads — the batch's first response
     token. The logits before it (the prompt's) are not computed where the model takes ``logits_to_keep`` (every
     transformers causal LM; saves the LM head and the log-softmax over the vocabulary there, and their memory) and
-    their log-probs are 0. Ignored with ``return_logits`` (the full-KL estimator wants every position's logits)."""
+    their log-probs are 0.
+
+    ``shared``: rows that begin with the same tokens (``SharedPrefix.of``: a problem's samples share their prompt).
+    Each group's shared part is run once, and its K/V cache extended by every member's own tokens: the same
+    log-probs (up to float rounding) and gradients (they flow into the shared part from every member) for fewer
+    positions. The log-probs inside a shared part are 0. Used where the model (under its wrappers) takes
+    ``past_key_values`` and keeps a plain cache; else every row runs whole.
+
+    Both are ignored with ``return_logits`` (the full-KL estimator wants every position's logits)."""
+    if shared is not None and not return_logits:
+        logp = _shared_prefix_logprobs(model, input_ids, attention_mask, temperature, shared)
+        if logp is not None:
+            return logp, None
     length = input_ids.shape[1]
     kwargs = {}
-    if 0 < first_target < length - 1 and not return_logits and takes_logits_to_keep(model):
+    if 0 < first_target < length - 1 and not return_logits and accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = length - first_target  # the last positions: those predicting targets ≥ first_target
     logits = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits[:, :-1]
     skipped = length - 1 - logits.shape[1]
@@ -32,31 +75,75 @@ def token_logprobs(
     return logp, (logits if return_logits else None)
 
 
+def _shared_prefix_logprobs(model, input_ids, attention_mask, temperature, shared) -> Optional[torch.Tensor]:
+    """token_logprobs with each group's shared part run once; None where the model cannot (then nothing was run)."""
+    inner = _unwrap(model)
+    if type(inner) in _NO_SHARED_CACHE or not accepts(model, "past_key_values", "position_ids", "logits_to_keep"):
+        return None
+    device = input_ids.device
+    group, length, rows = shared.group.to(device), shared.length.to(device), shared.rows.to(device)
+    width = input_ids.shape[1]
+    # 1. each group's shared part once, right-padded to the longest
+    span = int(length.max())
+    prefix_mask = (torch.arange(span, device=device)[None, :] < length[:, None]).long()
+    out = model(input_ids=input_ids[rows, :span], attention_mask=prefix_mask, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    if not holds_every_position(cache):
+        _NO_SHARED_CACHE.add(type(inner))
+        return None
+    cache.batch_select_indices(group)  # a copy of its group's K/V for every row (gradients sum back into it)
+    # 2. every row's own tokens after its group's shared part, attending to the cache and to themselves
+    start, row_len = length[group], attention_mask.sum(dim=1)
+    suffix = int((row_len - start).max())
+    cols = start[:, None] + torch.arange(suffix, device=device)[None, :]  # each suffix token's position
+    own = cols < row_len[:, None]
+    cols = cols.clamp(max=width - 1)
+    logits = model(input_ids=input_ids.gather(1, cols), attention_mask=torch.cat([prefix_mask[group], own.long()], 1),
+                   position_ids=cols, past_key_values=cache, use_cache=True).logits
+    if temperature != 1.0:
+        logits = logits / temperature
+    # the suffix token at position p predicts the token at p + 1: target index p
+    has_target = (cols + 1 < row_len[:, None]) & own
+    logp = selective_log_softmax(logits.float(), input_ids.gather(1, (cols + 1).clamp(max=width - 1)))
+    logp = logp * has_target
+    placed = torch.zeros(input_ids.shape[0], width - 1 + suffix, dtype=logp.dtype, device=device)
+    return placed.scatter(1, torch.where(has_target, cols, width - 1 + torch.arange(suffix, device=device)), logp)[
+        :, :width - 1]
+
+
 def first_response_target(turn: torch.Tensor) -> int:
     """The first target index any row of a collated batch trains or reads (``turn`` > 0); 0 if none."""
     columns = (turn > 0).any(dim=0).nonzero()
     return int(columns[0]) if len(columns) else 0
 
 
-def takes_logits_to_keep(model) -> bool:
-    """Whether ``model`` — under pass-through wrappers (a DeepSpeed engine's ``module``, a PEFT model's base model,
-    the LoRA reference's ``model``) — accepts ``logits_to_keep`` (transformers' causal LMs do; a custom model may
-    not, and then gets every position)."""
+def _unwrap(model):
+    """The model under pass-through wrappers: a DeepSpeed engine's ``module``, a PEFT model's base model, the LoRA
+    reference's ``model``."""
     for _ in range(8):  # wrappers nest a few deep at most
         if hasattr(model, "get_base_model"):  # PEFT
             model = model.get_base_model()
         call = model.forward if isinstance(model, torch.nn.Module) else model.__call__
         params = inspect.signature(call).parameters
-        if "logits_to_keep" in params:
-            return True
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            return False
+            return model
         inner = getattr(model, "module", None)  # a wrapper passing **kwargs to what it wraps
         inner = inner if inner is not None else getattr(model, "model", None)
-        if inner is None or not callable(inner):
-            return False
+        if inner is None or not callable(inner) or inner is model:
+            return model
+        if isinstance(model, torch.nn.Module) and any(name in params for name in ("input_ids", "logits_to_keep")):
+            return model  # a model of its own with **kwargs (a transformers causal LM), not a wrapper
         model = inner
-    return False
+    return model
+
+
+def accepts(model, *names: str) -> bool:
+    """Whether ``model`` under its wrappers (``_unwrap``) takes these keyword arguments (transformers' causal LMs
+    take ``logits_to_keep``, ``past_key_values`` and ``position_ids``; a custom model may not)."""
+    inner = _unwrap(model)
+    call = inner.forward if isinstance(inner, torch.nn.Module) else inner.__call__
+    params = inspect.signature(call).parameters
+    return all(name in params for name in names)
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_bytes: int = 64 << 20) -> torch.Tensor:

@@ -13,18 +13,22 @@ from typing import Dict, List, Sequence
 LR = 1.0  # large enough that float32 rounding of the weights stays far below the update
 
 
-def make_episodes(vocab: int, n: int, seed: int):
-    """n two-turn episodes of random tokens, with uneven response lengths (so ranks see different token counts)."""
+def make_episodes(vocab: int, n: int, seed: int, shared_prompts: bool = False):
+    """n two-turn episodes of random tokens, with uneven response lengths (so ranks see different token counts).
+    ``shared_prompts``: episodes 2i and 2i+1 are two samples of one problem (the same turn-1 prompt), which the
+    learner then runs once (learner.share_prompt_prefix)."""
     from score_rl.episode import Episode, Turn
 
     rng = random.Random(seed)
     episodes = []
+    prompt = []
     for i in range(n):
-        prompt = [rng.randrange(3, vocab) for _ in range(rng.randint(3, 6))]
+        if not shared_prompts or i % 2 == 0:
+            prompt = [rng.randrange(3, vocab) for _ in range(rng.randint(3, 6))]
         r1 = [rng.randrange(3, vocab) for _ in range(rng.randint(1, 7))]
         r2 = [rng.randrange(3, vocab) for _ in range(rng.randint(1, 7))]
         correction = [rng.randrange(3, vocab) for _ in range(3)]
-        t1 = Turn(prompt_ids=prompt, response_ids=r1, sampling_logprobs=[-1.0] * len(r1), response_text="", reward=0.0)
+        t1 = Turn(prompt_ids=list(prompt), response_ids=r1, sampling_logprobs=[-1.0] * len(r1), response_text="", reward=0.0)
         t2 = Turn(prompt_ids=prompt + r1 + correction, response_ids=r2, sampling_logprobs=[-1.0] * len(r2),
                   response_text="", reward=0.0)
         for t, coef in ((t1, 0.5), (t2, 0.05)):
@@ -136,6 +140,7 @@ def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence
         c.learner.grad_clip = combo.get("grad_clip", 0.0)
         c.learner.zero_stage, c.learner.micro_batch_size = combo["zero_stage"], combo["micro_batch_size"]
         c.learner.zero3_param_persistence_threshold = 0  # ZeRO 3: shard every parameter of the tiny model
+        c.learner.share_prompt_prefix = combo.get("share_prompt_prefix", True)
         c.algo.loss_agg = combo.get("loss_agg", "token-mean")
         c.algo.kl_estimator, c.algo.kl_in_reward = combo.get("kl_estimator", "k2"), None
         ppo = combo.get("ppo", False)

@@ -49,6 +49,11 @@ def _combos(world: int):
     combos += [{"zero_stage": z, "micro_batch_size": per_rank // k, "kl_estimator": "k1", "k": k, "ppo": True}
                for z in ZERO_STAGES for k in (1, 2)]
     combos += [{"zero_stage": 2, "micro_batch_size": per_rank // 2, "k": 2, "ppo": True}]  # + the k2 loss term
+    # every row run whole (no shared prompt): the same update as running each problem's prompt once
+    combos += [{"zero_stage": z, "micro_batch_size": per_rank // 2, "k": 2, "share_prompt_prefix": False}
+               for z in (0, 3)]
+    combos += [{"zero_stage": 0, "micro_batch_size": per_rank // 2, "kl_estimator": "k1", "k": 2, "ppo": True,
+                "share_prompt_prefix": False}]
     # ZeRO 3: parameters, the reference and the critic sharded over the ranks
     combos += [{"zero_stage": 3, "micro_batch_size": per_rank // k, "k": k} for k in (1, 2)]
     combos += [{"zero_stage": 3, "micro_batch_size": per_rank // 8, "kl_estimator": "k3", "k": 8, "kl_only": True},
@@ -71,7 +76,9 @@ def steps(cfg, tiny_model_path):
     from score_rl.utils import load_tokenizer
 
     vocab = len(load_tokenizer(tiny_model_path))
-    return [dp.make_episodes(vocab, N_EPISODES, seed) for seed in (1, 2, 3)]  # 3 steps
+    # 3 steps; in the last two a problem's samples share their prompt, which the learner runs once per micro-batch
+    # (learner.share_prompt_prefix): micro-batches that split or hold the pairs must apply the same update too
+    return [dp.make_episodes(vocab, N_EPISODES, seed, shared_prompts=seed > 1) for seed in (1, 2, 3)]
 
 
 @pytest.fixture(scope="module")

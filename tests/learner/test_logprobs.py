@@ -112,7 +112,7 @@ def test_logits_before_the_first_response_token_are_not_computed(tiny_model_path
 
 
 def test_models_without_logits_to_keep_get_every_position(tiny_model_path):
-    from score_rl.learner.logprobs import takes_logits_to_keep, token_logprobs
+    from score_rl.learner.logprobs import accepts, token_logprobs
 
     model, ids, mask, turn = _trimmed_batch(tiny_model_path)
 
@@ -132,8 +132,8 @@ def test_models_without_logits_to_keep_get_every_position(tiny_model_path):
         def forward(self, **kwargs):
             return self.module(**kwargs)
 
-    assert takes_logits_to_keep(model) and takes_logits_to_keep(Wrapper(model))
-    assert not takes_logits_to_keep(Plain()) and not takes_logits_to_keep(Wrapper(Plain()))
+    assert accepts(model, "logits_to_keep") and accepts(Wrapper(model), "logits_to_keep")
+    assert not accepts(Plain(), "logits_to_keep") and not accepts(Wrapper(Plain()), "logits_to_keep")
     with torch.no_grad():
         plain, _ = token_logprobs(Wrapper(Plain()), ids, mask, 1.0, first_target=9)
         full, _ = token_logprobs(model, ids, mask, 1.0)
@@ -145,12 +145,12 @@ def test_peft_models_are_trimmed_through_the_wrapper(tiny_model_path):
 
     from score_rl.learner.learner import AdapterDisabled
 
-    from score_rl.learner.logprobs import takes_logits_to_keep, token_logprobs
+    from score_rl.learner.logprobs import accepts, token_logprobs
 
     model, ids, mask, turn = _trimmed_batch(tiny_model_path)
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
-    assert takes_logits_to_keep(peft_model)
-    assert takes_logits_to_keep(AdapterDisabled(peft_model))  # the LoRA reference: the adapter switched off
+    assert accepts(peft_model, "logits_to_keep")
+    assert accepts(AdapterDisabled(peft_model), "logits_to_keep")  # the LoRA reference: the adapter switched off
     with torch.no_grad():
         full, _ = token_logprobs(peft_model, ids, mask, 1.0)
         trimmed, _ = token_logprobs(peft_model, ids, mask, 1.0, first_target=9)
@@ -194,3 +194,120 @@ def test_the_learner_skips_the_prompt_logits_of_policy_and_reference(tmp_path, t
         assert keep <= b["input_ids"].shape[1] - 2, "every prompt has 3-6 tokens: at least 2 positions are skipped"
         expected += [keep, keep] if lora else [keep, ("ref", keep)]  # policy pass, then the reference's
     assert seen == expected
+
+
+def _grouped_episodes(seed: int = 0):
+    """A problem's samples share their turn-1 prompt; prompts of different problems differ in length; responses
+    and corrections of any length (one empty)."""
+    import random
+
+    from score_rl.episode import Episode, Turn
+
+    rng = random.Random(seed)
+    episodes = []
+    for problem, (prompt_len, samples) in enumerate([(5, 3), (2, 2), (8, 1), (4, 4)]):
+        prompt = [rng.randint(2, 40) for _ in range(prompt_len)]
+        for k in range(samples):
+            a1 = [rng.randint(2, 40) for _ in range(rng.randint(0 if k == 1 else 1, 6))]
+            a2 = [rng.randint(2, 40) for _ in range(rng.randint(1, 6))]
+            correction = [rng.randint(2, 40) for _ in range(3)]
+            turns = [Turn(prompt_ids=list(prompt), response_ids=a1, sampling_logprobs=[-1.0] * len(a1),
+                          response_text="", reward=0.0),
+                     Turn(prompt_ids=prompt + a1 + correction, response_ids=a2, sampling_logprobs=[-1.0] * len(a2),
+                          response_text="", reward=0.0)]
+            episodes.append(Episode(problem_id=str(problem), sample_index=k, turns=turns))
+    rng.shuffle(episodes)  # group members need not be adjacent
+    return episodes
+
+
+def test_shared_prefix_groups_the_samples_of_a_problem():
+    from score_rl.learner.logprobs import SharedPrefix
+
+    episodes = _grouped_episodes()
+    shared = SharedPrefix.of(episodes)
+    for r, ep in enumerate(episodes):
+        g = int(shared.group[r])
+        assert int(shared.length[g]) == len(ep.turns[0].prompt_ids) - 1
+        assert episodes[int(shared.rows[g])].turns[0].prompt_ids == ep.turns[0].prompt_ids
+    assert len(shared.length) == 4
+    assert SharedPrefix.of(episodes[:1]) is None  # nothing shared
+    assert SharedPrefix.of([ep for ep in episodes if ep.problem_id == "1"]) is not None
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_a_shared_prompt_gives_the_log_probs_and_gradients_of_whole_rows(tiny_model_path, temperature):
+    """Each problem's prompt run once and its K/V cache extended by every sample: every response token's log-prob
+    and the gradient of any weighted sum of them equal those of running each row whole."""
+    from score_rl.learner.batch import collate
+    from score_rl.learner.logprobs import SharedPrefix, token_logprobs
+    from score_rl.utils import load_model
+
+    model = load_model(tiny_model_path)
+    episodes = _grouped_episodes()
+    b = collate(episodes, pad_id=1)
+    mask = (b["turn"] > 0).float()
+    weights = torch.randn(mask.shape, generator=torch.Generator().manual_seed(0)) * mask
+    calls = []
+    model.register_forward_hook(lambda mod, args, kwargs, out: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+    grads, logps = [], []
+    for shared in (None, SharedPrefix.of(episodes)):
+        model.zero_grad()
+        logp, _ = token_logprobs(model, b["input_ids"], b["attention_mask"], temperature, shared=shared)
+        (logp * weights).sum().backward()
+        logps.append(logp * mask)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert logps[1].shape == logps[0].shape
+    torch.testing.assert_close(logps[1], logps[0], rtol=0, atol=2e-5)
+    for shared_grad, whole_grad in zip(*grads):
+        torch.testing.assert_close(shared_grad, whole_grad, rtol=1e-4, atol=1e-6)
+    # one whole pass, then the 4 prompts once (up to the longest shared part, 7) and every row's own tokens
+    assert calls[0] == b["input_ids"].shape and calls[1] == (4, 7)
+    assert calls[2][0] == len(episodes) and calls[2][1] < b["input_ids"].shape[1]
+
+
+def test_models_without_a_shareable_cache_run_every_row_whole(tiny_model_path, monkeypatch):
+    """A cache that is not a plain DynamicCache (e.g. sliding windows): the rows run whole, same result."""
+    from score_rl.learner import logprobs
+    from score_rl.learner.batch import collate
+    from score_rl.utils import load_model
+
+    model = load_model(tiny_model_path)
+    episodes = _grouped_episodes(1)
+    b = collate(episodes, pad_id=1)
+    monkeypatch.setattr(logprobs, "holds_every_position", lambda cache: False)
+    monkeypatch.setattr(logprobs, "_NO_SHARED_CACHE", set())
+    with torch.no_grad():
+        whole, _ = logprobs.token_logprobs(model, b["input_ids"], b["attention_mask"], 1.0)
+        fallback, _ = logprobs.token_logprobs(model, b["input_ids"], b["attention_mask"], 1.0,
+                                              shared=logprobs.SharedPrefix.of(episodes))
+    torch.testing.assert_close(fallback, whole, rtol=0, atol=0)
+    assert type(model) in logprobs._NO_SHARED_CACHE  # not tried again
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_the_learner_runs_a_shared_prompt_once_when_asked(tmp_path, tiny_model_path, share):
+    """learner.share_prompt_prefix: the policy's and the reference's passes run each problem's prompt once (a pass
+    over one row per problem, then one over every sample's own tokens); off, every row runs whole."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import _dp_updates as dp
+    from test_loss_mask import dp_port
+
+    from score_rl.learner.learner import Learner, loss_denominator
+    from score_rl.utils import load_tokenizer
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, [f"model.path={tiny_model_path}", "algo.kl_estimator=k3", "learner.micro_batch_size=8",
+                                 f"learner.share_prompt_prefix={str(share).lower()}"])
+    learner = Learner(cfg, tiny_model_path, 0, 1, 8)
+    learner.setup("127.0.0.1", dp_port())
+    episodes = dp.make_episodes(len(load_tokenizer(tiny_model_path)), 8, seed=4, shared_prompts=True)
+    rows = []
+    for model in (learner.engine.module, learner.reference):
+        model.register_forward_hook(lambda mod, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0]),
+                                    with_kwargs=True)
+    stats = learner.train_step(episodes, loss_denominator(episodes, cfg.algo.loss_agg))
+    assert rows == ([4, 8, 4, 8] if share else [8, 8])  # 4 problems x 2 samples
+    assert stats["tokens"] > 0

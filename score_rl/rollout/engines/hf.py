@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from score_rl.rollout.engines.base import Engine, Generation, stop_token_ids
+from score_rl.utils import holds_every_position
 
 
 @dataclass
@@ -52,15 +53,6 @@ def _common_prefix(a: List[int], b: List[int]) -> int:
     if a[:n] == b[:n]:
         return n
     return next(i for i in range(n) if a[i] != b[i])
-
-
-def _reusable(cache) -> bool:
-    """A cache whose every layer holds every position it was fed (a plain DynamicCache: no sliding window, no
-    offloading, no linear attention)."""
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-
-    return (isinstance(cache, DynamicCache) and not getattr(cache, "offloading", False) and len(cache.layers) > 0
-            and all(type(layer) is DynamicLayer for layer in cache.layers))
 
 
 class HFGenerator(Engine):
@@ -174,7 +166,7 @@ class HFGenerator(Engine):
         kept = None
         # generate feeds every sampled token back but the last one: the cache holds sequences[:, :width + steps - 1]
         cached = width + steps - 1
-        if keep_cache and steps and _reusable(result.past_key_values) \
+        if keep_cache and steps and holds_every_position(result.past_key_values) \
                 and result.past_key_values.get_seq_length() == cached:
             lengths = torch.tensor([len(g.response_ids) for g in gens], device=device)
             generated = (torch.arange(steps, device=device)[None, :] < lengths[:, None]).long()
