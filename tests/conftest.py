@@ -38,6 +38,28 @@ def tiny_model_path(tmp_path_factory) -> str:
     return resolve_model_path(tiny_config(root), log=lambda *_: None)
 
 
+@pytest.fixture(scope="session")
+def deeper_model_path(tmp_path_factory, tiny_model_path) -> str:
+    """The tiny model's tokenizer with a random 3-layer Qwen2 of wider layers: deep enough that two ways of computing
+    the same log-probs (e.g. a shared prompt vs whole rows) differ by float rounding, where the 1-layer tiny model
+    often agrees bit for bit."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from score_rl.utils import load_tokenizer
+
+    config = AutoConfig.from_pretrained(tiny_model_path)
+    config.num_hidden_layers, config.hidden_size, config.intermediate_size = 3, 96, 256
+    config.layer_types = ["full_attention"] * 3
+    config.initializer_range = 0.2  # larger weights: peaked distributions and gradients worth comparing
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    out = tmp_path_factory.mktemp("deeper")
+    model.save_pretrained(out)
+    load_tokenizer(tiny_model_path).save_pretrained(out)
+    return str(out)
+
+
 @pytest.fixture
 def cfg(tmp_path, tiny_model_path):
     """The shrunk quickstart config pointing at the session's tiny model."""

@@ -198,8 +198,12 @@ class Learner:
         return self.critic(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1, 0].float()
 
     def _shared(self, episodes: Sequence[Episode]) -> Optional[SharedPrefix]:
-        """The turn-1 prompts a micro-batch's episodes share (learner.share_prompt_prefix)."""
-        return SharedPrefix.of(episodes) if self.cfg.learner.share_prompt_prefix else None
+        """The turn-1 prompts a micro-batch's episodes share (learner.share_prompt_prefix). None with the full-KL
+        estimator: its passes need every position's logits, and every pass of a step must take the same path (PPO's
+        first ratio is exactly 1 only when π_old and π come from the same computation)."""
+        if not self.cfg.learner.share_prompt_prefix or self.cfg.algo.kl_estimator == "full":
+            return None
+        return SharedPrefix.of(episodes)
 
     def _micro_batches(self, episodes: Sequence[Episode]) -> List[Sequence[Episode]]:
         size = self.cfg.learner.micro_batch_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -35,7 +36,10 @@ class SharedPrefix:
                    torch.tensor([rows[g] for g in range(len(groups))]))
 
 
-_NO_SHARED_CACHE: set = set()  # model classes whose K/V cache cannot be shared (sliding windows, ...)
+_NO_SHARED_CACHE = weakref.WeakSet()  # models whose K/V cache cannot be shared (sliding windows, no cache, ...)
+# rotary embeddings whose frequencies follow the longest position of a call: a shared part run on its own would get
+# other frequencies than inside a whole row
+_LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
 
 
 def token_logprobs(
@@ -78,7 +82,8 @@ def token_logprobs(
 def _shared_prefix_logprobs(model, input_ids, attention_mask, temperature, shared) -> Optional[torch.Tensor]:
     """token_logprobs with each group's shared part run once; None where the model cannot (then nothing was run)."""
     inner = _unwrap(model)
-    if type(inner) in _NO_SHARED_CACHE or not accepts(model, "past_key_values", "position_ids", "logits_to_keep"):
+    if inner in _NO_SHARED_CACHE or not accepts(model, "past_key_values", "position_ids", "use_cache",
+                                                  "logits_to_keep") or _rope_type(inner) in _LENGTH_DEPENDENT_ROPE:
         return None
     device = input_ids.device
     group, length, rows = shared.group.to(device), shared.length.to(device), shared.rows.to(device)
@@ -87,10 +92,13 @@ def _shared_prefix_logprobs(model, input_ids, attention_mask, temperature, share
     span = int(length.max())
     prefix_mask = (torch.arange(span, device=device)[None, :] < length[:, None]).long()
     out = model(input_ids=input_ids[rows, :span], attention_mask=prefix_mask, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    if not holds_every_position(cache):
-        _NO_SHARED_CACHE.add(type(inner))
+    cache = getattr(out, "past_key_values", None)
+    if not holds_every_position(cache):  # e.g. sliding windows, or gradient checkpointing (no cache in training)
+        _NO_SHARED_CACHE.add(inner)
         return None
+    members = torch.arange(span, device=device)[None, :] < length[group][:, None]
+    if not (input_ids[:, :span] == input_ids[rows][group, :span])[members].all():
+        raise ValueError("token_logprobs: rows of a SharedPrefix group do not begin with the same tokens")
     cache.batch_select_indices(group)  # a copy of its group's K/V for every row (gradients sum back into it)
     # 2. every row's own tokens after its group's shared part, attending to the cache and to themselves
     start, row_len = length[group], attention_mask.sum(dim=1)
@@ -115,6 +123,12 @@ def first_response_target(turn: torch.Tensor) -> int:
     """The first target index any row of a collated batch trains or reads (``turn`` > 0); 0 if none."""
     columns = (turn > 0).any(dim=0).nonzero()
     return int(columns[0]) if len(columns) else 0
+
+
+def _rope_type(model) -> Optional[str]:
+    config = getattr(model, "config", None)
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    return rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
 
 
 def _unwrap(model):

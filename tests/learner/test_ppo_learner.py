@@ -145,3 +145,24 @@ def test_each_value_is_that_of_the_state_before_its_token(base):
     for t, ((start, end), (_, turn_values, _)) in enumerate(zip(ep.response_spans(), row)):
         assert turn_values == pytest.approx(values[start - 1:end - 1].tolist(), abs=1e-6)
     assert float(values.std()) > 0, "a nonzero head: the check can tell positions apart"
+
+
+@pytest.mark.parametrize("estimator", ["k2", "full"])
+def test_the_first_ratio_is_exactly_one_with_shared_prompts(tmp_path, deeper_model_path, estimator):
+    """π_old (the pre-update pass) and π (the update) must come from the same computation, prompts shared or not
+    (the full-KL estimator shares none in any pass): on a 3-layer model, where a shared prompt and a whole row differ
+    in the last bits, the first update's ratio is still exactly 1."""
+    from score_rl.utils import load_tokenizer
+    from tests.conftest import tiny_config
+
+    critic = dp.save_critic_with_a_head(deeper_model_path, str(tmp_path / "critic"))
+    cfg = tiny_config(tmp_path, [f"algo.critic.path={critic}", f"model.path={deeper_model_path}", "ray.enabled=false",
+                                 "learner.optimizer=sgd", "learner.lr=0.1", "learner.grad_clip=0",
+                                 f"algo.kl_estimator={estimator}", "algo.name=ppo", "learner.micro_batch_size=4",
+                                 "algo.ppo.minibatches=1"])
+    episodes = dp.make_episodes(len(load_tokenizer(deeper_model_path)), N, seed=6, shared_prompts=True)
+    for i, ep in enumerate(episodes):
+        ep.turns[0].shaped_reward, ep.turns[1].shaped_reward = float(i % 2), 1.0
+    group, _ = _group(cfg, deeper_model_path)
+    stats = PPO(cfg).update(group, episodes, step=0)
+    assert stats["updates"] == 1 and stats["ratio_dev_first_update"] == 0.0
