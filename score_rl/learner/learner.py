@@ -203,7 +203,14 @@ class Learner:
         first ratio is exactly 1 only when π_old and π come from the same computation)."""
         if not self.cfg.learner.share_prompt_prefix or self.cfg.algo.kl_estimator == "full":
             return None
-        return SharedPrefix.of(episodes)
+        if self.cfg.learner.zero_stage != 3 or self.world_size == 1:
+            return SharedPrefix.of(episodes)
+        # ZeRO 3 fetches each module's parameters in the order the ranks' forward passes call them: every rank must run
+        # the same passes, so all share (singleton groups too) or none does
+        shared = SharedPrefix.of(episodes, singletons=True)
+        agree = torch.tensor([int(shared is not None)], device=self.device)
+        torch.distributed.all_reduce(agree, op=torch.distributed.ReduceOp.MIN)
+        return shared if int(agree) else None
 
     def _micro_batches(self, episodes: Sequence[Episode]) -> List[Sequence[Episode]]:
         size = self.cfg.learner.micro_batch_size

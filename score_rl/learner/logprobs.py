@@ -23,13 +23,13 @@ class SharedPrefix:
     rows: torch.Tensor  # [G] long
 
     @classmethod
-    def of(cls, episodes: Sequence[Episode]) -> Optional["SharedPrefix"]:
+    def of(cls, episodes: Sequence[Episode], singletons: bool = False) -> Optional["SharedPrefix"]:
         """Episodes with the same turn-1 prompt (a problem's samples) share it but its last token (which predicts
-        the first response token, so every target lies after the shared part). None when no two episodes share one
-        (nothing to save) or a prompt has fewer than 2 tokens."""
+        the first response token, so every target lies after the shared part). None when a prompt has fewer than 2
+        tokens, or (unless ``singletons``: groups of one episode each then) when no two episodes share one."""
         groups: Dict[tuple, int] = {}
         group = [groups.setdefault(tuple(ep.turns[0].prompt_ids), len(groups)) for ep in episodes]
-        if len(groups) == len(episodes) or any(len(prompt) < 2 for prompt in groups):
+        if (len(groups) == len(episodes) and not singletons) or any(len(prompt) < 2 for prompt in groups):
             return None
         rows = {g: r for r, g in reversed(list(enumerate(group)))}  # each group's first row
         return cls(torch.tensor(group), torch.tensor([len(prompt) - 1 for prompt in groups]),

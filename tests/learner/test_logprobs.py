@@ -231,6 +231,8 @@ def test_shared_prefix_groups_the_samples_of_a_problem():
         assert episodes[int(shared.rows[g])].turns[0].prompt_ids == ep.turns[0].prompt_ids
     assert len(shared.length) == 4
     assert SharedPrefix.of(episodes[:1]) is None  # nothing shared
+    alone = SharedPrefix.of(episodes[:1], singletons=True)  # ZeRO 3 ranks all run the same passes
+    assert alone.group.tolist() == [0] and alone.rows.tolist() == [0]
     assert SharedPrefix.of([ep for ep in episodes if ep.problem_id == "1"]) is not None
 
 

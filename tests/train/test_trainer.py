@@ -111,8 +111,11 @@ def test_reference_log_probs_are_computed_once_per_step(tmp_path, tiny_model_pat
     trainer = Trainer(cfg, log=lambda *_: None)
     learner = trainer.learners.members[0]
     rows = []
-    learner.reference.register_forward_hook(lambda module, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0]),
-                                            with_kwargs=True)
+    # rows of whole-row or suffix passes; a shared prompt's own pass (logits_to_keep=1, one row per problem) is part
+    # of the same pass over the episodes
+    learner.reference.register_forward_hook(
+        lambda module, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0])
+        if kwargs.get("logits_to_keep") != 1 else None, with_kwargs=True)
     trainer.fit()
     episodes = cfg.rollout.problems_per_step * cfg.rollout.samples_per_problem
     assert sum(rows) == reference_passes * episodes * cfg.trainer.steps
