@@ -203,14 +203,17 @@ class Learner:
         first ratio is exactly 1 only when π_old and π come from the same computation)."""
         if not self.cfg.learner.share_prompt_prefix or self.cfg.algo.kl_estimator == "full":
             return None
-        if self.cfg.learner.zero_stage != 3 or self.world_size == 1:
+        if self.world_size == 1:
             return SharedPrefix.of(episodes)
-        # ZeRO 3 fetches each module's parameters in the order the ranks' forward passes call them: every rank must run
-        # the same passes, so all share (singleton groups too) or none does
+        # several ranks run the same passes, or the gradients go wrong: ZeRO 3 fetches parameters in the order the
+        # forward passes call the modules, ZeRO 2 reduces gradient buckets in the order backward fills them. All
+        # share (a rank without repeated prompts runs singleton groups) when every rank can and one of them saves
+        # something; else none does
         shared = SharedPrefix.of(episodes, singletons=True)
-        agree = torch.tensor([int(shared is not None)], device=self.device)
-        torch.distributed.all_reduce(agree, op=torch.distributed.ReduceOp.MIN)
-        return shared if int(agree) else None
+        repeats = shared is not None and len(shared.length) < len(episodes)
+        votes = torch.tensor([int(shared is not None), -int(repeats)], device=self.device)
+        torch.distributed.all_reduce(votes, op=torch.distributed.ReduceOp.MIN)
+        return shared if int(votes[0]) == 1 and int(votes[1]) == -1 else None
 
     def _micro_batches(self, episodes: Sequence[Episode]) -> List[Sequence[Episode]]:
         size = self.cfg.learner.micro_batch_size

@@ -91,14 +91,14 @@ def _shared_prefix_logprobs(model, input_ids, attention_mask, temperature, share
     # 1. each group's shared part once, right-padded to the longest
     span = int(length.max())
     prefix_mask = (torch.arange(span, device=device)[None, :] < length[:, None]).long()
+    members = prefix_mask[group].bool()
+    if not (input_ids[:, :span] == input_ids[rows][group, :span])[members].all():
+        raise ValueError("token_logprobs: rows of a SharedPrefix group do not begin with the same tokens")
     out = model(input_ids=input_ids[rows, :span], attention_mask=prefix_mask, use_cache=True, logits_to_keep=1)
     cache = getattr(out, "past_key_values", None)
     if not holds_every_position(cache):  # e.g. sliding windows, or gradient checkpointing (no cache in training)
         _NO_SHARED_CACHE.add(inner)
         return None
-    members = torch.arange(span, device=device)[None, :] < length[group][:, None]
-    if not (input_ids[:, :span] == input_ids[rows][group, :span])[members].all():
-        raise ValueError("token_logprobs: rows of a SharedPrefix group do not begin with the same tokens")
     cache.batch_select_indices(group)  # a copy of its group's K/V for every row (gradients sum back into it)
     # 2. every row's own tokens after its group's shared part, attending to the cache and to themselves
     start, row_len = length[group], attention_mask.sum(dim=1)

@@ -76,9 +76,15 @@ def steps(cfg, tiny_model_path):
     from score_rl.utils import load_tokenizer
 
     vocab = len(load_tokenizer(tiny_model_path))
-    # 3 steps; in the last two a problem's samples share their prompt, which the learner runs once per micro-batch
-    # (learner.share_prompt_prefix): micro-batches that split or hold the pairs must apply the same update too
-    return [dp.make_episodes(vocab, N_EPISODES, seed, shared_prompts=seed > 1) for seed in (1, 2, 3)]
+    # 3 steps: in step 2 a problem's samples share their prompt, which the learner runs once per micro-batch
+    # (learner.share_prompt_prefix); in step 3 only the first half does, so on 2 ranks one rank has repeated prompts
+    # and the other none: the ranks must still run the same passes (under ZeRO 2 / 3 a rank that shared alone
+    # applied a wrong update, silently). Any micro-batching must apply the same update.
+    half = N_EPISODES // 2
+    mixed = dp.make_episodes(vocab, half, 3, shared_prompts=True) + dp.make_episodes(vocab, half, 4)
+    for i, ep in enumerate(mixed):
+        ep.problem_id = f"m{i if i >= half else i // 2}"
+    return [dp.make_episodes(vocab, N_EPISODES, 1), dp.make_episodes(vocab, N_EPISODES, 2, shared_prompts=True), mixed]
 
 
 @pytest.fixture(scope="module")
