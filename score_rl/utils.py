@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+from typing import Optional
 
 # torch (~2 s to import) and numpy are imported where they are used: the commands that need neither (score, plot,
 # sweep's launcher) import this module for quiet_libraries
@@ -116,10 +117,20 @@ def read_jsonl_objects(path, what: str = ""):
 
 
 
-def holds_every_position(cache) -> bool:
-    """A K/V cache whose every layer holds every position it was fed (a plain DynamicCache: no sliding window, no
-    offloading, no linear attention), so it can be continued or shared by rows that extend its prefix."""
+def cache_gap(cache) -> Optional[str]:
+    """Why ``cache`` cannot be continued or shared (a short reason for a log line), or None when it holds every
+    position it was fed."""
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
-    return (isinstance(cache, DynamicCache) and not getattr(cache, "offloading", False) and len(cache.layers) > 0
-            and all(type(layer) is DynamicLayer for layer in cache.layers))
+    if cache is None:
+        return "no K/V cache came back (gradient checkpointing, or the model ignores use_cache)"
+    if not isinstance(cache, DynamicCache):
+        return f"its {type(cache).__name__} is not a plain DynamicCache"
+    if getattr(cache, "offloading", False):
+        return "its K/V cache is offloaded"
+    kinds = sorted({type(layer).__name__ for layer in cache.layers if type(layer) is not DynamicLayer})
+    if not cache.layers or kinds:
+        return f"its K/V cache keeps not every position ({', '.join(kinds) or 'no layers'}: a sliding window?)"
+    return None
+
+

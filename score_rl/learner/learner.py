@@ -23,7 +23,9 @@ from score_rl.algos.losses import ppo_kl_loss, reinforce_kl_loss, value_loss
 from score_rl.learner.batch import collate
 from score_rl.config import Config
 from score_rl.episode import Episode
-from score_rl.learner.logprobs import SharedPrefix, first_response_target, token_logprobs
+from score_rl.learner.logprobs import (SharedPrefix, first_response_target, probe_shared_prompt, shared_prompt_off,
+                                       token_logprobs)
+from score_rl.compat import unwrap
 from score_rl.utils import load_model, load_tokenizer, quiet_libraries, set_threads
 
 
@@ -187,7 +189,7 @@ class Learner:
                 ref_logp = b["ref_logprobs"] if "ref_logprobs" in b else token_logprobs(
                     self.reference, b["input_ids"], b["attention_mask"], temperature, first_target=first,
                     shared=shared)[0]
-                _add_policy_stats(stats, b, logp, ref_logp, _loss_mask(b))
+                _add_policy_stats(stats, b, logp, ref_logp, _loss_mask(b), _shared_rows(self.engine, shared))
                 per_turn = [_per_turn(x.cpu().tolist(), chunk) for x in (logp, values, ref_logp)]
                 out.extend([list(zip(*turns)) for turns in zip(*per_turn)])
             rows.append(out)
@@ -214,6 +216,23 @@ class Learner:
         votes = torch.tensor([int(shared is not None), -int(repeats)], device=self.device)
         torch.distributed.all_reduce(votes, op=torch.distributed.ReduceOp.MIN)
         return shared if int(votes[0]) == 1 and int(votes[1]) == -1 else None
+
+    def shared_prompt_fallbacks(self) -> Dict[str, str]:
+        """With learner.share_prompt_prefix on: why the policy's or the reference's passes run every row whole
+        (``{"policy": reason, "reference": reason}``, the models that share left out; the trainer says so at
+        start-up). A first try on a tiny batch finds what only a forward pass shows (a sliding-window cache). Every
+        rank must call it (forward passes: ZeRO 3 gathers parameters)."""
+        if not self.cfg.learner.share_prompt_prefix:
+            return {}
+        if self.cfg.algo.kl_estimator == "full":
+            return {"policy": "algo.kl_estimator=full needs every position's logits"}
+        out = {}
+        with torch.random.fork_rng(devices=[self.device] if self.use_cuda else []):  # a model with dropout draws
+            for name, model in (("policy", self.engine), ("reference", self.reference)):
+                reason = probe_shared_prompt(model, self.device)
+                if reason:
+                    out[name] = f"{type(unwrap(model)).__name__} ({reason})"
+        return out
 
     def _micro_batches(self, episodes: Sequence[Episode]) -> List[Sequence[Episode]]:
         size = self.cfg.learner.micro_batch_size
@@ -277,7 +296,7 @@ class Learner:
             for engine in engines:
                 engine.step()  # applies the update at the boundary (the last micro-batch), else only counts
             with torch.no_grad():
-                _add_policy_stats(stats, b, logp.detach(), ref_logp, mask)
+                _add_policy_stats(stats, b, logp.detach(), ref_logp, mask, _shared_rows(self.engine, shared))
                 stats["loss"] += float(loss.detach()) / self.world_size
                 stats["pg_loss_sum"] += float(parts["pg"])
                 if ppo:
@@ -430,7 +449,7 @@ class Learner:
 
 # sums describing the policy on a batch (reduce_rank_stats turns them into logprob_mismatch, entropy_proxy, kl_turn*)
 POLICY_STATS = ("logprob_mismatch_sum", "neg_logp_sum", "tokens", "kl_turn1_sum", "kl_turn2_sum", "tokens_turn1",
-                "tokens_turn2")
+                "tokens_turn2", "shared_rows")
 
 
 def _per_turn(rows: List[List[float]], episodes: Sequence[Episode]) -> List[List[List[float]]]:
@@ -445,7 +464,8 @@ def _loss_mask(b: Dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def _add_policy_stats(stats: Dict[str, float], b: Dict[str, torch.Tensor], logp: torch.Tensor,
-                      ref_logp: torch.Tensor, mask: torch.Tensor) -> None:
+                      ref_logp: torch.Tensor, mask: torch.Tensor, shared_rows: int) -> None:
+    stats["shared_rows"] += shared_rows  # rows whose policy pass ran their prompt once per group (a SharedPrefix)
     stats["logprob_mismatch_sum"] += float(((logp - b["sampling_logprobs"]).abs() * mask).sum())
     stats["neg_logp_sum"] += float((-logp * mask).sum())
     stats["tokens"] += float(mask.sum())
@@ -453,6 +473,11 @@ def _add_policy_stats(stats: Dict[str, float], b: Dict[str, torch.Tensor], logp:
         m = b["turn"] == t
         stats[f"kl_turn{t}_sum"] += float(((logp - ref_logp) * m).sum())
         stats[f"tokens_turn{t}"] += float(m.sum())
+
+
+def _shared_rows(model, shared: Optional[SharedPrefix]) -> int:
+    """How many rows the last ``token_logprobs(model, ..., shared=shared)`` ran with their prompt shared."""
+    return 0 if shared is None or shared_prompt_off(model) else len(shared.group)
 
 
 def _grad_norm(engine) -> float:
@@ -551,6 +576,7 @@ def reduce_rank_stats(per_rank: Sequence[Dict[str, float]], denominator: float) 
         "entropy_proxy": total["neg_logp_sum"] / tokens,
         "grad_norm": per_rank[0]["grad_norm"],  # the global norm: the same on every rank
         "tokens": total["tokens"],
+        "shared_prompt_rows": total["shared_rows"],  # learner.share_prompt_prefix at work: 0 when it is off
     }
     for t in (1, 2):  # mean per-token k1 estimate of KL(π_old ‖ π_ref) per turn
         out[f"kl_turn{t}"] = total[f"kl_turn{t}_sum"] / max(total[f"tokens_turn{t}"], 1.0)

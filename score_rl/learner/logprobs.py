@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
+from score_rl.compat import accepts, cache_keyword, cache_kwargs, output_cache, unwrap
 from score_rl.episode import Episode
-from score_rl.utils import holds_every_position
+from score_rl.utils import cache_gap
 
 
 @dataclass
@@ -36,7 +36,9 @@ class SharedPrefix:
                    torch.tensor([rows[g] for g in range(len(groups))]))
 
 
-_NO_SHARED_CACHE = weakref.WeakSet()  # models whose K/V cache cannot be shared (sliding windows, no cache, ...)
+# models whose K/V cache turned out not to be shareable on a first try (sliding windows, no cache under gradient
+# checkpointing, ...) → why; not tried again
+_NO_SHARED_CACHE: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
 # rotary embeddings whose frequencies follow the longest position of a call: a shared part run on its own would get
 # other frequencies than inside a whole row
 _LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
@@ -57,8 +59,8 @@ def token_logprobs(
     ``shared``: rows that begin with the same tokens (``SharedPrefix.of``: a problem's samples share their prompt).
     Each group's shared part is run once, and its K/V cache extended by every member's own tokens: the same
     log-probs (up to float rounding) and gradients (they flow into the shared part from every member) for fewer
-    positions. The log-probs inside a shared part are 0. Used where the model (under its wrappers) takes
-    ``past_key_values`` and keeps a plain cache; else every row runs whole.
+    positions. The log-probs inside a shared part are 0. Used where the model (under its wrappers) takes a K/V cache
+    and keeps a plain one; else every row runs whole (``shared_prompt_off`` says why).
 
     Both are ignored with ``return_logits`` (the full-KL estimator wants every position's logits)."""
     if shared is not None and not return_logits:
@@ -81,9 +83,7 @@ def token_logprobs(
 
 def _shared_prefix_logprobs(model, input_ids, attention_mask, temperature, shared) -> Optional[torch.Tensor]:
     """token_logprobs with each group's shared part run once; None where the model cannot (then nothing was run)."""
-    inner = _unwrap(model)
-    if inner in _NO_SHARED_CACHE or not accepts(model, "past_key_values", "position_ids", "use_cache",
-                                                  "logits_to_keep") or _rope_type(inner) in _LENGTH_DEPENDENT_ROPE:
+    if shared_prompt_off(model):
         return None
     device = input_ids.device
     group, length, rows = shared.group.to(device), shared.length.to(device), shared.rows.to(device)
@@ -95,9 +95,10 @@ def _shared_prefix_logprobs(model, input_ids, attention_mask, temperature, share
     if not (input_ids[:, :span] == input_ids[rows][group, :span])[members].all():
         raise ValueError("token_logprobs: rows of a SharedPrefix group do not begin with the same tokens")
     out = model(input_ids=input_ids[rows, :span], attention_mask=prefix_mask, use_cache=True, logits_to_keep=1)
-    cache = getattr(out, "past_key_values", None)
-    if not holds_every_position(cache):  # e.g. sliding windows, or gradient checkpointing (no cache in training)
-        _NO_SHARED_CACHE.add(inner)
+    cache = output_cache(out)
+    gap = cache_gap(cache)  # e.g. sliding windows, or gradient checkpointing (no cache in training)
+    if gap:
+        _NO_SHARED_CACHE[unwrap(model)] = gap
         return None
     cache.batch_select_indices(group)  # a copy of its group's K/V for every row (gradients sum back into it)
     # 2. every row's own tokens after its group's shared part, attending to the cache and to themselves
@@ -107,7 +108,7 @@ def _shared_prefix_logprobs(model, input_ids, attention_mask, temperature, share
     own = cols < row_len[:, None]
     cols = cols.clamp(max=width - 1)
     logits = model(input_ids=input_ids.gather(1, cols), attention_mask=torch.cat([prefix_mask[group], own.long()], 1),
-                   position_ids=cols, past_key_values=cache, use_cache=True).logits
+                   position_ids=cols, use_cache=True, **cache_kwargs(model, cache)).logits
     if temperature != 1.0:
         logits = logits / temperature
     # the suffix token at position p predicts the token at p + 1: target index p
@@ -117,6 +118,36 @@ def _shared_prefix_logprobs(model, input_ids, attention_mask, temperature, share
     placed = torch.zeros(input_ids.shape[0], width - 1 + suffix, dtype=logp.dtype, device=device)
     return placed.scatter(1, torch.where(has_target, cols, width - 1 + torch.arange(suffix, device=device)), logp)[
         :, :width - 1]
+
+
+def shared_prompt_off(model) -> Optional[str]:
+    """Why ``token_logprobs`` runs every row whole for ``model`` even when given a ``SharedPrefix`` (a short reason,
+    for the run's start-up line), or None when it shares. What the model's signature and config tell is known at
+    once; what its cache does is known after a first try (``probe_shared_prompt``)."""
+    inner = unwrap(model)
+    if inner in _NO_SHARED_CACHE:
+        return _NO_SHARED_CACHE[inner]
+    if cache_keyword(model) is None:
+        return "its forward takes no K/V cache argument"
+    missing = [name for name in ("position_ids", "use_cache", "logits_to_keep") if not accepts(model, name)]
+    if missing:
+        return f"its forward takes no {', '.join(missing)}"
+    rope = _rope_type(inner)
+    if rope in _LENGTH_DEPENDENT_ROPE:
+        return f"{rope} rotary embeddings follow each call's length"
+    return None
+
+
+def probe_shared_prompt(model, device) -> Optional[str]:
+    """``shared_prompt_off`` after a first try on two 3-token rows that share 2 (a pass of 5 positions, no gradient),
+    so that a cache that cannot be shared is found at start-up, not silently in the first step. Every rank of a
+    ZeRO-3 engine must call it (it runs forward passes)."""
+    if shared_prompt_off(model) is None:
+        ids = torch.tensor([[1, 2, 3], [1, 2, 4]], device=device)
+        with torch.no_grad():
+            _shared_prefix_logprobs(model, ids, torch.ones_like(ids), 1.0,
+                                    SharedPrefix(torch.tensor([0, 0]), torch.tensor([2]), torch.tensor([0])))
+    return shared_prompt_off(model)
 
 
 def first_response_target(turn: torch.Tensor) -> int:
@@ -129,35 +160,6 @@ def _rope_type(model) -> Optional[str]:
     config = getattr(model, "config", None)
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
     return rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
-
-
-def _unwrap(model):
-    """The model under pass-through wrappers: a DeepSpeed engine's ``module``, a PEFT model's base model, the LoRA
-    reference's ``model``."""
-    for _ in range(8):  # wrappers nest a few deep at most
-        if hasattr(model, "get_base_model"):  # PEFT
-            model = model.get_base_model()
-        call = model.forward if isinstance(model, torch.nn.Module) else model.__call__
-        params = inspect.signature(call).parameters
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            return model
-        inner = getattr(model, "module", None)  # a wrapper passing **kwargs to what it wraps
-        inner = inner if inner is not None else getattr(model, "model", None)
-        if inner is None or not callable(inner) or inner is model:
-            return model
-        if isinstance(model, torch.nn.Module) and any(name in params for name in ("input_ids", "logits_to_keep")):
-            return model  # a model of its own with **kwargs (a transformers causal LM), not a wrapper
-        model = inner
-    return model
-
-
-def accepts(model, *names: str) -> bool:
-    """Whether ``model`` under its wrappers (``_unwrap``) takes these keyword arguments (transformers' causal LMs
-    take ``logits_to_keep``, ``past_key_values`` and ``position_ids``; a custom model may not)."""
-    inner = _unwrap(model)
-    call = inner.forward if isinstance(inner, torch.nn.Module) else inner.__call__
-    params = inspect.signature(call).parameters
-    return all(name in params for name in names)
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_bytes: int = 64 << 20) -> torch.Tensor:

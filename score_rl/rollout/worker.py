@@ -52,6 +52,14 @@ class RolloutWorker:
     def ping(self) -> int:
         return self.worker_index
 
+    def kv_cache_reuse_off(self) -> Optional[str]:
+        """With rollout.kv_cache_reuse on: why this worker's engine cannot continue turn 1's K/V cache in turn 2 (the
+        trainer says so at start-up), or None when it can, or the engine needs no such help (vLLM's prefix
+        caching)."""
+        probe = getattr(self.engine, "probe_kv_reuse", None)
+        reason = probe() if self.cfg.rollout.kv_cache_reuse and probe is not None else None
+        return f"{type(self.engine.model).__name__} ({reason})" if reason else None
+
     def run_episodes(
         self, problems: Sequence[Problem], samples_per_problem: int, temperature: float, seed: int,
         num_turns: int = 2, corrections_per_attempt: int = 1, weights_version: Optional[int] = None,

@@ -209,6 +209,17 @@ class Trainer:
         )
         master_addr, master_port = self.learners.call_one(0, "address")
         self.learners.call("setup", None, master_addr, master_port)
+        self._say_what_is_off()
+
+    def _say_what_is_off(self) -> None:
+        """Once, at start-up: an optimisation switched on in the config that this model cannot use (never a silent
+        fallback; metrics.jsonl's shared_prompt_rows shows the shared prompt at work every step)."""
+        for name, why in self.learners.call("shared_prompt_fallbacks")[0].items():
+            self.log(f"shared prompt: off for the {name} model, {why}; its passes run every row whole "
+                     "(learner.share_prompt_prefix)")
+        why = self.workers.call_one(0, "kv_cache_reuse_off")
+        if why:
+            self.log(f"rollout.kv_cache_reuse: off for {why}; turn 2 prefills its whole context")
 
     def _resumed_dtype(self) -> Optional[str]:
         """The dtype of the run being resumed: its newest checkpoint's record, else its saved config's (runs saved

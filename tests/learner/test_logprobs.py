@@ -283,14 +283,16 @@ def test_models_without_a_shareable_cache_run_every_row_whole(tiny_model_path, m
     model = load_model(tiny_model_path)
     episodes = _grouped_episodes(1)
     b = collate(episodes, pad_id=1)
-    monkeypatch.setattr(logprobs, "holds_every_position", lambda cache: False)
-    monkeypatch.setattr(logprobs, "_NO_SHARED_CACHE", weakref.WeakSet())
+    monkeypatch.setattr(logprobs, "cache_gap", lambda cache: "a sliding window")
+    monkeypatch.setattr(logprobs, "_NO_SHARED_CACHE", weakref.WeakKeyDictionary())
+    assert logprobs.shared_prompt_off(model) is None
     with torch.no_grad():
         whole, _ = logprobs.token_logprobs(model, b["input_ids"], b["attention_mask"], 1.0)
         fallback, _ = logprobs.token_logprobs(model, b["input_ids"], b["attention_mask"], 1.0,
                                               shared=logprobs.SharedPrefix.of(episodes))
     torch.testing.assert_close(fallback, whole, rtol=0, atol=0)
     assert model in logprobs._NO_SHARED_CACHE  # not tried again (this model; another of its class still is)
+    assert logprobs.shared_prompt_off(model) == "a sliding window"  # the reason the run's start-up line gives
 
 
 @pytest.mark.parametrize("share", [True, False])

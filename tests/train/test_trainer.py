@@ -226,3 +226,46 @@ def test_model_dtype_auto_resumes_in_the_dtype_the_run_trained_in(tmp_path, tiny
     trainer.fit()
     assert trainer.start_step == 1 and trainer.cfg.model.dtype == "float32"
     assert any("the dtype the run being resumed trained in" in line for line in lines)
+
+
+def test_the_quickstart_model_shares_its_prompt_every_step_without_a_word(tmp_path, tiny_model_path):
+    """learner.share_prompt_prefix on the quickstart's model: every row of every step runs with its problem's prompt
+    shared (metrics.jsonl's shared_prompt_rows), and nothing is said to be off. This fails when an upstream change
+    (e.g. a renamed cache argument) makes the learner fall back to whole rows."""
+    lines = []
+    cfg = tiny_config(tmp_path, [f"model.path={tiny_model_path}", "ray.enabled=false", "trainer.steps=2",
+                                 "trainer.eval_before_after=false"])
+    trainer = Trainer(cfg, log=lines.append)
+    trainer.fit()
+    rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["shared_prompt_rows"] for r in rows] == [8, 8]  # 4 problems x 2 samples, all shared
+    assert not [line for line in lines if ": off for" in line], lines
+
+
+def test_a_model_that_cannot_share_its_prompt_says_so_once_at_start(tmp_path, deeper_model_path):
+    """A sliding-window model keeps not every position in its K/V cache: the shared prompt and the turn-2 cache reuse
+    are off, the run says so once at start-up naming the model and the reason, and the metric shows 0 rows shared."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from score_rl.utils import load_tokenizer
+
+    config = AutoConfig.from_pretrained(deeper_model_path)
+    config.use_sliding_window, config.sliding_window, config.max_window_layers = True, 4, 0
+    config.layer_types = ["sliding_attention"] * config.num_hidden_layers
+    model = AutoModelForCausalLM.from_pretrained(deeper_model_path, config=config)
+    path = tmp_path / "sliding"
+    model.save_pretrained(path)
+    load_tokenizer(deeper_model_path).save_pretrained(path)
+    lines = []
+    cfg = tiny_config(tmp_path, [f"model.path={path}", "ray.enabled=false", "trainer.steps=2",
+                                 "trainer.eval_before_after=false"])
+    trainer = Trainer(cfg, log=lines.append)
+    trainer.fit()
+    off = [line for line in lines if ": off for" in line]
+    assert len(off) == 3, lines  # policy, reference, rollout: once each
+    assert off[0].startswith("shared prompt: off for the policy model, Qwen2ForCausalLM (")
+    assert off[1].startswith("shared prompt: off for the reference model, Qwen2ForCausalLM (")
+    assert off[2].startswith("rollout.kv_cache_reuse: off for Qwen2ForCausalLM (")
+    assert all("DynamicSlidingWindowLayer" in line for line in off)
+    rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["shared_prompt_rows"] for r in rows] == [0, 0]

@@ -24,8 +24,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from score_rl.compat import cache_keyword, cache_kwargs, output_cache
 from score_rl.rollout.engines.base import Engine, Generation, stop_token_ids
-from score_rl.utils import holds_every_position
+from score_rl.utils import cache_gap
 
 
 @dataclass
@@ -78,6 +79,8 @@ class HFGenerator(Engine):
         self.batch_size = batch_size
         # what the last generate(keep_cache=True) kept: (its number of prompts, its batch size, one _Prefix a batch)
         self._kept: Optional[Tuple[int, int, List[Optional[_Prefix]]]] = None
+        # why a kept cache could not be continued with this model (the first reason seen; None: it could so far)
+        self.kv_reuse_off: Optional[str] = None if cache_keyword(model) else "its forward takes no K/V cache argument"
 
     @torch.no_grad()
     def generate(self, prompts: List[List[int]], temperature: float,
@@ -98,6 +101,28 @@ class HFGenerator(Engine):
         if keep_cache:
             self._kept = (len(prompts), self.batch_size, prefixes)
         return out
+
+    def probe_kv_reuse(self) -> Optional[str]:
+        """Why turn 2 cannot continue turn 1's K/V cache with this model, or None when it can: found by a greedy
+        2-token generation from a 3-token prompt (samples nothing, draws no random numbers), so a model that cannot
+        is known at start-up rather than silently re-prefilled every step."""
+        if self.kv_reuse_off is None:
+            limit, self.max_new_tokens = self.max_new_tokens, 2
+            try:
+                self._generate_batch([[self.pad_id] * 3], 0.0, keep_cache=True)
+            finally:
+                self.max_new_tokens = limit
+        return self.kv_reuse_off
+
+    def _reusable(self, cache, cached: int) -> bool:
+        """Whether ``generate``'s returned cache holds the ``cached`` positions fed to it, every one of them (else the
+        reason is kept in ``kv_reuse_off``)."""
+        problem = cache_gap(cache)
+        if problem is None and cache.get_seq_length() != cached:
+            problem = f"its K/V cache holds {cache.get_seq_length()} positions where {cached} were fed"
+        if problem is not None and self.kv_reuse_off is None:
+            self.kv_reuse_off = problem
+        return problem is None
 
     def _prefix_for(self, kept, start: int, rows: int, total: int) -> Optional[_Prefix]:
         """The kept cache rows for prompts start .. start + rows - 1 of a call of ``total`` prompts: prompt i continues
@@ -147,7 +172,7 @@ class HFGenerator(Engine):
         result = self.model.generate(
             input_ids=input_ids, attention_mask=mask, max_new_tokens=self.max_new_tokens, min_new_tokens=0,
             eos_token_id=list(self.eos_ids), pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True,
-            num_beams=1, past_key_values=cache, **sampling,
+            num_beams=1, **(cache_kwargs(self.model, cache) if cache is not None else {}), **sampling,
         )
         new_tokens = result.sequences[:, width:]
         steps = len(result.scores)
@@ -166,11 +191,11 @@ class HFGenerator(Engine):
         kept = None
         # generate feeds every sampled token back but the last one: the cache holds sequences[:, :width + steps - 1]
         cached = width + steps - 1
-        if keep_cache and steps and holds_every_position(result.past_key_values) \
-                and result.past_key_values.get_seq_length() == cached:
+        returned = output_cache(result)
+        if keep_cache and steps and self._reusable(returned, cached):
             lengths = torch.tensor([len(g.response_ids) for g in gens], device=device)
             generated = (torch.arange(steps, device=device)[None, :] < lengths[:, None]).long()
-            kept = _Prefix(result.past_key_values, result.sequences[:, :cached],
+            kept = _Prefix(returned, result.sequences[:, :cached],
                            torch.cat([mask, generated], dim=1)[:, :cached],
                            [p + g.response_ids[:steps - 1] for p, g in zip(prompts, gens)])
         return gens, kept
