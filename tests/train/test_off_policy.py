@@ -69,7 +69,9 @@ def test_each_batch_is_sampled_by_the_policy_the_setting_says(tmp_path, tiny_mod
         assert rows[0]["logprob_mismatch"] < 1e-3 and rows[0]["is_weight"] == pytest.approx(1.0, abs=1e-3)
         # the later batches come from the policy one update old: the learner's log-probs differ from the sampler's
         assert all(r["logprob_mismatch"] > 1e-3 for r in rows[1:])
-        assert all(r["is_weight"] != pytest.approx(1.0, abs=1e-4) for r in rows[1:])
+        # the mean importance weight is 1 in expectation under the sampling policy (E_μ[π/μ] = 1): its distance from
+        # 1 is a few 1e-5 to 1e-3 here, depending on the CPU's float rounding; on-policy it is 1 up to ~1e-7
+        assert all(r["is_weight"] != pytest.approx(1.0, abs=1e-5) for r in rows[1:])
     else:
         assert versions == [(0, 0), (1, 1), (2, 2), (3, 3)]
         assert all("is_weight" not in r for r in rows)
