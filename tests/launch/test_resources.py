@@ -88,19 +88,22 @@ def test_evaluation_only_gives_the_workers_everything(cpus):
 @pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, "float32"), (True, False, "bfloat16"),
                                                          (False, True, "bfloat16")])
 def test_auto_dtype_is_bfloat16_only_where_the_cpu_has_bf16_math(monkeypatch, avx512_bf16, amx, expected):
+    """(The quickstart pins float32: model.dtype=auto is asked for here.)"""
     import torch
 
     from score_rl.launch.resources import resolve_dtype
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    cfg, line = resolve_dtype(load_config(QUICKSTART))
+    cfg, line = resolve_dtype(load_config(QUICKSTART, ["model.dtype=auto"]))
     assert cfg.model.dtype == expected and line.startswith(f"model.dtype auto: {expected}")
     assert resolve_dtype(load_config(QUICKSTART, ["model.dtype=float32"]))[1] is None  # given: kept, nothing said
-    gpu, line = resolve_dtype(load_config(QUICKSTART, ["learner.gpus_per_rank=1", "rollout.gpus_per_worker=1"]))
+    gpu, line = resolve_dtype(load_config(QUICKSTART, ["model.dtype=auto", "learner.gpus_per_rank=1",
+                                                     "rollout.gpus_per_worker=1"]))
     if not torch.cuda.is_available():  # a driver without a GPU (a head node): the GPU actors get bfloat16
         assert gpu.model.dtype == "bfloat16" and "GPU actors" in line
-    mixed, _ = resolve_dtype(load_config(QUICKSTART, ["learner.gpus_per_rank=1"]))  # CPU workers beside GPU ranks
+    # CPU workers beside GPU ranks
+    mixed, _ = resolve_dtype(load_config(QUICKSTART, ["model.dtype=auto", "learner.gpus_per_rank=1"]))
     assert mixed.model.dtype == expected, "one dtype for all models: bfloat16 only if the CPU side is fast too"
 
 

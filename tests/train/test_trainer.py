@@ -220,7 +220,7 @@ def test_model_dtype_auto_resumes_in_the_dtype_the_run_trained_in(tmp_path, tiny
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)  # auto would be bf16
     lines = []
     cfg = tiny_config(tmp_path / "second", [f"model.path={tiny_model_path}", "ray.enabled=false", "trainer.steps=2",
-                                            "trainer.eval_before_after=false", *run])
+                                            "trainer.eval_before_after=false", "model.dtype=auto", *run])
     assert cfg.model.dtype == "auto"
     trainer = Trainer(cfg, log=lines.append)
     trainer.fit()
