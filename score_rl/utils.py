@@ -38,6 +38,26 @@ def load_model(path: str, dtype: str = "float32"):
     return AutoModelForCausalLM.from_pretrained(path, dtype=_dtypes()[dtype])
 
 
+def disable_dropout(model) -> int:
+    """Switch off every dropout of ``model`` in place, whatever its config says (GPT-2, OPT, Phi and many fine-tunes
+    keep 0.1): the learner runs its models in train mode, and a dropout there makes the distribution trained on differ
+    from the one sampled from (the sampler runs without). Both kinds: ``nn.Dropout`` modules, and the float
+    attributes attention layers pass to their kernels (``attention_dropout``, ``attn_pdrop``, ...). Returns how many
+    it switched off."""
+    import torch
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            module.p = 0.0
+            changed += 1
+        for name, value in list(vars(module).items()):
+            if isinstance(value, float) and value > 0 and ("dropout" in name or name.endswith("pdrop")):
+                setattr(module, name, 0.0)
+                changed += 1
+    return changed
+
+
 def set_threads(n: float) -> None:
     import torch
 

@@ -26,7 +26,7 @@ from score_rl.episode import Episode
 from score_rl.learner.logprobs import (SharedPrefix, first_response_target, probe_shared_prompt, shared_prompt_off,
                                        token_logprobs)
 from score_rl.compat import unwrap
-from score_rl.utils import load_model, load_tokenizer, quiet_libraries, set_threads
+from score_rl.utils import disable_dropout, load_model, load_tokenizer, quiet_libraries, set_threads
 
 
 def _import_deepspeed():
@@ -86,6 +86,7 @@ class Learner:
         self.device = device
         self.tokenizer = load_tokenizer(self.model_path)
         model = load_model(self.model_path, self.cfg.model.dtype)
+        disable_dropout(model)  # before LoRA: lora.dropout is the adapter's own, as configured
         self.grad_accum = max(1, -(-self.episodes_per_rank // cfg.micro_batch_size))
         lora = self.cfg.model.lora
         if lora.r > 0:  # only the adapter trains; the reference is the same weights with the adapter disabled
@@ -102,6 +103,7 @@ class Learner:
 
     def _setup_reference(self, deepspeed, device) -> None:
         reference = load_model(self.model_path, self.cfg.model.dtype).eval().requires_grad_(False)
+        disable_dropout(reference)  # (eval mode already: for a ZeRO 3 engine, which train() would switch back)
         if self.cfg.learner.zero_stage == 3:  # the frozen reference is sharded over the ranks too: an engine without optimizer
             self.reference, *_ = deepspeed.initialize(model=reference, config=self._ds_config(1))
             self.reference.eval()
@@ -543,6 +545,7 @@ def load_critic(path: str, dtype: str = "float32"):
     model, info = AutoModelForTokenClassification.from_pretrained(
         path, config=config, dtype=DTYPES[dtype], output_loading_info=True
     )
+    disable_dropout(model)  # the backbone's too: values must be deterministic
     if getattr(model, "dropout", None) is not None and getattr(model.dropout, "p", 0.0) != 0.0:
         raise RuntimeError(f"the value head of {path} applies dropout {model.dropout.p}; values must be deterministic")
     if any(key.startswith("score.") for key in info["missing_keys"]):
