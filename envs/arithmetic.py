@@ -1,8 +1,10 @@
 """Synthetic two-digit addition, generated offline from a seed: the CPU quickstart and the tests.
 
 Problems are all pairs (a, b) in [min_operand, max_operand]^2, split by the seed into disjoint train / test sets of
-*unordered* pairs (a + b and b + a are always in the same split). The verifier extracts the first integer of the
-response.
+*unordered* pairs (a + b and b + a are always in the same split). The verifier reads the response's answer as
+``params.answer`` says: ``first``, its first integer (what the tiny base model writes: " 75"); ``final``, the answer a
+real model states (``final_number``: a boxed number, ``#### n``, "the answer is n", the number after the last "=",
+else the last number), so "23 + 45 = 68" is 68, not 23.
 
 ``demonstrations`` produces the supervised warm-up traces of the locally built base model. They imitate what the
 SCoRe paper observes in real base models: a systematic first-attempt error (here: the carry from the ones place is
@@ -22,6 +24,37 @@ from typing import Any, List, Tuple
 from score_rl.envs.base import Env, Problem, Verdict
 
 _INT = re.compile(r"-?\d+")
+# a number as models write it: 1,234 or 1234, optionally with decimals (68.0 is the integer 68)
+_NUMBER = r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?"
+# each pattern starts at a literal and never has two runs of \s* side by side, so a long run of whitespace is
+# scanned once from each literal, not split every possible way (quadratic)
+_STATED = [re.compile(p) for p in (r"\\boxed\{\s*(" + _NUMBER + r")\s*\}", r"####\s*(" + _NUMBER + ")",
+                                   r"(?i:answer)\s+(?i:is)\s*(?::\s*)?(?:\$\s*)?(" + _NUMBER + ")",
+                                   # group 2 set: the left side of a restated equation ("38 = 13 + 26"), not a
+                                   # result (matched, then dropped: a lookahead would backtrack into the number)
+                                   r"=\s*(?:\$\s*)?(" + _NUMBER + r")(\s*[-+*/×])?")]
+_ANY_NUMBER = re.compile(_NUMBER)
+
+
+def final_number(text: str):
+    """The answer a model states, as a number (int where it is integral, else float; None if there is no number):
+    the last ``\\boxed{n}``, else the last ``#### n``, else the last "the answer is n", else the number after the
+    last "=" that ends its expression (not "= 13 +"), else the last number in the text. Thousands separators are
+    dropped."""
+    for pattern in _STATED:
+        found = [m.group(1) for m in pattern.finditer(text) if pattern.groups < 2 or m.group(2) is None]
+        if found:
+            return _as_number(found[-1])
+    found = _ANY_NUMBER.findall(text)
+    return _as_number(found[-1]) if found else None
+
+
+def _as_number(token: str):
+    token = token.replace(",", "")
+    if len(token) > 40:  # no sum is that long (and int() refuses over 4,300 digits)
+        return None
+    value = float(token)
+    return int(token.split(".")[0]) if value.is_integer() else value
 
 
 def forgot_carry_sum(a: int, b: int) -> int:
@@ -37,6 +70,7 @@ class ArithmeticEnv(Env):
         min_operand: int = 10
         max_operand: int = 99
         num_test: int = 500
+        answer: str = "first"  # first: the response's first integer; final: final_number (real models)
         # warm-up teacher of the locally built base model (see module docstring)
         demo_first_correct: float = 0.0  # attempt 1 is the correct sum (else the forgotten-carry slip)
         # a sum >= drop_hundreds_from (>= 100): attempt 1 drops its hundreds digit, whatever the two choices above
@@ -58,6 +92,10 @@ class ArithmeticEnv(Env):
 
             raise ConfigError("config key 'env.params.drop_hundreds_from' must be >= 100 (a sum below has no hundreds "
                               f"digit), got {p.drop_hundreds_from}")
+        if p.answer not in ("first", "final"):
+            from score_rl.config import ConfigError
+
+            raise ConfigError(f"config key 'env.params.answer' must be first or final, got {p.answer!r}")
         self._splits = self._split(p.min_operand, p.max_operand, p.num_test, self.seed)
 
     @staticmethod
@@ -96,10 +134,13 @@ class ArithmeticEnv(Env):
         return [Problem(id=f"{split}/{a}+{b}", text=f"{a} + {b}", reference=a + b) for a, b in self._splits[split]]
 
     def verify(self, response: str, reference: Any) -> Verdict:
-        match = _INT.search(response)
-        if match is None:
+        if self.params.answer == "final":
+            value = final_number(response)
+        else:
+            match = _INT.search(response)
+            value = int(match.group()) if match else None
+        if value is None:
             return Verdict(0.0, "no answer extracted", {"extracted": None})
-        value = int(match.group())
         if value == int(reference):
             return Verdict(1.0, "correct", {"extracted": value})
         return Verdict(0.0, "wrong answer", {"extracted": value})

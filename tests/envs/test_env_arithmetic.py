@@ -264,3 +264,61 @@ def test_make_env_builds_the_arithmetic_env_with_params_prompt_and_seed():
     problem = env.problems("test")[0]
     assert env.first_attempt_prompt(problem) == f"Q: {problem.text} ="
     assert env.correction_instruction() == "\nTry again:"
+
+
+# --- answer: final (real models) -----------------------------------------------------------------------------------
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+
+
+def _final_env():
+    return ArithmeticEnv({"answer": "final", "min_operand": 1, "max_operand": 30}, PromptConfig(), seed=0)
+
+
+@pytest.mark.parametrize("response, value", [
+    ("23 + 45 = 68", 68),  # restated problem: the first integer would be 23
+    ("The answer is 68.", 68), ("the answer is: $68$", 68), ("So the answer is 1,234.", 1234),
+    (r"We get $23 + 45 = \boxed{68}$.", 68), (r"\boxed{ 68 }, not 23 + 45 = 67", 68),  # boxed wins
+    ("Step 1: 20 + 40 = 60. Step 2: 60 + 8 = 68.\n#### 68", 68),
+    ("23 + 45 = 68. The answer is 68. Check: 68 - 45 = 23", 68),  # "the answer is" over a later check
+    ("23 + 45 = 68, so 68 = 23 + 45", 68),  # a restated equation: "= 23 +" is not a result
+    ("68.0", 68), (" 68", 68), ("no number here", None), ("= " + "1" * 50, None),
+])
+def test_final_answer_reads_what_a_model_states(response, value):
+    from score_rl.envs.arithmetic import final_number
+
+    assert final_number(response) == value
+
+
+def test_final_answer_scores_real_smollm2_answers():
+    """Greedy answers of SmolLM2-135M-Instruct (both turns, the correction instruction between), captured into a
+    fixture: restated problems, "The answer is", equations restated after the result."""
+    import json
+
+    env = _final_env()
+    rows = [json.loads(line) for line in (FIXTURES / "smollm2_arithmetic.jsonl").read_text().splitlines()]
+    assert len(rows) > 30
+    for row in rows:
+        verdict = env.verify(row["response"], row["reference"])
+        assert verdict.info["extracted"] == row["expected"], row
+        assert verdict.reward == float(row["expected"] == row["reference"]), row
+    first = ArithmeticEnv({}, PromptConfig(), seed=0)  # the default reads the first integer: an operand, here
+    assert sum(first.verify(r["response"], r["reference"]).reward for r in rows) < sum(
+        env.verify(r["response"], r["reference"]).reward for r in rows)
+
+
+def test_final_answer_is_linear_on_hostile_text():
+    """Long whitespace after "=", "answer is" or a boxed brace, and long digit runs, are read in one pass."""
+    import time
+
+    from score_rl.envs.arithmetic import final_number
+
+    for text in ["= " + " " * 100_000 + "x", "answer is" + " " * 100_000, r"\boxed{6" + " " * 30_000 + "7}",
+                 "= " + "1" * 50_000 + "+", ("= 1" + " " * 1000) * 100, "=" * 100_000]:
+        start = time.monotonic()
+        final_number(text)
+        assert time.monotonic() - start < 2.0, text[:20]
+
+
+def test_answer_param_is_checked():
+    with pytest.raises(ConfigError, match="env.params.answer"):
+        ArithmeticEnv({"answer": "last"}, PromptConfig(), seed=0)
