@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-.venv-drift}"
 bash scripts/install.sh "$VENV" constraints/lock-cpu.txt
-export UV_FIND_LINKS="${UV_FIND_LINKS:-${PIP_FIND_LINKS:-}}"
+# shellcheck source=scripts/uv-find-links.sh
+source scripts/uv-find-links.sh
 "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" -c constraints/cpu.txt --upgrade \
   transformers trl deepspeed "ray[default]" peft accelerate
 "$VENV/bin/python" - <<'PY'

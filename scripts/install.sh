@@ -16,8 +16,14 @@ py="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
 # (pip's "Location ... is ignored" lines are this machine's unused local index paths: filtered out)
 "$VENV/bin/python" -m pip install -q "uv==$UV_VERSION" 2> >(grep -v "is ignored: it is neither" >&2)
-# uv reads no pip configuration: use the machine's local wheel folder if pip is set up with one (the CPU torch wheel)
-export UV_FIND_LINKS="${UV_FIND_LINKS:-${PIP_FIND_LINKS:-}}"
+# shellcheck source=scripts/uv-find-links.sh
+source scripts/uv-find-links.sh
 # exactly the lock (sync also removes what is not in it), then score-rl itself without resolving anything
-"$VENV/bin/uv" pip sync --quiet --python "$VENV/bin/python" "$LOCK"
+if ! "$VENV/bin/uv" pip sync --quiet --python "$VENV/bin/python" "$LOCK"; then
+  echo "scripts/install.sh: uv could not install $LOCK. It pins the CPU build of torch (torch==2.13.0+cpu), which" \
+    "PyPI does not serve: this project's machines ship its wheel in a local folder that pip is configured with" \
+    "(find-links). Elsewhere set UV_FIND_LINKS to a folder holding it, or" \
+    "UV_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu UV_INDEX_STRATEGY=unsafe-best-match" >&2
+  exit 1
+fi
 "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps -e .

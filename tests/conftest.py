@@ -72,7 +72,12 @@ def _raise_on_our_deprecations():
     logger_warning, warn = logging.Logger.warning, warnings.warn
 
     def checked_logger_warning(self, msg, *args, **kwargs):
-        _check_deprecation(str(msg) % args if args else str(msg), self.name.startswith("transformers"))
+        if self.name.startswith("transformers"):
+            try:
+                text = logging.LogRecord(self.name, logging.WARNING, "", 0, msg, args, None).getMessage()
+            except Exception:  # noqa: BLE001 - a malformed message is logging's to report, not ours
+                text = str(msg)
+            _check_deprecation(text, True)
         kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1  # the log line names the caller, not this wrapper
         return logger_warning(self, msg, *args, **kwargs)
 
@@ -82,7 +87,19 @@ def _raise_on_our_deprecations():
             _check_deprecation(str(message), caller.split(".")[0] == "transformers")
         return warn(message, category, stacklevel + 1, *args, **kwargs)
 
+    import transformers.utils.logging  # noqa: F401 - it adds Logger.warning_once, replaced next
+
+    warning_once = logging.Logger.warning_once
+
+    def checked_warning_once(self, *args, **kwargs):
+        """transformers says each message once per process: a deprecation notice let through once (a library's own
+        call) would hide the same notice about a later call of ours. Those go to the guard every time."""
+        if self.name.startswith("transformers") and args and "deprecat" in str(args[0]).lower():
+            return self.warning(*args, **kwargs)
+        return warning_once(self, *args, **kwargs)
+
     logging.Logger.warning, warnings.warn = checked_logger_warning, checked_warn
+    logging.Logger.warning_once = checked_warning_once
 
 
 _raise_on_our_deprecations()

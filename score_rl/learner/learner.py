@@ -227,7 +227,8 @@ class Learner:
         if not self.cfg.learner.share_prompt_prefix:
             return {}
         if self.cfg.algo.kl_estimator == "full":
-            return {"policy": "algo.kl_estimator=full needs every position's logits"}
+            why = "algo.kl_estimator=full needs every position's logits"
+            return {"policy": why, "reference": why}
         out = {}
         with torch.random.fork_rng(devices=[self.device] if self.use_cuda else []):  # a model with dropout draws
             for name, model in (("policy", self.engine), ("reference", self.reference)):

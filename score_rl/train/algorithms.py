@@ -76,7 +76,8 @@ class PPO:
         # logs it), not averaged over a policy that moves between the minibatches
         tokens = max(before["tokens"], 1.0)
         metrics.update(logprob_mismatch=before["logprob_mismatch_sum"] / tokens,
-                       entropy_proxy=before["neg_logp_sum"] / tokens, tokens=before["tokens"])
+                       entropy_proxy=before["neg_logp_sum"] / tokens, tokens=before["tokens"],
+                       shared_prompt_rows=before["shared_rows"])  # the step's rows, each once (not a mean per update)
         for t in (1, 2):
             metrics[f"kl_turn{t}"] = before[f"kl_turn{t}_sum"] / max(before[f"tokens_turn{t}"], 1.0)
         return metrics
