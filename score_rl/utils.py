@@ -38,6 +38,33 @@ def load_model(path: str, dtype: str = "float32"):
     return AutoModelForCausalLM.from_pretrained(path, dtype=_dtypes()[dtype])
 
 
+def finite_or_none(obj):
+    """``obj`` with every NaN / ±inf float replaced by None, through dicts, lists and tuples: JSON has no NaN (Python
+    writes it, strict parsers such as JavaScript's JSON.parse refuse the file). An undefined rate — the break rate
+    when no first attempt was right — is written as null."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: finite_or_none(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(value) for value in obj]
+    return obj
+
+
+def dumps_json(obj, **kwargs) -> str:
+    """``json.dumps`` that writes valid JSON only: non-finite floats become null (``finite_or_none``)."""
+    import json
+
+    return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
+
+
+def nan_for_none(metrics: dict) -> dict:
+    """The other way, for a flat dict of metrics read back: null → NaN, so arithmetic and formatting go on."""
+    return {key: float("nan") if value is None else value for key, value in metrics.items()}
+
+
 def disable_dropout(model) -> int:
     """Switch off every dropout of ``model`` in place, whatever its config says (GPT-2, OPT, Phi and many fine-tunes
     keep 0.1): the learner runs its models in train mode, and a dropout there makes the distribution trained on differ

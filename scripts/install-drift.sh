@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The drift check's environment: the main lock, then the newest releases on the registry of the libraries whose API
-# score-rl follows most closely (torch stays at the CPU pin). .ci/run runs the learner, rollout and training tests in
-# it, so an upstream rename fails the next submission rather than a user's fresh install.
+# score-rl follows most closely (torch stays at the CPU pin). .ci/run runs the learner, rollout and in-process
+# training tests in it, so an upstream rename fails the next submission rather than a user's fresh install.
 # Usage: bash scripts/install-drift.sh [VENV]   (default .venv-drift)
 set -euo pipefail
 cd "$(dirname "$0")/.."

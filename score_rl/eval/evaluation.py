@@ -17,6 +17,7 @@ from score_rl.launch.distributed import ActorGroup, init_ray
 from score_rl.envs import Problem
 from score_rl.episode import Episode
 from score_rl.eval.metrics import format_table, self_correction_metrics
+from score_rl.utils import dumps_json
 
 TRAINED_MARKER = "score_rl_run.json"  # written next to a trained policy by the trainer
 
@@ -174,7 +175,7 @@ def write_eval_outputs(out_dir: Path, report: EvalReport, cfg: Config) -> None:
         for name, eps in report.episodes.items():
             for ep in eps:
                 f.write(json.dumps(episode_record(name, ep), default=str) + "\n")
-    (out_dir / "summary.json").write_text(json.dumps(
+    (out_dir / "summary.json").write_text(dumps_json(
         {"metrics": report.metrics, "scaling": report.scaling, "split": cfg.eval.split,
          "num_problems": len(next(iter(report.episodes.values()))), "num_turns": cfg.eval.num_turns,
          "temperature": cfg.eval.temperature}, indent=2, default=str))

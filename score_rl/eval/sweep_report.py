@@ -22,6 +22,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from score_rl.utils import nan_for_none
+
 # the final metrics of the report: key → (label, computed from the run's evaluation)
 METRICS = {
     "acc_t1": "Acc@t1", "acc_t2": "Acc@t2", "delta": "Δ(t1,t2)", "delta_i2c": "Δi→c", "delta_c2i": "Δc→i",
@@ -68,7 +70,7 @@ def final_metrics(run_dir: Path, which: str = "trained") -> Optional[Dict[str, f
     path = Path(run_dir) / "eval_before_after.json"
     if not path.is_file():
         return None
-    metrics = json.loads(path.read_text())[which]
+    metrics = nan_for_none(json.loads(path.read_text())[which])  # an undefined rate is null in the file
     out = {k: metrics[k] for k in METRICS if k in metrics}
     if "unchanged" in metrics:
         out["edit_rate"] = 1.0 - metrics["unchanged"]

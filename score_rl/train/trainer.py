@@ -34,7 +34,7 @@ from score_rl.eval.metrics import format_table, self_correction_metrics
 from score_rl.rollout.worker import RolloutWorker, check_engine_installed, run_sharded
 from score_rl.train.run_log import RunLogger
 from score_rl.shaping import shape_episodes, stage_at
-from score_rl.utils import seed_everything
+from score_rl.utils import dumps_json, nan_for_none, seed_everything
 from score_rl.launch.weight_sync import make_weight_sync
 
 PENDING_FILE = "pending_batch.json"  # in a checkpoint: the batch sampled ahead of its step (off-policy)
@@ -269,7 +269,7 @@ class Trainer:
                 results["base"] = self.evaluate()
             except EvalInterrupted:
                 raise TrainingStopped(self.stop.signum, self._stopped_message(0, steps)) from None
-            (self.run_dir / "eval_base.json").write_text(json.dumps(results["base"], indent=2))
+            (self.run_dir / "eval_base.json").write_text(dumps_json(results["base"], indent=2))
             self.log("base model (held-out, greedy):\n" + format_table({"base": results["base"]}))
         logger = RunLogger(self.run_dir, steps, min(self.start_step, steps), tc.progress_bar, tc.progress_interval_s,
                            cfg.logging, saved_config_tree(self.run_dir / "config.yaml"), print_fn=self.log)
@@ -312,7 +312,7 @@ class Trainer:
                 results["base"] = self._base_results()
             table = format_table({"base": results["base"], "trained": results["trained"]})
             self.log(f"held-out problems: {len(self.eval_set)} (greedy)\n{table}")
-            (self.run_dir / "eval_before_after.json").write_text(json.dumps(results, indent=2))
+            (self.run_dir / "eval_before_after.json").write_text(dumps_json(results, indent=2))
             (self.run_dir / "eval_before_after.md").write_text(table + "\n")
         # the last thing a run writes: a sweep counts the run finished only from here on
         (self.run_dir / "run_complete.json").write_text(json.dumps(
@@ -561,7 +561,7 @@ class Trainer:
 
         saved = self.run_dir / "eval_base.json"
         if saved.is_file():
-            return json.loads(saved.read_text())
+            return nan_for_none(json.loads(saved.read_text()))
         # its actors reserve no CPU: the run's placement group may hold all of them, and the run's own actors are idle
         # meanwhile (the final evaluation); the thread counts stay the plan's
         cfg = replace(self.cfg, rollout=replace(self.cfg.rollout, cpus_per_worker=0.0))
@@ -702,7 +702,7 @@ class Trainer:
             return
         self.best = {"metric": key, "mode": mode, "value": value, "step": step}
         self._save_policy(self.run_dir / "best", None, {"steps": step, "best": self.best})
-        (self.run_dir / "best" / "best.json").write_text(json.dumps(self.best, indent=2))
+        (self.run_dir / "best" / "best.json").write_text(dumps_json(self.best, indent=2))
 
 
 def _link_tree(src: Path, dst: Path) -> None:

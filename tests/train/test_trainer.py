@@ -269,3 +269,44 @@ def test_a_model_that_cannot_share_its_prompt_says_so_once_at_start(tmp_path, de
     assert all("DynamicSlidingWindowLayer" in line for line in off)
     rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["shared_prompt_rows"] for r in rows] == [0, 0]
+
+
+def test_every_json_file_of_a_run_is_strict_json(tmp_path, tiny_model_path, monkeypatch):
+    """An undefined rate (the break rate with no right first attempt) is null in eval_base.json and
+    eval_before_after.json, never NaN (which strict parsers, e.g. JavaScript's JSON.parse, refuse); the report and a
+    resume read it back as NaN."""
+    import math
+
+    import score_rl.train.trainer as trainer_module
+    from score_rl.eval.sweep_report import final_metrics
+
+    real = trainer_module.self_correction_metrics
+    monkeypatch.setattr(trainer_module, "self_correction_metrics",
+                        lambda episodes: {**real(episodes), "break_rate": float("nan")})
+    cfg = tiny_config(tmp_path, [f"model.path={tiny_model_path}", "ray.enabled=false", "trainer.steps=1"])
+    trainer = Trainer(cfg, log=lambda *_: None)
+    trainer.fit()
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    files = [p for p in trainer.run_dir.rglob("*.json")]
+    assert {"eval_base.json", "eval_before_after.json"} <= {p.name for p in files}
+    for path in files:
+        json.loads(path.read_text(), parse_constant=refuse)
+    for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=refuse)
+    saved = json.loads((trainer.run_dir / "eval_before_after.json").read_text())
+    assert saved["base"]["break_rate"] is None and saved["trained"]["break_rate"] is None
+    assert math.isnan(trainer._base_results()["break_rate"])
+    assert final_metrics(trainer.run_dir)["acc_t2"] == saved["trained"]["acc_t2"]
+
+
+def test_dumps_json_writes_null_for_non_finite_floats():
+    import math
+
+    from score_rl.utils import dumps_json, nan_for_none
+
+    text = dumps_json({"break_rate": float("nan"), "x": [float("inf"), 1.5, (2, -float("inf"))], "k": 3})
+    assert json.loads(text) == {"break_rate": None, "x": [None, 1.5, [2, None]], "k": 3}
+    assert math.isnan(nan_for_none(json.loads(text))["break_rate"])
