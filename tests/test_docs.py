@@ -121,7 +121,8 @@ def test_the_readme_opens_with_the_two_commands_and_ci_runs_the_second_verbatim(
     commands = [line for line in block.splitlines() if line and not line.startswith("#")]
     assert commands == ["bash scripts/install.sh && .venv/bin/score-rl train configs/quickstart.yaml",
                         "bash scripts/install.sh && .venv/bin/python -m pytest"]
-    assert commands[1] in (REPO / ".ci" / "run").read_text().splitlines()
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert f"{commands[1]} || exit 1" in ci  # (set -e does not stop on a failure before `&&`)
 
 
 def test_the_locks_pin_every_package_and_say_how_they_are_made():

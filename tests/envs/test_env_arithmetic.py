@@ -281,6 +281,9 @@ def _final_env():
     ("Step 1: 20 + 40 = 60. Step 2: 60 + 8 = 68.\n#### 68", 68),
     ("23 + 45 = 68. The answer is 68. Check: 68 - 45 = 23", 68),  # "the answer is" over a later check
     ("23 + 45 = 68, so 68 = 23 + 45", 68),  # a restated equation: "= 23 +" is not a result
+    ("The answer is 23 + 45 = 68.", 68), ("The correct answer is 14 + 13 = 27", 27),  # restated after "is"
+    ("23 + 45 = 67? No, the answer is **68**", 68), ("23 + 45 = **68**", 68),  # markdown bold
+    ("23 + 45 = 68\n- next, 7 + 1 = 8", 8), ("so x = 68\n- a list item", 68),  # an operator on the next line
     ("68.0", 68), (" 68", 68), ("no number here", None), ("= " + "1" * 50, None),
 ])
 def test_final_answer_reads_what_a_model_states(response, value):
