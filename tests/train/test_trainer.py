@@ -310,3 +310,12 @@ def test_dumps_json_writes_null_for_non_finite_floats():
     text = dumps_json({"break_rate": float("nan"), "x": [float("inf"), 1.5, (2, -float("inf"))], "k": 3})
     assert json.loads(text) == {"break_rate": None, "x": [None, 1.5, [2, None]], "k": 3}
     assert math.isnan(nan_for_none(json.loads(text))["break_rate"])
+
+
+def test_the_start_up_probes_change_nothing_a_run_samples_or_trains(tmp_path, tiny_model_path, monkeypatch):
+    """The shared-prompt and KV-reuse probes run forward passes and a greedy generation at start-up: a run with them
+    logs exactly what a run without them logs (same samples, same updates)."""
+    probed = _run(tmp_path, tiny_model_path, "probed", ["trainer.steps=3"])[1]
+    monkeypatch.setattr(Trainer, "_say_what_is_off", lambda self: None)
+    unprobed = _run(tmp_path, tiny_model_path, "unprobed", ["trainer.steps=3"])[1]
+    assert _without_timings(probed) == _without_timings(unprobed)

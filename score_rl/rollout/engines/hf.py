@@ -107,11 +107,7 @@ class HFGenerator(Engine):
         2-token generation from a 3-token prompt (samples nothing, draws no random numbers), so a model that cannot
         is known at start-up rather than silently re-prefilled every step."""
         if self.kv_reuse_off is None:
-            limit, self.max_new_tokens = self.max_new_tokens, 2
-            try:
-                self._generate_batch([[self.pad_id] * 3], 0.0, keep_cache=True)
-            finally:
-                self.max_new_tokens = limit
+            self._generate_batch([[self.pad_id] * 3], 0.0, keep_cache=True, max_new_tokens=2)
         return self.kv_reuse_off
 
     def _reusable(self, cache, cached: int) -> bool:
@@ -150,7 +146,8 @@ class HFGenerator(Engine):
         return ids, mask
 
     def _generate_batch(self, prompts: List[List[int]], temperature: float, prefix: Optional[_Prefix] = None,
-                        keep_cache: bool = False) -> Tuple[List[Generation], Optional[_Prefix]]:
+                        keep_cache: bool = False, max_new_tokens: Optional[int] = None
+                        ) -> Tuple[List[Generation], Optional[_Prefix]]:
         device = next(self.model.parameters()).device
         cache = None
         if prefix is not None:
@@ -170,7 +167,8 @@ class HFGenerator(Engine):
         sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(
             do_sample=False, temperature=None, top_k=None, top_p=None)
         result = self.model.generate(
-            input_ids=input_ids, attention_mask=mask, max_new_tokens=self.max_new_tokens, min_new_tokens=0,
+            input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens or self.max_new_tokens,
+            min_new_tokens=0,
             eos_token_id=list(self.eos_ids), pad_token_id=self.pad_id, output_scores=True, return_dict_in_generate=True,
             num_beams=1, **(cache_kwargs(self.model, cache) if cache is not None else {}), **sampling,
         )
