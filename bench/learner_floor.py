@@ -1,4 +1,4 @@
-"""The learner's floor on bench/vs_trl.py's workload (issue 13): how long score-rl's learner takes for a step, how
+"""The learner's floor on bench/vs_trl.py's workload: how long score-rl's learner takes for a step, how
 long the same passes take as bare PyTorch, and how long bare passes take on the batch TRL's GRPOTrainer trains for
 the same completions.
 

@@ -1,4 +1,4 @@
-"""score-rl vs TRL's GRPOTrainer on the same workload: tokens/s per training step, side by side (issue 13).
+"""score-rl vs TRL's GRPOTrainer on the same workload: tokens/s per training step, side by side.
 
 The workload: the quickstart's tiny base model (configs/quickstart.yaml, built once and cached; nothing is downloaded:
 HF_HUB_OFFLINE=1), the arithmetic train split, group size 4, 256 sampled sequences per step, at most 8 new tokens,

@@ -60,7 +60,7 @@ def test_method_and_sweep_bad_input_is_one_line(tmp_path, args, expected):
     assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr
 
 
-# --- issue 14, item 9: the 14 bad inputs that gave a traceback or were accepted silently ---------------------------
+# --- the 14 bad inputs that gave a traceback or were accepted silently ---------------------------
 # Run in-process through main() (the same code path as the console script, without a 5 s interpreter start each).
 # Each must be one line `score-rl: error: ...` naming the file / key, exit 2, before any work: nothing trains (a
 # missed check would start a run and fail these tests on the output), no run directory is left behind.

@@ -92,7 +92,7 @@ def test_unknown_key_in_the_yaml_file(tmp_path):
     (b'shaping:\n  alpha: "unterminated\n', ":3:", "found unexpected end of stream"),
 ])
 def test_malformed_yaml_names_the_file_and_the_line(tmp_path, text, line_col, problem):
-    """A yaml traceback before (issue 14, item 9)."""
+    """A yaml traceback before this was handled."""
     path = tmp_path / "bad.yaml"
     path.write_bytes(text)
     msg = _error([], path=path)

@@ -32,7 +32,7 @@ def init_ray(address: Optional[str], num_cpus_needed: float, num_gpus_needed: fl
 def actor_env_vars(num_gpus_needed: float = 0.0) -> dict:
     """Environment variables of the actors of a local Ray cluster (its ``runtime_env``).
 
-    glibc malloc (issue 13, measured): with glibc's defaults an actor hands the memory a step freed back to the kernel
+    glibc malloc (measured): with glibc's defaults an actor hands the memory a step freed back to the kernel
     (blocks above the mmap threshold are unmapped, and the top of the heap is trimmed once more than the trim threshold
     is free there) and page-faults it back, zeroed, in the next step: on the quickstart ~20,000 page faults and 0.06
     CPU-s a step in the rollout worker, 0.03-0.07 in the learner (5-8 % of their CPU), where the in-process run, whose

@@ -80,7 +80,7 @@ def _children(proc):
 
 def test_local_actors_keep_freed_memory_unless_the_user_tuned_malloc(monkeypatch):
     """The local cluster's actors get glibc malloc settings that stop them page-faulting each step's memory back
-    (issue 13); a user's own malloc settings win."""
+    (measured); a user's own malloc settings win."""
     from score_rl.launch.distributed import actor_env_vars
 
     for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
