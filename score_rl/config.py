@@ -188,6 +188,10 @@ class AlgoConfig:
     is_clip: float = doc(2.0, "trainer.off_policy_steps=1: the importance weight pi/pi_sampler of each token (the "
                          "batch was sampled one update earlier) is truncated at this value (truncated IS); its mean "
                          "and the clipped fraction are logged as is_weight and is_clip_frac.")
+    skip_no_signal: bool = doc(True, "algo.name=reinforce: a step whose rewards give every turn a zero advantage (e.g. "
+                               "every sample wrong) while the policy is still the reference model makes no optimizer "
+                               "step (its gradient would be only float rounding in the KL terms, which AdamW turns "
+                               "into a full-size step); logged as update_skipped. false: update anyway.")
 
     def kl_in_the_reward(self) -> bool:
         """Where the KL sits: algo.kl_in_reward, or (null) derived from the estimator — k1 in the reward, the

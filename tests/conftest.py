@@ -20,6 +20,9 @@ TINY_OVERRIDES = [
     "model.tiny.num_heads=2", "model.tiny.warmup_examples=256", "model.tiny.warmup_epochs=1",
     "rollout.problems_per_step=4", "rollout.samples_per_problem=2", "trainer.eval_problems=8",
     "trainer.progress_bar=false", "learner.micro_batch_size=4",
+    # the suite's 1-layer model is almost never right: without this every step of its runs would skip its update
+    # (tests/train/test_trainer.py tests the rule with it on)
+    "algo.skip_no_signal=false",
 ]
 
 

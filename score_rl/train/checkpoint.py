@@ -17,6 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+from score_rl.utils import dumps_json
+
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -100,7 +102,7 @@ def save_checkpoint(root: Path, step: int, trainer_state: Dict, save_learner: Ca
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
         save_learner(str(tmp), "learner")
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+        (tmp / "trainer_state.json").write_text(dumps_json(trainer_state, indent=2))
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": _files(tmp)}, indent=2))
         _fsync_dir(tmp)
         if final.exists():

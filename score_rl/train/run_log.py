@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Dict, Optional
 
+from score_rl.utils import dumps_json
+
 
 def _cut_back(path: Path, step: int) -> None:
     """Keep the rows of steps before ``step`` (the resumed checkpoint's): the steps a killed process logged after its
@@ -48,12 +50,12 @@ class RunLogger:
         self.wandb = _start_wandb(run_dir, wandb_cfg, config) if wandb_cfg is not None and wandb_cfg.wandb else None
 
     def log(self, step: int, metrics: Dict[str, float]) -> None:
-        record = {"step": step, **{k: (None if isinstance(v, float) and math.isnan(v) else v)
-                                   for k, v in metrics.items()}}
-        self.jsonl.write(json.dumps(record) + "\n")
+        # strict JSON: an undefined value (NaN, e.g. the break rate of a batch without a right first attempt) or an
+        # infinite one is null, which every JSON parser reads
+        self.jsonl.write(dumps_json({"step": step, **metrics}) + "\n")
         self.jsonl.flush()
         scalars = {k: v for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
+                   if isinstance(v, (int, float)) and math.isfinite(v)}
         for key, value in scalars.items():
             self.tb.add_scalar(key.replace(".", "/"), value, step)
         if self.wandb is not None:

@@ -7,6 +7,7 @@ single-turn RL's one-attempt episodes, STaR's filtered traces, Pair-SFT's fixed 
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 import time
@@ -150,6 +151,7 @@ class Trainer:
         # what the signal handlers set (score-rl train installs them before the trainer is built)
         self.stop = stop if stop is not None else StopRequest()
         self.weights_version = 0  # policy version the rollout workers hold: one more per weight sync
+        self.updates = 0  # optimizer steps applied in this run (0: the policy is still the reference model)
         self.best: Optional[Dict] = None  # trainer.best_metric's best so far: {metric, mode, value, step}
         # off_policy_steps=1: the next step's batch, sampled during this one ({step: episodes}); in checkpoints too
         self.pending: Dict[int, List[Episode]] = {}
@@ -315,7 +317,7 @@ class Trainer:
             (self.run_dir / "eval_before_after.json").write_text(dumps_json(results, indent=2))
             (self.run_dir / "eval_before_after.md").write_text(table + "\n")
         # the last thing a run writes: a sweep counts the run finished only from here on
-        (self.run_dir / "run_complete.json").write_text(json.dumps(
+        (self.run_dir / "run_complete.json").write_text(dumps_json(
             {"method": self.method, "steps": steps, "seed": cfg.trainer.seed,
              "evaluated": cfg.trainer.eval_before_after}, indent=2))
         self.lock.release()
@@ -346,7 +348,7 @@ class Trainer:
             with _timed(timings, "shape"):
                 stage, extra = self.prepare(episodes, step)
             with _timed(timings, "learn"):  # {} when nothing is trained (a STaR batch without a kept trace)
-                stats = self.algorithm.update(self.learners, episodes, step)
+                stats = {} if extra.get("update_skipped") else self.algorithm.update(self.learners, episodes, step)
         except Exception as err:
             from ray.exceptions import RayActorError
 
@@ -364,6 +366,7 @@ class Trainer:
             self.pending_seconds = following.seconds
         with _timed(timings, "sync"):
             if stats:
+                self.updates += 1
                 self.push_weights()
         timings["step"] = time.perf_counter() - start
         return {**self.step_metrics(episodes, stage, stats, timings), **extra}
@@ -478,9 +481,27 @@ class Trainer:
         else:
             stage = stage_at(step, cfg.shaping)
             shape_episodes(episodes, stage, cfg.shaping)  # Eq. 3 / Eq. 4: per-turn rewards and KL coefficients
+        if self.no_learning_signal(episodes, step):
+            return stage, {"update_skipped": 1.0}
         kl_penalty = self.reward_kl(episodes) if cfg.algo.kl_in_the_reward() else None
         self.algorithm.advantages(episodes, kl_penalty)  # REINFORCE's group baselines (PPO: GAE, in its update)
-        return stage, {}
+        return stage, {"update_skipped": 0.0} if cfg.algo.name == "reinforce" else {}
+
+    def no_learning_signal(self, episodes: Sequence[Episode], step: int) -> bool:
+        """True for a REINFORCE step whose rewards give every turn a zero advantage (e.g. every sample of every problem
+        wrong) while the policy is still the reference model (no update applied yet): its only gradient is the
+        sampler/learner rounding inside the KL terms (~1e-6 per token), which AdamW's normalisation would turn into a
+        full-size step. Such a step makes no optimizer step (and skips the reference pass); it logs update_skipped 1.
+        Once the policy has moved, the KL to the reference is a real signal and every step updates. PPO always
+        updates (its critic learns from any batch); so does algo.skip_no_signal=false."""
+        if self.updates or self.cfg.algo.name != "reinforce" or not self.cfg.algo.skip_no_signal:
+            return False
+        self.algorithm.advantages(episodes, None)  # the rewards' own advantages; overwritten when the step updates
+        if any(abs(turn.advantage) > 1e-9 for ep in episodes for turn in ep.turns):
+            return False
+        self.log(f"step {step}: no learning signal (every turn's advantage is 0 and the policy is still the "
+                 f"reference model): no optimizer step")
+        return True
 
     def collect_pairs(self) -> List[Tuple[Episode, Episode]]:
         """Pair-SFT's data, once: first attempts of ``method.pair_sft_problems`` train problems sampled from the base
@@ -504,7 +525,7 @@ class Trainer:
                                          [(w.turns[0].prompt_ids, w.turns[0].response_ids, w.problem_id) for w, _ in pairs])
         self.pair_contexts = contexts
         tmp = saved.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pairs": [[asdict(w), asdict(r)] for w, r in pairs], "contexts": contexts},
+        tmp.write_text(dumps_json({"pairs": [[asdict(w), asdict(r)] for w, r in pairs], "contexts": contexts},
                                   default=str))
         tmp.replace(saved)
         self.log(f"Pair-SFT: {len(pairs)} wrong→right pairs from {len(samples)} base-model first attempts "
@@ -579,13 +600,14 @@ class Trainer:
     # --- persistence ---------------------------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
         state = {"step": step, "sampler": self.sampler.state(), "model_path": self.model_path, "best": self.best,
+                 "updates": self.updates,
                  "model_dtype": self.cfg.model.dtype}  # what model.dtype auto chose: a resume keeps it
         pending = self.pending.get(step)  # off-policy: the next batch was sampled (the sampler advanced) before it
 
         def save(directory: str, tag: str) -> None:
             self.learners.call("save_checkpoint", None, directory, tag)
             if pending is not None:  # compact: a batch of episodes with per-token log-probs
-                (Path(directory) / PENDING_FILE).write_text(json.dumps(
+                (Path(directory) / PENDING_FILE).write_text(dumps_json(
                     {"rollout_seconds": self.pending_seconds, "episodes": [asdict(ep) for ep in pending]},
                     separators=(",", ":")))
             if self.best is not None and (self.run_dir / "best").is_dir():  # the best policy as of this step
@@ -624,6 +646,7 @@ class Trainer:
                                   f"away to start over")
         self.sampler.load(state["sampler"])
         self.start_step = state["step"]
+        self.updates = state.get("updates", self.start_step)  # older checkpoints: every step counted as an update
         if pending is not None:  # the batch an uninterrupted off-policy run would train next
             self.pending = {self.start_step: [methods.episode_from_dict(ep) for ep in pending["episodes"]]}
             self.pending_seconds = pending["rollout_seconds"]
@@ -652,7 +675,7 @@ class Trainer:
         tmp = out.with_name(f".{out.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         self.learners.call("save_pretrained", None, str(tmp), critic_dir)
-        (tmp / TRAINED_MARKER).write_text(json.dumps(
+        (tmp / TRAINED_MARKER).write_text(dumps_json(
             {"base_model": self.model_path, "run_dir": str(self.run_dir), "method": self.method, **info}, indent=2))
         if out.exists():
             shutil.rmtree(out)
@@ -695,7 +718,7 @@ class Trainer:
         if not key.startswith("eval/") and not getattr(self, "_best_seen", False) and self._best_misses == 3:
             self.log(f"warning: config key 'trainer.best_metric' is {key!r}, which this run does not log; no best "
                      f"policy is kept. Logged: {', '.join(sorted(k for k in metrics if not k.startswith('time/')))}")
-        if key not in metrics or metrics[key] is None or metrics[key] != metrics[key]:  # absent / NaN
+        if key not in metrics or metrics[key] is None or not math.isfinite(metrics[key]):  # absent / NaN / ±inf
             return
         value = float(metrics[key])
         if self.best is not None and not (value > self.best["value"] if mode == "max" else value < self.best["value"]):

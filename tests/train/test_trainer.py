@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -319,3 +320,78 @@ def test_the_start_up_probes_change_nothing_a_run_samples_or_trains(tmp_path, ti
     monkeypatch.setattr(Trainer, "_say_what_is_off", lambda self: None)
     unprobed = _run(tmp_path, tiny_model_path, "unprobed", ["trainer.steps=3"])[1]
     assert _without_timings(probed) == _without_timings(unprobed)
+
+
+def _zero_rewards(monkeypatch, calls=None):
+    """Every shaped reward 0 (on the first ``calls`` steps; None: on every step): a batch with nothing to learn."""
+    import score_rl.train.trainer as trainer_module
+
+    real, seen = trainer_module.shape_episodes, []
+
+    def shape(episodes, stage, shaping):
+        real(episodes, stage, shaping)
+        seen.append(stage)
+        if calls is None or len(seen) <= calls:
+            for ep in episodes:
+                for turn in ep.turns:
+                    turn.shaped_reward = 0.0
+
+    monkeypatch.setattr(trainer_module, "shape_episodes", shape)
+
+
+def _rewards_to_learn_from(monkeypatch):
+    """The first sample of every problem right, the others wrong: every group has an advantage."""
+    import score_rl.train.trainer as trainer_module
+
+    real = trainer_module.shape_episodes
+
+    def shape(episodes, stage, shaping):
+        first = set()
+        for ep in episodes:
+            for turn in ep.turns:
+                turn.reward = float(ep.problem_id not in first)
+            first.add(ep.problem_id)
+        real(episodes, stage, shaping)
+
+    monkeypatch.setattr(trainer_module, "shape_episodes", shape)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+@pytest.mark.parametrize("skip_rule", [True, False])
+def test_a_step_without_learning_signal_makes_no_optimizer_step(tmp_path, tiny_model_path, monkeypatch, skip_rule):
+    """Every reward 0 before the policy has moved: the gradient is only sampler/learner rounding inside the KL terms,
+    and one AdamW step would turn it into a full-size update. The step makes none and says so; the next step, which
+    has rewards to learn from, updates. (With the rule switched off, the same step moves every weight: the check can
+    fail.)"""
+    import torch
+
+    _zero_rewards(monkeypatch, calls=1)
+    trainer, rows = _run(tmp_path, tiny_model_path, "one", ["trainer.steps=1", f"algo.skip_no_signal={skip_rule}"])
+    base, after = _weights(tiny_model_path), _weights(trainer.run_dir / "final")
+    changed = [k for k in base if not torch.equal(base[k], after[k])]
+    if skip_rule:
+        assert rows[0]["update_skipped"] == 1.0 and "grad_norm" not in rows[0] and "loss" not in rows[0]
+        assert changed == [], "a step without learning signal moved the policy"
+        _rewards_to_learn_from(monkeypatch)
+        _, rows = _run(tmp_path, tiny_model_path, "two", ["algo.skip_no_signal=true", "trainer.steps=2"])
+        assert [r["update_skipped"] for r in rows] == [0.0, 0.0] and rows[0]["grad_norm"] > 0
+    else:
+        assert rows[0]["update_skipped"] == 0.0 and rows[0]["grad_norm"] < 1e-3
+        assert len(changed) > len(base) // 2, "the zero-signal AdamW step should move the weights"
+
+
+def test_the_no_signal_rule_survives_a_resume(tmp_path, tiny_model_path, monkeypatch):
+    """The count of applied updates is in the checkpoint: a run resumed after skipped steps still knows its policy is
+    the reference (and a run resumed after an update knows it is not)."""
+    _zero_rewards(monkeypatch)
+    run = ["trainer.checkpoint_every=1", f"trainer.run_dir={tmp_path / 'r'}", "algo.skip_no_signal=true"]
+    _run(tmp_path, tiny_model_path, "a", run + ["trainer.steps=2"])
+    state = json.loads((tmp_path / "r" / "checkpoints" / "step_0000002" / "trainer_state.json").read_text())
+    assert state["updates"] == 0
+    _, rows = _run(tmp_path, tiny_model_path, "b", run + ["trainer.steps=3"])
+    assert [r["update_skipped"] for r in rows] == [1.0, 1.0, 1.0]
