@@ -21,9 +21,12 @@ the test split is carved out of the train file the same way; with ``test_path`` 
 Answer extraction (from a model's attempt)
 ------------------------------------------
 1. The paper's format, ``Final Answer: The final answer is $X$. I hope it is correct.`` (the last "final answer
-   is", case-insensitive; ``$X$``, ``$$X$$`` or, without dollars, the rest of the line);
+   is", case-insensitive, that states an answer — "The final answer is correct." is a verdict, and the one before it
+   counts; ``$X$``, ``$$X$$`` or, without dollars, the rest of the line);
 2. else the last ``\\boxed{X}`` / ``\\fbox{X}`` (balanced braces; ``\\boxed X`` too);
-3. else nothing: reward 0, reason ``"no answer extracted"``.
+3. else the last "answer is X", read the same way (real small instruct models write "So, the answer is $4$." or "The
+   answer is 8." however the prompt asks; tests/envs/fixtures/smollm2_math.jsonl holds SmolLM2-135M's own);
+4. else nothing: reward 0, reason ``"no answer extracted"``.
 
 Verification (reward 1 = equivalent to the reference, else 0)
 -------------------------------------------------------------
@@ -163,6 +166,7 @@ class MathEnv(PooledEnv):
     @dataclass
     class Params:
         train_path: Optional[str] = None  # .jsonl / .parquet, MATH or GSM8K style; None: the shipped sample set
+        dataset: Optional[str] = None  # "champ": CHAMP's checkable problems from the installed package (envs/champ.py)
         test_path: Optional[str] = None  # None: num_test problems carved out of the train data
         num_test: int = 500  # held-out problems when test_path is not given (at most a quarter of the data)
         timeout_s: float = 5.0  # wall-clock limit of one item's math-verify check
@@ -182,9 +186,22 @@ class MathEnv(PooledEnv):
             raise ConfigError(f"config key 'env.params.workers' must be >= 1, got {p.workers}")
         if p.memory_mb < 0 or p.num_test < 0:
             raise ConfigError("config keys 'env.params.memory_mb' and 'env.params.num_test' must be >= 0")
+        if p.dataset not in (None, "champ"):
+            raise ConfigError(f"config key 'env.params.dataset' must be null (data files) or 'champ', got {p.dataset!r}")
+        if p.dataset is not None and (p.train_path is not None or p.test_path is not None):
+            raise ConfigError("config keys 'env.params.dataset' and 'env.params.train_path' / 'test_path' exclude each "
+                              "other: set one of them")
         self._splits: Dict[str, List[Problem]] = {}
         self.metadata: Dict[str, Dict[str, Any]] = {}
-        if p.train_path is None and p.test_path is None:
+        self.left_out: Dict[str, int] = {}  # dataset=champ: problems without a checkable answer, by reason
+        if p.dataset == "champ":
+            from score_rl.envs.champ import load_champ
+
+            records, left_out = load_champ()
+            self.left_out = dict(left_out)
+            self._split_off_test([_to_problem(rec, "train", i, f"CHAMP {rec['unique_id']}")
+                                  for i, rec in enumerate(records)])
+        elif p.train_path is None and p.test_path is None:
             self._split_off_test(load_problems(SAMPLE_PATH, "train"))
         elif p.test_path is None:
             self._split_off_test(load_problems(p.train_path, "train"))

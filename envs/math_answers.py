@@ -11,6 +11,9 @@ from typing import Optional, Tuple
 _FINAL_ANSWER = re.compile(r"final answer is", re.IGNORECASE)
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _I_HOPE = re.compile(r"\s*I hope\b", re.IGNORECASE)
+# how real small models state an answer outside the paper's format ("So, the answer is $4$.", "The answer is 8.")
+_ANSWER_IS = re.compile(r"\banswer is\b", re.IGNORECASE)
+_VERDICTS = frozenset({"correct", "incorrect", "wrong", "right", "not correct", "correct!"})
 
 
 def _braced(text: str, open_pos: int) -> Optional[Tuple[str, int]]:
@@ -91,14 +94,14 @@ def _unwrap_box(answer: str) -> str:
     return s
 
 
-def extract_answer_with_source(text: str) -> Tuple[Optional[str], Optional[str]]:
-    """(answer, "final_answer" | "boxed") or (None, None); see the module docstring for the rules."""
-    finals = list(_FINAL_ANSWER.finditer(text))
-    if finals:
-        rest = text[finals[-1].end():]
+def _stated_answer(text: str, phrase: "re.Pattern[str]") -> Optional[str]:
+    """The answer after the last ``phrase`` that states one: ``$X$`` / ``$$X$$`` (a whole ``\\boxed{X}`` unwrapped), else
+    the rest of its sentence (up to ". " or the line's end) without "I hope it is correct". A verdict on the solution
+    ("The final answer is correct.") is not an answer: the phrase before it counts."""
+    for match in reversed(list(phrase.finditer(text))):
+        rest = text[match.end():]
         stripped = rest.lstrip(" \t:")
         offset = len(rest) - len(stripped)
-        answer = None
         if stripped.startswith("$"):
             answer = _dollar_delimited(rest, offset)
         else:
@@ -106,22 +109,34 @@ def extract_answer_with_source(text: str) -> Tuple[Optional[str], Optional[str]]
             hope = _I_HOPE.search(line)
             if hope:
                 line = line[:hope.start()]
-            line = line.strip()
-            if line.endswith("."):
-                line = line[:-1]
-            answer = line
-        if answer is not None:
-            answer = _unwrap_box(answer).strip()
-            if answer:
-                return answer, "final_answer"
+            answer = re.split(r"\.\s", line.strip(), maxsplit=1)[0]  # up to the sentence's end
+            if answer.endswith("."):
+                answer = answer[:-1]
+        if answer is None:
+            return None  # an unclosed "$": no answer from this phrase (an earlier one would be a guess)
+        answer = _unwrap_box(answer).strip()
+        if answer and answer.lower() not in _VERDICTS:
+            return answer
+    return None
+
+
+def extract_answer_with_source(text: str) -> Tuple[Optional[str], Optional[str]]:
+    """(answer, "final_answer" | "boxed" | "answer_is") or (None, None); see the module docstring for the rules."""
+    answer = _stated_answer(text, _FINAL_ANSWER)
+    if answer:
+        return answer, "final_answer"
     boxed = last_boxed(text)
     if boxed:
         return boxed, "boxed"
+    answer = _stated_answer(text, _ANSWER_IS)
+    if answer:
+        return answer, "answer_is"
     return None, None
 
 
 def extract_answer(text: str) -> Optional[str]:
-    """The final answer of a response: the paper's "The final answer is $X$" line, else the last \\boxed{X}."""
+    """The final answer of a response: the paper's "The final answer is $X$" line, else the last \\boxed{X}, else the
+    last "the answer is X"."""
     return extract_answer_with_source(text)[0]
 
 

@@ -174,7 +174,7 @@ def write_eval_outputs(out_dir: Path, report: EvalReport, cfg: Config) -> None:
     with open(out_dir / "episodes.jsonl", "w") as f:
         for name, eps in report.episodes.items():
             for ep in eps:
-                f.write(json.dumps(episode_record(name, ep), default=str) + "\n")
+                f.write(dumps_json(episode_record(name, ep), default=str) + "\n")
     (out_dir / "summary.json").write_text(dumps_json(
         {"metrics": report.metrics, "scaling": report.scaling, "split": cfg.eval.split,
          "num_problems": len(next(iter(report.episodes.values()))), "num_turns": cfg.eval.num_turns,

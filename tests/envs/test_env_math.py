@@ -19,6 +19,7 @@ from score_rl.envs.math import (
 # An answer that makes sympy run for minutes without math-verify's SIGALRM timeout: comparing the power tower with 1
 # (numeric evaluation of 9^(9^(9^9))). Checked in a subprocess: no verdict after 20 s, CPU-bound at ~80 MB.
 HANG_ANSWER = r"9^{9^{9^{9}}}"
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -199,12 +200,20 @@ def test_normalize_answer_never_equates_empty_strings(env):
     ("\\fbox{5}", "5", "boxed"),
     ("$\\boxed 5$", "5", "boxed"),
     ("The final answer is $3 (unclosed, so the boxed one counts: \\boxed{4}", "4", "boxed"),
+    # as real small instruct models write it, outside the paper's format
+    ("So, the answer is $4$.", "4", "answer_is"),
+    ("The answer is 8.", "8", "answer_is"),
+    ("The answer is 5", "5", "answer_is"),
+    ("\\boxed{3} ... so the answer is 4.", "3", "boxed"),
+    ("The final answer is 10.\n\nThe final answer is correct.", "10", "final_answer"),  # a verdict is not an answer
+    ("The answer is 6. The answer is wrong.", "6", "answer_is"),
 ])
 def test_extraction(text, answer, source):
     assert extract_answer_with_source(text) == (answer, source)
 
 
-@pytest.mark.parametrize("text", ["", "I am not sure.", "The answer is 5", "\\boxed{3", "\\boxed{}", "The final answer is $$"])
+@pytest.mark.parametrize("text", ["", "I am not sure.", "The answer is", "\\boxed{3", "\\boxed{}", "The final answer is $$",
+                                  "The final answer is correct.", "...\n\nThe final answer is"])
 def test_no_answer_extracted(env, text):
     assert extract_answer(text) is None
     verdict = env.verify(text, "5")
@@ -230,7 +239,7 @@ def test_malformed_answers_never_reach_sympy(env):
     # an unescaped $ inside the answer (two inline answers) and unbalanced braces: string comparison only
     verdicts = env.verify_batch([r"The final answer is 3$ or $4. I hope it is correct.", r"The final answer is 4}. ok"],
                                 ["4", "4"])
-    assert [v.info["extracted"] for v in verdicts] == ["3$ or $4", "4}. ok"]
+    assert [v.info["extracted"] for v in verdicts] == ["3$ or $4", "4}"]
     assert [v.reward for v in verdicts] == [0.0, 0.0]
     assert all(v.info["method"] == "string" for v in verdicts)
     # "$X$" takes the first dollar group after "final answer is"
@@ -506,3 +515,75 @@ def test_make_env_builds_the_math_env():
     with pytest.raises(ConfigError, match="validation"):
         env.problems("validation")
     env.close()
+
+
+# =================================================================================================================
+# CHAMP from the installed champ-dataset package (envs/champ.py)
+# =================================================================================================================
+@pytest.mark.parametrize("raw,answer,why", [
+    ("239", "239", ""),
+    ("@@-3@@", "-3", ""),
+    ("@@C(10, 5)@@, or equivalently @@252@@", "252", ""),
+    ("100 (i.e., all values)", "100", ""),
+    ("@@4^n@@", "4^n", ""),
+    ("@@(x^2+x+1)(x^2-x+1)@@", "(x^2+x+1)(x^2-x+1)", ""),
+    ("@@2^floor(n/2)*floor(n/2)!@@", "", "an expression with named functions"),
+    ("Yes", "", "a prose or yes/no answer"),
+    ("0 is the only possible value", "", "a prose or yes/no answer"),
+    ("9642 and 87531", "", "several values"),
+    ("@@(x=1, y=2)@@ and @@(x=2, y=1)@@", "", "several values"),
+])
+def test_champ_answers_are_kept_only_where_math_verify_can_check_them(raw, answer, why):
+    from score_rl.envs.champ import final_answer
+
+    assert final_answer(raw) == (answer, why)
+
+
+def test_the_champ_dataset_loads_from_the_package_with_what_was_left_out_counted():
+    from score_rl.envs.champ import load_champ
+
+    records, left_out = load_champ()
+    assert len(records) + sum(left_out.values()) == 270  # champ-dataset 1.0.0, v0.json
+    assert len(records) == 125 and dict(left_out) == {"a prose or yes/no answer": 98, "several values": 26,
+                                                       "an expression with named functions": 21}
+    assert len({r["unique_id"] for r in records}) == 125
+    assert all("@@" not in r["problem"] and r["answer"] for r in records)
+    env = MathEnv({"dataset": "champ", "workers": 1}, PromptConfig(), seed=0)
+    try:
+        train, test = env.problems("train"), env.problems("test")
+        assert (len(train), len(test)) == (94, 31)  # a quarter held out (num_test defaults to 500)
+        assert env.left_out == dict(left_out) and env.metadata[test[0].id]["type"] in {
+            "Combinatorics", "Number-Theory", "Inequality", "Polynomial", "Sequence"}
+        # every kept gold answer, boxed, is judged right against itself, and a wrong number is not
+        golds = [p.reference for p in test]
+        assert [v.reward for v in env.verify_batch([f"\\boxed{{{g}}}" for g in golds], golds)] == [1.0] * len(golds)
+        assert [v.reward for v in env.verify_batch(["\\boxed{123457}"] * 3, golds[:3])] == [0.0] * 3
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"dataset": "gsm8k"}, "must be null .data files. or 'champ'"),
+    ({"dataset": "champ", "train_path": "x.jsonl"}, "exclude each other"),
+])
+def test_a_wrong_dataset_setting_is_one_config_error(params, match):
+    with pytest.raises(ConfigError, match=match):
+        MathEnv(params)
+
+
+def test_real_smollm2_answers_are_read_as_the_model_states_them(env):
+    """Greedy two-turn episodes of SmolLM2-135M-Instruct under configs/score_math.yaml's prompts (the paper's
+    "Final Answer: The final answer is $X$" instruction), captured with `score-rl eval` on the shipped sample, CHAMP and
+    ten easy LaTeX problems; each row's answer and reward checked by hand. They hold what a real small model writes:
+    "So, the answer is $4$.", "$3^2 = 9$" (right: an equation's right-hand side), "$x + 5 = 12$" (restating the
+    problem: wrong), the prompt's "$answer$" copied literally, "The final answer is correct." after the answer, and
+    responses cut off at "The final answer is"."""
+    rows = [json.loads(line) for line in (FIXTURES / "smollm2_math.jsonl").read_text().splitlines()]
+    assert len(rows) == 52 and {r["source"] for r in rows} == {"math_sample", "champ", "easy"}
+    verdicts = env.verify_batch([r["response"] for r in rows], [r["reference"] for r in rows])
+    for row, verdict in zip(rows, verdicts):
+        assert verdict.info["extracted"] == row["answer"], row
+        assert verdict.reward == row["reward"], row
+    assert sum(r["answer"] is not None for r in rows) == 31 and sum(r["reward"] for r in rows) == 1
+    # without the "answer is" rule these 4 would be "no answer extracted"
+    assert sum(verdict.info["source"] == "answer_is" for verdict in verdicts) == 4
