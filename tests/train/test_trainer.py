@@ -377,6 +377,7 @@ def test_a_step_without_learning_signal_makes_no_optimizer_step(tmp_path, tiny_m
     if skip_rule:
         assert rows[0]["update_skipped"] == 1.0 and "grad_norm" not in rows[0] and "loss" not in rows[0]
         assert changed == [], "a step without learning signal moved the policy"
+        assert json.loads((trainer.run_dir / "run_complete.json").read_text())["updates"] == 0
         _rewards_to_learn_from(monkeypatch)
         _, rows = _run(tmp_path, tiny_model_path, "two", ["algo.skip_no_signal=true", "trainer.steps=2"])
         assert [r["update_skipped"] for r in rows] == [0.0, 0.0] and rows[0]["grad_norm"] > 0
@@ -393,5 +394,11 @@ def test_the_no_signal_rule_survives_a_resume(tmp_path, tiny_model_path, monkeyp
     _run(tmp_path, tiny_model_path, "a", run + ["trainer.steps=2"])
     state = json.loads((tmp_path / "r" / "checkpoints" / "step_0000002" / "trainer_state.json").read_text())
     assert state["updates"] == 0
-    _, rows = _run(tmp_path, tiny_model_path, "b", run + ["trainer.steps=3"])
+    lines = []
+    cfg = tiny_config(tmp_path / "b", [f"model.path={tiny_model_path}", "ray.enabled=false", "trainer.steps=3",
+                                       "trainer.eval_before_after=false", *run])
+    Trainer(cfg, log=lines.append).fit()
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["update_skipped"] for r in rows] == [1.0, 1.0, 1.0]
+    assert "3 of 3 steps made no optimizer step (no learning signal, or nothing kept); warning: the policy was never " \
+           "updated: final/ is the base model" in lines
