@@ -171,7 +171,8 @@ def write_report(out_dir: str | Path, log: Callable = print) -> Path:
             lines.append(f"Failed runs (failed.json in their directories): {', '.join(failed)}.")
         if missing:
             lines.append(f"Unfinished runs (not in the table): {', '.join(missing)}.")
-    lines += ["", "Edit rate: share of episodes whose second answer differs from the first.", ""]
+    lines += ["", "Edit rate: share of episodes whose second attempt's text differs from the first's (a rephrasing "
+              "with the same answer counts).", ""]
     md = report / "summary.md"
     md.write_text("\n".join(lines))
     plan_runs = {r["run_id"]: r for r in plan["runs"]}
