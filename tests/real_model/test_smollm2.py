@@ -77,7 +77,9 @@ def test_two_training_steps_on_the_sampled_distribution(tmp_path, model_dir):
                                "trainer.steps=2", "trainer.eval_before_after=false", "rollout.problems_per_step=2",
                                "rollout.samples_per_problem=2", "rollout.max_new_tokens=16",
                                "learner.micro_batch_size=4", "trainer.progress_bar=false",
-                               f"trainer.run_dir={tmp_path / 'run'}"])
+                               # the check needs the learner's pass on every step: update even on a batch that is
+                               # all wrong (4 episodes of a 135M model often are; algo.skip_no_signal would skip it)
+                               "algo.skip_no_signal=false", f"trainer.run_dir={tmp_path / 'run'}"])
     lines = []
     trainer = Trainer(cfg, log=lines.append)
     trainer.fit()
