@@ -24,6 +24,7 @@ The vLLM CPU engine is measured by bench/rollout_engines.py, not here (it needs 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -33,10 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-LEVERS = {
+LEVERS = {  # name: config overrides (None: the baseline's, with logits_to_keep hidden from the learner)
     "baseline": [],
     "share_prompt_prefix=false": ["learner.share_prompt_prefix=false"],
-    "no logits_to_keep": ["NO_LOGITS_TO_KEEP"],
+    "no logits_to_keep": None,
     "LoRA r=16": ["model.lora.r=16", "learner.lr=1e-4"],
     "bfloat16": ["model.dtype=bfloat16"],
     "half the batch": ["rollout.problems_per_step=4"],
@@ -50,8 +51,8 @@ def run(name: str, overrides, args) -> dict:
     from score_rl.train.trainer import Trainer
 
     real_accepts = logprobs.accepts
-    if "NO_LOGITS_TO_KEEP" in overrides:
-        overrides = [o for o in overrides if o != "NO_LOGITS_TO_KEEP"]
+    if overrides is None:
+        overrides = []
         logprobs.accepts = lambda model, name: name != "logits_to_keep" and real_accepts(model, name)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -64,8 +65,6 @@ def run(name: str, overrides, args) -> dict:
             trainer = Trainer(cfg, log=lambda *_: None)
             started = time.perf_counter() - start
             trainer.fit()
-            import json
-
             rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     finally:
         logprobs.accepts = real_accepts

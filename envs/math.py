@@ -187,7 +187,8 @@ class MathEnv(PooledEnv):
         if p.memory_mb < 0 or p.num_test < 0:
             raise ConfigError("config keys 'env.params.memory_mb' and 'env.params.num_test' must be >= 0")
         if p.dataset not in (None, "champ"):
-            raise ConfigError(f"config key 'env.params.dataset' must be null (data files) or 'champ', got {p.dataset!r}")
+            raise ConfigError(f"config key 'env.params.dataset' must be null (data files) or 'champ', "
+                              f"got {p.dataset!r}")
         if p.dataset is not None and (p.train_path is not None or p.test_path is not None):
             raise ConfigError("config keys 'env.params.dataset' and 'env.params.train_path' / 'test_path' exclude each "
                               "other: set one of them")

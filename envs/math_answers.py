@@ -97,8 +97,8 @@ def _unwrap_box(answer: str) -> str:
 
 
 def _stated_answer(text: str, phrase: "re.Pattern[str]") -> Optional[str]:
-    """The answer after the last ``phrase`` that states one: ``$X$`` / ``$$X$$`` (a whole ``\\boxed{X}`` unwrapped), else
-    the rest of its sentence (up to ". " or the line's end) without "I hope it is correct"; when the line ends right
+    """The answer after the last ``phrase`` that states one: ``$X$`` / ``$$X$$`` (a whole ``\\boxed{X}`` unwrapped),
+    else the rest of its sentence (up to ". " or the line's end) without "I hope it is correct"; when the line ends right
     after the phrase, the next non-blank line if it starts with ``$`` or ``\\boxed``. Only a phrase that states no
     answer at all lets an earlier one count: a verdict ("The final answer is correct.") or the very end of the text (a
     response cut off after "The final answer is"); anything else unreadable (an unclosed ``$``, an answer on the next
@@ -113,13 +113,11 @@ def _stated_answer(text: str, phrase: "re.Pattern[str]") -> Optional[str]:
         if pos < limit and text[pos] in "\r\n":  # the answer on a later line: only a formula counts
             while pos < limit and text[pos].isspace():
                 pos += 1
-            if pos == n:
-                continue  # cut off after the phrase
-            if not (text.startswith("$", pos) or _BOX_COMMAND.match(text, pos)):
+            if pos < limit and not (text.startswith("$", pos) or _BOX_COMMAND.match(text, pos)):
                 return None
+        if pos == n:
+            continue  # cut off after the phrase
         if pos >= limit:
-            if pos == n:
-                continue
             return None
         if text[pos] == "$":
             answer = _dollar_delimited(text, pos)

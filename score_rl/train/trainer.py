@@ -302,7 +302,7 @@ class Trainer:
             raise TrainingStopped(self.stop.signum, self._stopped_message(done, steps))
         self.save_final(steps)
         skipped = steps - self.updates
-        if skipped > 0 and self.method != "self_refine":  # said at the end of every run, resumed or not
+        if skipped > 0:  # said at the end of every run, resumed or not (Self-Refine trains 0 steps)
             self.log(f"{skipped} of {steps} steps made no optimizer step (no learning signal, or nothing kept)"
                      + ("; warning: the policy was never updated: final/ is the base model" if not self.updates
                         else ""))
@@ -719,7 +719,8 @@ class Trainer:
         if key in metrics:
             self._best_seen = True
         # a step without an update logs no learner statistics: not a miss
-        self._best_misses = getattr(self, "_best_misses", 0) + (key not in metrics and not metrics.get("update_skipped"))
+        missed = key not in metrics and not metrics.get("update_skipped")
+        self._best_misses = getattr(self, "_best_misses", 0) + missed
         # said once, after 3 steps without it (a step may lack learner statistics, e.g. STaR with nothing kept)
         if not key.startswith("eval/") and not getattr(self, "_best_seen", False) and self._best_misses == 3:
             self.log(f"warning: config key 'trainer.best_metric' is {key!r}, which this run does not log; no best "

@@ -402,3 +402,41 @@ def test_the_no_signal_rule_survives_a_resume(tmp_path, tiny_model_path, monkeyp
     assert [r["update_skipped"] for r in rows] == [1.0, 1.0, 1.0]
     assert "3 of 3 steps made no optimizer step (no learning signal, or nothing kept); warning: the policy was never " \
            "updated: final/ is the base model" in lines
+
+
+def _signal_from_step(monkeypatch, first: int):
+    """Steps before ``first``: every reward 0 (nothing to learn); from it on, the first sample of each problem right.
+    Keyed on the step number, so a resumed process sees the same rewards as an uninterrupted one."""
+    import score_rl.train.trainer as trainer_module
+
+    real_stage, real_shape, current = trainer_module.stage_at, trainer_module.shape_episodes, {}
+
+    def stage(step, shaping):
+        current["step"] = step
+        return real_stage(step, shaping)
+
+    def shape(episodes, stage, shaping):
+        seen = set()
+        for ep in episodes:
+            for turn in ep.turns:
+                turn.reward = float(current["step"] >= first and ep.problem_id not in seen)
+            seen.add(ep.problem_id)
+        real_shape(episodes, stage, shaping)
+
+    monkeypatch.setattr(trainer_module, "stage_at", stage)
+    monkeypatch.setattr(trainer_module, "shape_episodes", shape)
+
+
+@pytest.mark.parametrize("mode", [[], ["trainer.off_policy_steps=1"]], ids=["on-policy", "off-policy"])
+def test_a_run_that_skipped_its_first_step_resumes_as_if_uninterrupted(tmp_path, tiny_model_path, monkeypatch, mode):
+    """Resume point invariance with the no-signal rule on: step 0 is skipped, steps 1-2 update; resumed after step 1
+    (the checkpoint holds 0 updates, and off-policy also the batch of step 1 sampled by the base model), the run logs
+    exactly what a run of 3 steps straight logs."""
+    _signal_from_step(monkeypatch, first=1)
+    common = ["algo.skip_no_signal=true", *mode]
+    _, straight = _run(tmp_path, tiny_model_path, "straight", ["trainer.steps=3", *common])
+    assert [r["update_skipped"] for r in straight] == [1.0, 0.0, 0.0]
+    run = [f"trainer.run_dir={tmp_path / 'resumed'}", "trainer.checkpoint_every=1", *common]
+    _run(tmp_path, tiny_model_path, "first", run + ["trainer.steps=1"])
+    _, resumed = _run(tmp_path, tiny_model_path, "second", run + ["trainer.steps=3"])
+    assert _without_timings(resumed) == _without_timings(straight)
