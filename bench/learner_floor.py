@@ -7,9 +7,9 @@ real step's batch (32 problems x 4 samples x 2 turns, sampled and shaped by scor
 --reps times after 3 warm-ups:
 
 - score-rl: the learner's share of a step as Trainer.train_step runs it (with learner.share_prompt_prefix on, the
-  default, and off) — the reference log-probs for the reward's
-  KL (`Trainer.reward_kl`, the "shape" phase) and one update (`Learner.train_step`: collate, forward, loss, backward,
-  DeepSpeed step), on a fresh copy of the episodes (copied before the timing);
+  default, and off) — the reference log-probs for the reward's KL (`reward_kl` in score_rl/train/algorithms.py, the
+  "shape" phase) and one update (`Learner.train_step`: collate, forward, loss, backward, DeepSpeed step), on a fresh
+  copy of the episodes (copied before the timing);
 - bare (score-rl's batch): the same three passes on pre-collated tensors with plain torch — reference forward, policy
   forward, REINFORCE loss on the response tokens, backward, grad-norm clip, AdamW — micro-batches of 64 episodes,
   logits from each micro-batch's first response token on, as the learner computes them;
@@ -95,6 +95,12 @@ def trl_batches(episodes, pad_id: int, micro: int):
     return out
 
 
+
+def shape(trainer, episodes) -> None:
+    """Steps 2-4 of a training step: the method's per-turn rewards, the reward's KL penalty, the advantages."""
+    trainer.method.rewards(episodes, 0)
+    trainer.advantages(episodes, 0)
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -119,11 +125,11 @@ def main() -> None:
         trainer = Trainer(cfg, log=lambda *_: None)
         torch.set_num_threads(args.threads)
         episodes = trainer.step_episodes(0)
-        trainer.prepare(copy.deepcopy(episodes), 0)  # warm the learner's reference path once
+        shape(trainer, copy.deepcopy(episodes))  # warm the learner's reference path once
         learner = trainer.learners.members[0]
         pad_id = learner.tokenizer.pad_token_id
         shaped = copy.deepcopy(episodes)
-        trainer.prepare(shaped, 0)
+        shape(trainer, shaped)
         micro = cfg.learner.micro_batch_size
 
         copies = [copy.deepcopy(episodes) for _ in range(2 * (args.reps + WARMUP))]  # made before any timing
@@ -132,7 +138,7 @@ def main() -> None:
             def run() -> None:
                 learner.cfg = replace(learner.cfg, learner=replace(learner.cfg.learner, share_prompt_prefix=share))
                 batch = copies.pop()
-                trainer.prepare(batch, 0)  # shaping, with the reference log-probs for the reward's KL
+                shape(trainer, batch)  # shaping, with the reference log-probs for the reward's KL
                 learner.train_step(batch, learner_denominator(batch, cfg.algo.loss_agg))
             return run
 

@@ -84,16 +84,16 @@ class ArithmeticEnv(Env):
         super().__init__(*args, **kwargs)
         p = self.params
         if not 0 <= p.min_operand <= p.max_operand:
-            from score_rl.config import ConfigError
+            from score_rl.errors import ConfigError
 
             raise ConfigError("config key 'env.params.min_operand' must be in [0, max_operand]")
         if p.drop_hundreds_from < 100:
-            from score_rl.config import ConfigError
+            from score_rl.errors import ConfigError
 
             raise ConfigError("config key 'env.params.drop_hundreds_from' must be >= 100 (a sum below has no hundreds "
                               f"digit), got {p.drop_hundreds_from}")
         if p.answer not in ("first", "final"):
-            from score_rl.config import ConfigError
+            from score_rl.errors import ConfigError
 
             raise ConfigError(f"config key 'env.params.answer' must be first or final, got {p.answer!r}")
         self._splits = self._split(p.min_operand, p.max_operand, p.num_test, self.seed)
@@ -128,7 +128,7 @@ class ArithmeticEnv(Env):
 
     def problems(self, split: str) -> List[Problem]:
         if split not in self._splits:
-            from score_rl.config import ConfigError
+            from score_rl.errors import ConfigError
 
             raise ConfigError(f"env '{self.name}' has no split '{split}' (splits: {sorted(self._splits)})")
         return [Problem(id=f"{split}/{a}+{b}", text=f"{a} + {b}", reference=a + b) for a, b in self._splits[split]]

@@ -10,7 +10,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Type
 
-from score_rl.config import ConfigError, EnvConfig, PromptConfig
+from score_rl.config import EnvConfig, PromptConfig
+from score_rl.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from score_rl.config import ConfigError
+from score_rl.errors import ConfigError
 
 VERSION = "v0"
 _NUMBER = r"-?\d+(?:\.\d+)?"

@@ -11,7 +11,8 @@ Datasets (``env.params.dataset``):
   ``"MBPP/<task_id>"``. The problem text is the task description plus the signature of the function the tests call
   (``Your code should define the function `remove_Occ(s, ch)`.``), taken from the reference code, never from the
   tests: without the name the model could not know what to define, and the tests themselves are never shown
-  (SCORE_NOTES: "Code tests are never shown to the model"). The MBPP paper's prompt lists three asserts; we don't.
+  (docs/envs.md, `code`). The MBPP paper's prompt (Austin et al., 2021, *Program Synthesis with Large Language
+  Models*) lists three asserts; ours does not.
 
 Verification (reward 1 only when every test passes): the program is extracted from the response
 (``envs/code_extraction.py``), then run with the tests in ``score_rl.sandbox`` (a subprocess with namespaces, a
@@ -34,7 +35,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from score_rl.config import ConfigError
+from score_rl.errors import ConfigError
 from score_rl.envs.base import PooledEnv, Problem, Verdict, check_batch
 from score_rl.envs.code_extraction import extract_code
 from score_rl.sandbox import ExecResult, Sandbox, SandboxConfig

@@ -68,7 +68,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from score_rl.config import ConfigError
+from score_rl.errors import ConfigError
 from score_rl.envs.base import PooledEnv, Problem, Verdict, check_batch
 from score_rl.envs.math_answers import (  # noqa: F401 - re-exported
     _THOUSANDS, _balanced, extract_answer, extract_answer_with_source, last_boxed, normalize_answer, strings_equivalent,

@@ -1,4 +1,7 @@
-"""``score-rl {train, eval, score, sweep, plot, get-model}``. Bad input exits non-zero with one line naming the problem."""
+"""``score-rl {train, eval, score, sweep, plot, get-model}``.
+
+Bad input exits non-zero with one line naming the problem.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +13,15 @@ USAGE_ERROR = 2
 
 
 def _parser() -> argparse.ArgumentParser:
+    from score_rl.algos.methods import PRESETS
+
     p = argparse.ArgumentParser(prog="score-rl", description="SCoRe: train language models to self-correct with RL")
     sub = p.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a policy (SCoRe Stage I then Stage II)")
     train.add_argument("config", help="YAML config file, e.g. configs/quickstart.yaml")
     train.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. shaping.alpha=5 rollout.num_workers=2")
-    train.add_argument("--method", metavar="NAME", help="a named method or ablation (score, no_stage1, no_shaping, "
-                       "with_gamma, multi_turn_rl, single_turn_rl, star, star_d, pair_sft, self_refine): its config "
-                       "diff is applied before the overrides")
+    train.add_argument("--method", metavar="NAME", help=f"a named method or ablation ({', '.join(PRESETS)}): its "
+                       "config diff is applied before the overrides")
     ev = sub.add_parser("eval", help="K-turn evaluation of one or more model directories, side by side")
     ev.add_argument("config", help="YAML config naming the env and prompts, e.g. configs/quickstart.yaml")
     ev.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. eval.num_turns=3 eval.scaling_samples=32")
@@ -34,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("sweep_file", nargs="?", help="sweep YAML, e.g. configs/sweeps/score_ablations.yaml")
     sw.add_argument("--backend", choices=["local", "ray", "slurm"], help="override backend.name of the sweep file")
     sw.add_argument("--parallel", type=int, metavar="N", help="runs at once (local, ray); overrides backend.parallel")
-    sw.add_argument("--dry-run", action="store_true", help="slurm: write and print the job-array script, submit nothing")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="slurm: write and print the job-array script, submit nothing")
     sw.add_argument("--report", metavar="DIR", help="only (re)write the report of the sweep directory DIR")
     plot = sub.add_parser("plot", help="draw a run's training curves (Acc@t1/t2, Δ, Δi→c, Δc→i, KL per turn)")
     plot.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
@@ -54,7 +59,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from score_rl.utils import quiet_libraries
 
     quiet_libraries()
-    from score_rl.config import ConfigError, load_config
+    from score_rl.config import load_config
+    from score_rl.errors import ConfigError
 
     try:
         if args.command == "plot":
@@ -154,7 +160,7 @@ def _score(args) -> int:
 
     from omegaconf import OmegaConf
 
-    from score_rl.config import ConfigError
+    from score_rl.errors import ConfigError
     from score_rl.eval.scoring import run_score
 
     for item in args.param:
@@ -168,10 +174,10 @@ def _score(args) -> int:
 def _sweep(args) -> int:
     import signal
 
-    from score_rl.config import ConfigError
+    from score_rl.errors import ConfigError
 
     if args.report:
-        from score_rl.eval.sweep_report import write_report
+        from score_rl.launch.sweep import write_report
 
         print(write_report(args.report).read_text())
         return 0

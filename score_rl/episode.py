@@ -66,3 +66,9 @@ class Episode:
             start = len(turn.prompt_ids)
             spans.append((start, start + len(turn.response_ids)))
         return spans
+
+
+def episode_from_dict(data: dict) -> Episode:
+    """The inverse of ``dataclasses.asdict`` for an Episode (Pair-SFT's saved pairs, a checkpoint's pending batch)."""
+    return Episode(problem_id=data["problem_id"], sample_index=data["sample_index"], reference=data["reference"],
+                   turns=[Turn(**turn) for turn in data["turns"]], attempt=data.get("attempt"))

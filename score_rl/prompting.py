@@ -30,7 +30,7 @@ class PromptBuilder:
             stop_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self.stop_ids = [int(i) for i in stop_ids]
         if use_chat_template and not getattr(tokenizer, "chat_template", None):
-            from score_rl.config import ConfigError
+            from score_rl.errors import ConfigError
 
             raise ConfigError("config key 'prompt.use_chat_template' is true but the tokenizer has no chat template")
         # turn_end_id: the token that closes a turn (None: the template has none); _boundary_ids: the ids inserted

@@ -146,7 +146,7 @@ def iter_jsonl_objects(path, what: str = ""):
     ``what`` (e.g. "math data file ") prefixes the file's name in the message."""
     import json
 
-    from score_rl.config import ConfigError
+    from score_rl.errors import ConfigError
 
     offset = 0
     with open(path, "rb") as f:

@@ -1,10 +1,11 @@
-"""Config loading and validation (score_rl/config.py) on configs/quickstart.yaml."""
+"""Config loading, validation and resume comparison (score_rl/config/) on configs/quickstart.yaml."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from score_rl.config import Config, ConfigError, load_config, save_config, to_yaml
 
@@ -281,3 +282,59 @@ def test_saved_config_keeps_the_resolved_run_dir(tmp_path):
     path = tmp_path / "config.yaml"
     save_config(cfg, path)
     assert load_config(path).trainer.run_dir == cfg.trainer.run_dir, "reloading must not re-resolve ${now:...}"
+
+
+# --- the method registry drives the method checks ----------------------------------------------------------------
+def test_method_choices_and_messages_come_from_the_registry():
+    from score_rl.algos.methods import METHODS, method_names
+
+    msg = _error(["method.name=sft"])
+    assert msg == f"config key 'method.name' must be one of {list(METHODS)}, got 'sft'"
+    assert method_names() == ("score", "single_turn_rl", "star", "pair_sft", "self_refine")
+    assert _error(["algo.name=ppo", "method.name=star"]).startswith(
+        "config key 'algo.name': ppo trains the RL methods (score, single_turn_rl); method 'star'")
+    assert "'pair_sft' does not sample second attempts" in _error(["method.name=pair_sft",
+                                                                   "rollout.corrections_per_attempt=2"])
+
+
+def test_off_policy_steps_and_episodes_per_step_follow_the_registry():
+    from score_rl.config import episodes_per_step, validate_training
+
+    with pytest.raises(ConfigError, match=r"policy-gradient loss \(score, single_turn_rl\), got method.name=star"):
+        validate_training(load_config(QUICKSTART, ["method.name=star", "trainer.off_policy_steps=1"]))
+    validate_training(load_config(QUICKSTART, ["method.name=self_refine", "trainer.off_policy_steps=1"]))
+    two = ["rollout.corrections_per_attempt=2", "rollout.problems_per_step=3", "rollout.samples_per_problem=2"]
+    assert episodes_per_step(load_config(QUICKSTART, two)) == 12
+    assert episodes_per_step(load_config(QUICKSTART, two[1:] + ["method.name=single_turn_rl"])) == 6
+
+
+# --- comparing a config with a run's saved config ----------------------------------------------------------------
+def test_run_config_changes_ignores_placement_and_what_the_caller_names(tmp_path):
+    from score_rl.config import RESUMABLE_KEYS, run_config_changes
+
+    saved = tmp_path / "config.yaml"
+    assert run_config_changes(load_config(QUICKSTART), saved) == [], "no saved config: nothing to compare"
+    save_config(load_config(QUICKSTART, ["model.dtype=float32"]), saved)
+    cfg = load_config(QUICKSTART, ["model.dtype=auto", "trainer.steps=7", "shaping.alpha=3", "ray.address=auto",
+                                   "trainer.allow_config_change=true"])
+    old_alpha = load_config(QUICKSTART).shaping.alpha
+    old_steps = load_config(QUICKSTART).trainer.steps
+    assert run_config_changes(cfg, saved) == [("shaping.alpha", old_alpha, 3.0), ("trainer.steps", old_steps, 7)]
+    assert run_config_changes(cfg, saved, RESUMABLE_KEYS) == [("shaping.alpha", old_alpha, 3.0)]
+    tree = OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))
+    assert run_config_changes(tree, saved, ["shaping"]) == [("trainer.steps", old_steps, 7)]
+    assert tree["model"]["dtype"] == "auto", "a tree passed in is not changed"
+
+
+def test_check_resume_config_names_the_changed_keys(tmp_path):
+    from score_rl.config import check_resume_config
+
+    saved = tmp_path / "config.yaml"
+    save_config(load_config(QUICKSTART), saved)
+    check_resume_config(load_config(QUICKSTART, ["trainer.steps=3", "eval.num_problems=5"]), saved)
+    with pytest.raises(ConfigError, match=r"^config key 'shaping.alpha' differs from the run being resumed in "):
+        check_resume_config(load_config(QUICKSTART, ["shaping.alpha=3"]), saved)
+    check_resume_config(load_config(QUICKSTART, ["shaping.alpha=3", "trainer.allow_config_change=true"]), saved)
+    saved.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="unreadable"):
+        check_resume_config(load_config(QUICKSTART), saved)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from score_rl.config import Config, config_keys, config_reference
-from score_rl.config_docs import BEGIN, END, extract_reference, main as config_docs_main, with_reference
+from score_rl.config.reference import BEGIN, END, extract_reference, main as config_docs_main, with_reference
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DOC = REPO / "docs" / "config.md"
@@ -410,3 +410,22 @@ def test_sbatch_without_ray_starts_no_ray_nodes(tmp_path):
     assert not (tmp_path / "ray_start").exists() and not (tmp_path / "ray_stop").exists()
     argv = (tmp_path / "argv").read_bytes().decode().split("\0")[:-1]
     assert argv[-1] == "ray.enabled=false"  # no ray.address=auto: there is no cluster to join
+
+
+# --- docs/architecture.md ----------------------------------------------------------------------------------------
+def test_the_architecture_page_quotes_the_loop_as_it_is():
+    """The fit / train_step quoted next to the paper's algorithm are the code, verbatim."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    code = (REPO / "score_rl" / "train" / "trainer.py").read_text()
+    quotes = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(quotes) == 2
+    for quote in quotes:
+        assert quote in code, f"docs/architecture.md quotes code that is not in trainer.py:\n{quote[:200]}"
+
+
+def test_the_architecture_page_names_only_files_in_the_repo():
+    text = (REPO / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"(?<![\w/.])((?:[a-z_]+/)+[a-z_0-9]+\.(?:py|md|sbatch|yaml))", text))
+    assert named, "the page names files"
+    missing = sorted(p for p in named if not (REPO / p).exists() and not (REPO / "score_rl" / p).exists())
+    assert not missing, f"docs/architecture.md names files that do not exist: {missing}"

@@ -28,7 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
-from score_rl.config import ConfigError
+from score_rl.errors import ConfigError
 from score_rl.episode import Episode, Turn
 
 
@@ -65,6 +65,38 @@ PRESETS: Dict[str, Preset] = {
     "self_refine": Preset(("method.name=self_refine",), "the base model prompted with the correction instruction",
                           "Table 2 'Self-Refine'"),
 }
+
+
+# --- the methods a step can train (method.name): what each needs, declared once --------------------------------------
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a ``method.name`` needs from the rest of the trainer; config validation and the trainer read only this
+    (no method lists elsewhere). The step's behaviour lives in score_rl/train/methods.py under the same name."""
+
+    name: str
+    description: str
+    two_attempts: bool  # samples second attempts from the policy: rollout.corrections_per_attempt applies
+    policy_gradient: bool  # trained with a policy-gradient loss on sampled episodes: PPO and off-policy steps apply
+    trains: bool = True  # False: prompting only (trainer.steps is not trained)
+
+
+METHODS: Dict[str, MethodSpec] = {spec.name: spec for spec in (
+    MethodSpec("score", "SCoRe: two attempts, Stage I then Stage II shaping (the paper's method)",
+               two_attempts=True, policy_gradient=True),
+    MethodSpec("single_turn_rl", "RL on attempt 1 only", two_attempts=False, policy_gradient=True),
+    MethodSpec("star", "STaR for self-correction: filtered two-attempt traces, SFT on attempt 2",
+               two_attempts=True, policy_gradient=False),
+    MethodSpec("pair_sft", "SFT on the base model's wrong→right pairs", two_attempts=False, policy_gradient=False),
+    MethodSpec("self_refine", "no training: the base model with the correction instruction", two_attempts=False,
+               policy_gradient=False, trains=False),
+)}
+
+
+def method_names(kind: str = "all") -> Tuple[str, ...]:
+    """The registered ``method.name`` values; ``two_attempts`` / ``policy_gradient``: those that declare it."""
+    if kind == "all":
+        return tuple(METHODS)
+    return tuple(name for name, spec in METHODS.items() if getattr(spec, kind))
 
 
 def preset_overrides(name: str) -> List[str]:
@@ -134,12 +166,6 @@ def pair_sft_pairs(samples: Sequence[Episode], seed: int) -> List[Tuple[Episode,
         if right:
             pairs += [(w, rng.choice(right)) for w in wrong]
     return pairs
-
-
-def episode_from_dict(data: dict) -> Episode:
-    """The inverse of ``dataclasses.asdict`` for an Episode (Pair-SFT's saved pairs, a checkpoint's pending batch)."""
-    return Episode(problem_id=data["problem_id"], sample_index=data["sample_index"], reference=data["reference"],
-                   turns=[Turn(**turn) for turn in data["turns"]], attempt=data.get("attempt"))
 
 
 def pair_episode(wrong: Episode, right: Episode, correction_prompt_ids: List[int], index: int) -> Episode:

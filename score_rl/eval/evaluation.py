@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from score_rl.config import Config, ConfigError
+from score_rl import seeds
+from score_rl.config import Config
+from score_rl.errors import ConfigError
 from score_rl.launch.distributed import ActorGroup, init_ray
 from score_rl.envs import Problem
 from score_rl.episode import Episode
@@ -51,7 +53,7 @@ def run_eval_episodes(
             if should_stop is not None and should_stop():
                 raise EvalInterrupted(f"stopped after {start} of {len(problems)} problems")
             out += run_sharded(workers, problems[start:start + chunk], samples_per_problem, temperature,
-                               seed + 7919 * start, num_turns, weights_version=weights_version, recover=recover,
+                               seeds.eval_chunk(seed, start), num_turns, weights_version=weights_version, recover=recover,
                                attempts=attempts)
             bar.update(min(chunk, len(problems) - start))
             if lines is not None:  # (a disabled bar does not count)
@@ -145,7 +147,7 @@ def evaluate_models(cfg: Config, models: Sequence[Tuple[str, str]], log=print) -
                                         progress=f"eval {label}")
                 report.metrics[name], report.episodes[name] = self_correction_metrics(eps), eps
                 if ec.scaling_samples:
-                    sampled = run_eval_episodes(workers, problems, cfg.trainer.seed + 1, 2, ec.scaling_temperature,
+                    sampled = run_eval_episodes(workers, problems, seeds.scaling_samples(cfg.trainer.seed), 2, ec.scaling_temperature,
                                                 samples_per_problem=ec.scaling_samples, progress=f"scaling {label}")
                     from score_rl.eval.scaling import scaling_tables
 

@@ -1,4 +1,5 @@
-"""Self-correction metrics (SCORE_NOTES.md), shared by training logs, evaluation and sweeps.
+"""Self-correction metrics of the SCoRe paper (Kumar et al., 2024; docs/evaluation.md, "Metrics"), shared by
+training logs, evaluation and sweeps.
 
 For N episodes with per-attempt binary rewards r_t:
   acc_t<k>      = mean r_k

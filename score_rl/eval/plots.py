@@ -16,6 +16,9 @@ def _pyplot():
     return plt
 
 
+pyplot = _pyplot  # the public name: matplotlib.pyplot on the headless Agg backend
+
+
 def read_metrics(run_dir: Path) -> List[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():

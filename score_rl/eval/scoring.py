@@ -13,7 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, TextIO, Tuple
 
-from score_rl.config import ConfigError, EnvConfig, PromptConfig
+from score_rl.config import EnvConfig, PromptConfig
+from score_rl.errors import ConfigError
 from score_rl.utils import dumps_json
 
 

@@ -6,7 +6,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 
 def init_ray(address: Optional[str], num_cpus_needed: float, num_gpus_needed: float = 0.0,
@@ -39,14 +39,23 @@ def actor_env_vars(num_gpus_needed: float = 0.0) -> dict:
     heap the learner and the rollout share, mostly reuses its memory. Here blocks up to 32 MiB (glibc's own ceiling for
     its dynamic mmap threshold) come from the heap, and up to 512 MiB free at its top stay mapped (the quickstart needs
     more than 64, at most 128): an actor keeps the memory of its busiest step for the next one. Malloc settings of the
-    user's own (inherited by the actors through the raylet) are left alone."""
+    user's own (inherited by the actors through the raylet) are left alone (see malloc_env)."""
     env = {"TOKENIZERS_PARALLELISM": "false",
            "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu" if num_gpus_needed == 0 else "cuda")}
-    user_malloc = any(key in os.environ for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-                                                    "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"))
-    if not user_malloc and "glibc.malloc" not in os.environ.get("GLIBC_TUNABLES", ""):
-        env.update(MALLOC_MMAP_THRESHOLD_=str(32 << 20), MALLOC_TRIM_THRESHOLD_=str(512 << 20))
+    env.update(malloc_env(os.environ))
     return env
+
+
+def malloc_env(environ: Mapping[str, str]) -> Dict[str, str]:
+    """The glibc malloc settings of the actors (see actor_env_vars); empty when ENVIRON already holds malloc settings
+    of the user's own. glibc reads them when a process starts, so they must be in its environment from the start:
+    a local cluster passes them in its runtime_env, slurm/score_rl.sbatch exports them before it starts the Ray nodes
+    (``python -m score_rl.launch.slurm plan``), whose raylets pass them on to the actors."""
+    user_malloc = any(key in environ for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                                                 "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"))
+    if user_malloc or "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""):
+        return {}
+    return {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(512 << 20)}
 
 
 def ray_job_working_dir_copy() -> Optional[str]:
@@ -83,7 +92,7 @@ def check_run_dir_is_kept(run_dir: str, key: str = "trainer.run_dir") -> None:
     copy = ray_job_working_dir_copy()
     if copy is None:
         return
-    from score_rl.config import ConfigError
+    from score_rl.errors import ConfigError
 
     raise ConfigError(
         f"{key}={run_dir} is relative, and this Ray job runs in Ray's temporary copy of its working_dir "

@@ -98,7 +98,7 @@ def plan_cpus(cfg: Config, learner: bool = True, cluster_cpus: Optional[Tuple[in
     if joined:
         free, node_cap = cluster_cpus or (0, 0)
         if (auto_w or auto_r) and free < 1:
-            from score_rl.config import ConfigError
+            from score_rl.errors import ConfigError
 
             raise ConfigError(f"the Ray cluster at {cfg.ray.address} has no free CPU to size rollout.cpus_per_worker / "
                               f"learner.cpus_per_rank (null = auto) to; set both explicitly")

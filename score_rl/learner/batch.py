@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 
@@ -76,3 +76,14 @@ def _per_token(vals, size: int, name: str, episode: int, turn: int) -> list:
 
 # per-token fields of a Turn that collate places when every turn of the batch carries them
 PER_TOKEN_OPTIONAL = ("ref_logprobs", "old_logprobs", "values", "returns")
+
+
+def loss_mask(b: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """0 off trained turns' response tokens, else the turn's loss weight."""
+    return b["loss_weight"] * ((b["turn"] > 0) & b["trained"])
+
+
+def per_turn(rows: List[List[float]], episodes: Sequence[Episode]) -> List[List[List[float]]]:
+    """Per-token values of collated rows (aligned with the targets) cut into each episode's turns: ``out[i][t]``
+    lists those of episode i's turn t+1 (the token at position p sits at target index p-1, as collate places it)."""
+    return [[row[start - 1:end - 1] for start, end in ep.response_spans()] for row, ep in zip(rows, episodes)]

@@ -15,6 +15,7 @@ from score_rl.launch.distributed import shard
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode, Turn
 from score_rl.prompting import PromptBuilder
+from score_rl import seeds
 from score_rl.rollout.engines.base import Engine, load_generation_config, request_seed, stop_token_ids
 from score_rl.rollout.engines.hf import HFGenerator
 from score_rl.utils import load_model, load_tokenizer, quiet_libraries, set_threads
@@ -92,10 +93,10 @@ class RolloutWorker:
                     for ep in episodes
                 ]
             # per-request seeds (vLLM): a turn depends on (seed, turn, position), not on the batching
-            seeds = [request_seed((seed, turn_index), i) for i in range(len(contexts))]
+            request_seeds = [request_seed((seed, turn_index), i) for i in range(len(contexts))]
             # the next turn's contexts extend these: the HF engine keeps this turn's KV cache for them
             keep = self.cfg.rollout.kv_cache_reuse and turn_index + 1 < num_turns
-            generations = self.engine.generate(contexts, temperature, seeds, keep_cache=keep)
+            generations = self.engine.generate(contexts, temperature, request_seeds, keep_cache=keep)
             texts = [self.tokenizer.decode(gen.response_ids, skip_special_tokens=True) for gen in generations]
             verdicts = self.env.verify_batch(texts, [ep.reference for ep in episodes])
             for ep, ctx, gen, text, verdict in zip(episodes, contexts, generations, texts, verdicts):
@@ -149,7 +150,7 @@ def check_engine_installed(cfg: Config) -> None:
     """rollout.engine=vllm without vLLM: one line naming the key, before any model is built or actor started."""
     import importlib.util
 
-    from score_rl.config import ConfigError
+    from score_rl.errors import ConfigError
 
     if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ConfigError("config key 'rollout.engine' is vllm but vLLM is not installed here: on GPU pip install -e "
@@ -165,7 +166,7 @@ def make_engine(cfg: Config, model_path: str, tokenizer, generation_config, extr
         return VLLMEngine(
             model_path, stop_token_ids(generation_config, tokenizer, extra_stop_ids), cfg.rollout.max_new_tokens,
             cfg.rollout.max_prompt_tokens, cfg.model.dtype, cfg.rollout.generation_batch_size,
-            seed=cfg.trainer.seed + worker_index, vllm_cfg=cfg.rollout.vllm, device=device,
+            seed=seeds.worker(cfg.trainer.seed, worker_index), vllm_cfg=cfg.rollout.vllm, device=device,
         )
     model = load_model(model_path, cfg.model.dtype).to(device).eval()
     return HFGenerator(model, tokenizer, cfg.rollout.max_new_tokens, cfg.rollout.generation_batch_size,
@@ -181,7 +182,8 @@ def run_sharded(workers, problems: Sequence[Problem], samples_per_problem: int, 
     from score_rl.launch.faults import call_with_restarts
 
     shards = shard(problems, len(workers))
-    args = [(s, samples_per_problem, temperature, seed + i, num_turns, corrections_per_attempt, weights_version)
+    args = [(s, samples_per_problem, temperature, seeds.worker(seed, i), num_turns, corrections_per_attempt,
+             weights_version)
             for i, s in enumerate(shards)]
     out, offset = [], 0
     parts = call_with_restarts(workers, "run_episodes", args, recover, attempts) if recover is not None \

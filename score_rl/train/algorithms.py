@@ -17,13 +17,14 @@ import math
 import random
 from typing import Dict, List, Optional, Sequence
 
+from score_rl import seeds
 from score_rl.algos.advantages import compute_advantages
 from score_rl.algos.gae import explained_variance, gae, token_rewards, whiten
 from score_rl.config import Config
 from score_rl.episode import Episode
 from score_rl.launch.distributed import ActorGroup, shard
 from score_rl.learner.batch import collate
-from score_rl.learner.learner import loss_denominator, reduce_rank_stats
+from score_rl.learner.stats import loss_denominator, policy_metrics, reduce_rank_stats, sum_rank_stats
 
 
 class Reinforce:
@@ -36,6 +37,16 @@ class Reinforce:
 
     def advantages(self, episodes: Sequence[Episode], kl_penalty: Optional[List[List[float]]]) -> None:
         compute_advantages(episodes, self.cfg.algo.advantage, self.cfg.shaping.gamma, kl_penalty)
+
+    def no_signal(self, episodes: Sequence[Episode]) -> bool:
+        """Whether the rewards give every turn a zero advantage (e.g. every sample of every problem wrong). While the
+        policy is still the reference model such a step's only gradient is the sampler/learner rounding inside the KL
+        terms (~1e-6 per token), which AdamW's normalisation would turn into a full-size step: the trainer makes no
+        optimizer step then (algo.skip_no_signal). Once the policy has moved, the KL is a real signal."""
+        if not self.cfg.algo.skip_no_signal:
+            return False
+        self.advantages(episodes, None)  # the rewards' own advantages; overwritten when the step updates
+        return not any(abs(turn.advantage) > 1e-9 for ep in episodes for turn in ep.turns)
 
     def update(self, learners: ActorGroup, episodes: Sequence[Episode], step: int) -> Dict[str, float]:
         """One update on every rank, the loss normalised over the whole step's tokens (or turns); {} and no update at
@@ -50,6 +61,10 @@ class PPO:
         self.cfg = cfg
         self.minibatches = cfg.algo.ppo.minibatches
 
+    def no_signal(self, episodes: Sequence[Episode]) -> bool:
+        """Never: PPO always updates (its critic learns from any batch)."""
+        return False
+
     def advantages(self, episodes: Sequence[Episode], kl_penalty: Optional[List[List[float]]]) -> None:
         """Nothing yet: GAE needs the critic's values, taken in ``update`` before the first minibatch. (The reward's KL
         penalty is applied per token there, from the reference log-probs the trainer stored on the turns.)"""
@@ -57,7 +72,7 @@ class PPO:
     def update(self, learners: ActorGroup, episodes: Sequence[Episode], step: int) -> Dict[str, float]:
         ppo = self.cfg.algo.ppo
         # the epochs' minibatches, seeded by (seed, step): a resumed run sees the same ones
-        rng = random.Random(self.cfg.trainer.seed * 1_000_003 + step * 7_919 + 17)
+        rng = random.Random(seeds.ppo_minibatches(self.cfg.trainer.seed, step))
         epochs = [self._split(episodes, rng) for _ in range(ppo.epochs)]
         before = self.old_logprobs_and_values(learners, epochs[0])
         metrics = self.gae(episodes)
@@ -73,13 +88,9 @@ class PPO:
         metrics["ratio_dev_first_update"] = updates[0]["ratio_dev"]  # exactly 0: π_old is the policy of update 1
         metrics["updates"] = len(updates)
         # what describes the policy itself is measured before the first update, over the whole step (as REINFORCE
-        # logs it), not averaged over a policy that moves between the minibatches
-        tokens = max(before["tokens"], 1.0)
-        metrics.update(logprob_mismatch=before["logprob_mismatch_sum"] / tokens,
-                       entropy_proxy=before["neg_logp_sum"] / tokens, tokens=before["tokens"],
-                       shared_prompt_rows=before["shared_rows"])  # the step's rows, each once (not a mean per update)
-        for t in (1, 2):
-            metrics[f"kl_turn{t}"] = before[f"kl_turn{t}_sum"] / max(before[f"tokens_turn{t}"], 1.0)
+        # logs it), not averaged over a policy that moves between the minibatches (shared_prompt_rows: the step's
+        # rows, each once, not a mean per update)
+        metrics.update(policy_metrics(before))
         return metrics
 
     def _split(self, episodes: Sequence[Episode], rng: random.Random) -> List[List[Episode]]:
@@ -102,7 +113,7 @@ class PPO:
                 for ep, row in zip(rank_episodes, per_rank[r]["rows"][m]):
                     for turn, (old_logprobs, values, ref_logprobs) in zip(ep.turns, row):
                         turn.old_logprobs, turn.values, turn.ref_logprobs = old_logprobs, values, ref_logprobs
-        return {k: sum(r["stats"][k] for r in per_rank) for k in per_rank[0]["stats"]}
+        return sum_rank_stats([r["stats"] for r in per_rank])
 
     def gae(self, episodes: Sequence[Episode]) -> Dict[str, float]:
         """Token advantages and returns on every turn; the critic's explained variance per turn (before the step)."""
@@ -125,6 +136,20 @@ class PPO:
                 turn.token_advantages = advantages[i, sl].tolist()
                 turn.returns = returns[i, sl].tolist()
         return metrics
+
+
+def reward_kl(learners: ActorGroup, episodes: Sequence[Episode]) -> List[List[float]]:
+    """The KL penalty in the reward (algo.kl_in_reward): per-turn k1 = Σ_tok (log π_old − log π_ref) of every episode,
+    from one reference pass on the learner ranks. The reference log-probs stay on the turns (Turn.ref_logprobs), so the
+    update does not compute them a second time."""
+    ref = [row for part in learners.call("reference_logprobs", [(s,) for s in shard(episodes, len(learners))])
+           for row in part]
+    penalties = []
+    for ep, ep_ref in zip(episodes, ref):
+        for turn, turn_ref in zip(ep.turns, ep_ref):
+            turn.ref_logprobs = turn_ref
+        penalties.append([sum(t.sampling_logprobs) - sum(t.ref_logprobs) for t in ep.turns])
+    return penalties
 
 
 ALGORITHMS = {"reinforce": Reinforce, "ppo": PPO}

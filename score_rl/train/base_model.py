@@ -19,7 +19,8 @@ from typing import List, Tuple
 
 import torch
 
-from score_rl.config import Config, ConfigError
+from score_rl.config import Config
+from score_rl.errors import ConfigError
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 

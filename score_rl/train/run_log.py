@@ -130,7 +130,7 @@ def _start_wandb(run_dir: Path, wandb_cfg, config: Optional[Dict]):
     try:
         import wandb
     except ImportError:
-        from score_rl.config import ConfigError
+        from score_rl.errors import ConfigError
 
         raise ConfigError("config key 'logging.wandb' is true but wandb is not installed: pip install -e '.[wandb]'") \
             from None

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from typing import Dict, Optional
+
+from score_rl.launch.faults import TrainingAborted, dead_member, death_reason
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
 
@@ -80,3 +83,32 @@ class StopRequest:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+
+def stopped_message(signal_name: str, run_dir: Path, done: int, steps: int, start_step: int) -> str:
+    """The line a run stopped by a signal before its last step prints: where its steps are and how to resume."""
+    ckpt = run_dir / "checkpoints" / f"step_{done:07d}"
+    where = f"checkpoint {ckpt}" if done > 0 else "no step was finished, nothing to save"
+    if done == start_step and done > 0:
+        where = f"no step finished since checkpoint {ckpt}"
+    return (f"stopped by {signal_name} after step {done} of {steps}; {where}; to resume, run the same command "
+            f"with trainer.run_dir={run_dir.resolve()}")
+
+
+def final_eval_skipped_message(signal_name: str, run_dir: Path, steps: int) -> str:
+    """The line a run stopped by a signal after its last step (before or during the final evaluation) prints."""
+    return (f"stopped by {signal_name} after training all {steps} steps (policy in {run_dir / 'final'}); "
+            f"the final evaluation was skipped: run the same command with "
+            f"trainer.run_dir={run_dir.resolve()} to evaluate")
+
+
+def aborted_error(err: BaseException, learners, workers, run_dir: Path, last: Optional[Path]) -> TrainingAborted:
+    """A one-line TrainingAborted for an actor that died where it cannot be recovered (a learner rank); ``last``: the
+    newest intact checkpoint, if any."""
+    resume = (f"resume from {last} by running the same command with trainer.run_dir={run_dir.resolve()}"
+              if last else "no checkpoint was written yet (set trainer.checkpoint_every); the run restarts from step 0")
+    rank = dead_member(learners, err)
+    worker = dead_member(workers, err)
+    who = (f"learner rank {rank}" if rank is not None else f"rollout worker {worker}" if worker is not None
+           else "a Ray actor")
+    return TrainingAborted(f"{who} died ({death_reason(err)}); {resume}")

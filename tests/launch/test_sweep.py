@@ -1,5 +1,6 @@
 """``score-rl sweep``: the plan (run ids, overrides, errors), the statistics (against numpy / scipy on fixed
-numbers), the report, the SLURM array script, and a real sweep interrupted with Ctrl-C and re-run."""
+numbers), the report, the SLURM array script (and one of its tasks against stand-ins for SLURM and Ray), and a real
+sweep interrupted with Ctrl-C and re-run."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import pytest
 import yaml
 from scipy import stats
 
-from score_rl.config import ConfigError
-from score_rl.eval.sweep_report import mean_ci, paired_difference, write_report
+from score_rl.errors import ConfigError
 from score_rl.launch import sweep as sw
+from score_rl.launch.sweep import mean_ci, paired_difference, write_report
 from tests.conftest import QUICKSTART, REPO, TINY_OVERRIDES
 
 
@@ -30,7 +31,7 @@ def _write(tmp_path: Path, **spec) -> Path:
     return path
 
 
-# --- the plan ----------------------------------------------------------------------------------------------------------
+# --- the plan ---------------------------------------------------------------------------------------------------------
 def test_plan_is_variants_times_grid_times_seeds_with_deterministic_run_dirs(tmp_path):
     path = _write(tmp_path, seeds=[0, 3], variants={"score": {"method": "score"},
                                                     "plain": {"method": "multi_turn_rl",
@@ -53,7 +54,8 @@ def test_plan_is_variants_times_grid_times_seeds_with_deterministic_run_dirs(tmp
 
 @pytest.mark.parametrize("spec, message", [
     ({"variants": {"a": {"method": "scor"}}}, "sweep variant 'a': unknown method 'scor' (did you mean 'score'?)"),
-    ({"variants": {"a": {"overrides": ["shaping.alpah=1"]}}}, "sweep run 'a__seed0': unknown config key 'shaping.alpah'"),
+    ({"variants": {"a": {"overrides": ["shaping.alpah=1"]}}},
+     "sweep run 'a__seed0': unknown config key 'shaping.alpah'"),
     ({"variants": {"a": {}}, "seedz": [1]}, "key 'seedz'"),
     ({"variants": {"a": {}}, "reference": "b"}, "'reference': 'b' is not a variant"),
     ({"variants": {"a": {}}, "eval": ["learner.lr=1"]}, "not an override of the end-of-run evaluation"),
@@ -196,9 +198,14 @@ def test_slurm_dry_run_writes_an_array_script_that_passes_bash_n_and_shellcheck(
     script = tmp_path / "out" / "slurm" / "t.sbatch"
     text = script.read_text()
     assert "#SBATCH --array=0-2%3" in text and "#SBATCH --partition=cpu" in text
-    assert text.index("source .venv/bin/activate") < text.index("set -euo pipefail")
+    # slurm/score_rl.sbatch's directives for stop signals and requeue; not its whole node per task
+    assert "#SBATCH --requeue" in text and "#SBATCH --signal=B:USR1@300" in text and "--exclusive" not in text
+    assert text.index("source .venv/bin/activate") < text.index("set -eo pipefail")  # the body's first line
+    assert "requeue_or_stop" in text, "each task runs the body of slurm/score_rl.sbatch"
     for run in sw.load_sweep(path).runs[1:]:
         assert f"# {run.run_id}" in text and f"RUN_ID={run.run_id}" in text
+        assert f"export SCORE_RL_RUN_DIR={run.run_dir}" in text
+    assert "trainer.run_dir=" not in text.split("set -eo pipefail")[0], "the body sets it from SCORE_RL_RUN_DIR"
     assert finished.run_id not in text, "a finished run is left out of the array"
     assert any("sbatch" in line for line in printed)
     subprocess.run(["bash", "-n", str(script)], check=True)
@@ -221,10 +228,39 @@ def test_slurm_values_cannot_inject_shell(tmp_path, slurm, message):
 def test_slurm_python_may_be_a_command(tmp_path):
     path = _write(tmp_path, variants={"a": {}}, backend={"name": "slurm", "slurm": {"python": "uv run python"}})
     sw.run_sweep(path, dry_run=True, log=lambda *_: None)
-    assert "CMD=(uv run python -m score_rl.cli train" in (tmp_path / "out" / "slurm" / "t.sbatch").read_text()
+    assert "export SCORE_RL_PYTHON='uv run python'" in (tmp_path / "out" / "slurm" / "t.sbatch").read_text()
 
 
-# --- a real sweep: Ctrl-C, then re-run ---------------------------------------------------------------------------------
+def test_a_slurm_array_task_runs_its_run_through_the_sbatch_body(tmp_path):
+    """One task of the array against stand-ins for srun, scontrol, ray and score-rl (tests/test_docs.py): it trains
+    its own run with the sbatch's arguments, and SIGUSR1 before the time limit requeues it."""
+    from tests.test_docs import BASH, _read, _simulated_job
+
+    path = _write(tmp_path, seeds=[0, 1], variants={"a": {}}, backend={"name": "slurm"})
+    sw.run_sweep(path, dry_run=True, log=lambda *_: None)
+    run = sw.load_sweep(path).runs[1]
+    stub = tmp_path / "job"
+    stub.mkdir()
+    env, _ = _simulated_job(stub, ["n1"], {"SLURM_ARRAY_TASK_ID": "1", "STUB_TRAIN_SECONDS": "60",
+                                           "STUB_CHECKPOINT_STEP": "2"})
+    proc = subprocess.Popen([BASH, str(tmp_path / "out" / "slurm" / "t.sbatch")], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (stub / "driver_ready").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    argv = (stub / "argv").read_bytes().decode().split("\0")[:-1]
+    own = [o for o in run.overrides if not o.startswith(("trainer.run_dir=", "trainer.progress_bar="))]
+    assert argv == ["train", sw.load_sweep(path).base, "trainer.progress_bar=false",
+                    f"trainer.run_dir={run.run_dir}", *own, "ray.address=auto"]
+    assert f"score-rl sweep: run {run.run_id}" in stderr
+    assert "scontrol requeue 4242" in _read(stub / "calls") and "resumes from step 2" in stderr
+    assert len(_read(Path(run.run_dir) / "slurm" / "restarts.log")) == 1
+
+
+# --- a real sweep: Ctrl-C, then re-run --------------------------------------------------------------------------------
 def _tiny_sweep(tmp_path, tiny_model_path, variants, **extra) -> Path:
     overrides = [o for o in TINY_OVERRIDES if not o.startswith(("model.tiny", "trainer.progress_bar"))] + [
         f"model.path={tiny_model_path}", "ray.enabled=false", "trainer.steps=6"]
@@ -280,7 +316,7 @@ def test_a_failed_run_is_reported_and_does_not_stop_the_others(tmp_path, tiny_mo
     assert "Failed runs (failed.json in their directories): broken__seed0" in text
 
 
-# --- Ray: each run a job on a real cluster started with `ray start --head` -----------------------------------------------
+# --- Ray: each run a job on a real cluster started with `ray start --head` --------------------------------------------
 @pytest.fixture
 def ray_head(tmp_path):
     """A real single-node Ray cluster with its dashboard (the Jobs API), stopped afterwards whatever happens."""

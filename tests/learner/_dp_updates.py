@@ -28,7 +28,8 @@ def make_episodes(vocab: int, n: int, seed: int, shared_prompts: bool = False):
         r1 = [rng.randrange(3, vocab) for _ in range(rng.randint(1, 7))]
         r2 = [rng.randrange(3, vocab) for _ in range(rng.randint(1, 7))]
         correction = [rng.randrange(3, vocab) for _ in range(3)]
-        t1 = Turn(prompt_ids=list(prompt), response_ids=r1, sampling_logprobs=[-1.0] * len(r1), response_text="", reward=0.0)
+        t1 = Turn(prompt_ids=list(prompt), response_ids=r1, sampling_logprobs=[-1.0] * len(r1), response_text="",
+                  reward=0.0)
         t2 = Turn(prompt_ids=prompt + r1 + correction, response_ids=r2, sampling_logprobs=[-1.0] * len(r2),
                   response_text="", reward=0.0)
         for t, coef in ((t1, 0.5), (t2, 0.05)):
@@ -75,7 +76,7 @@ def save_critic_with_a_head(model_path: str, out_dir: str, seed: int = 99) -> st
     ``deepspeed.initialize`` on, so weights changed in place afterwards would not be the ones the optimizer updates."""
     import torch
 
-    from score_rl.learner.learner import load_critic
+    from score_rl.learner.critic import load_critic
 
     critic = load_critic(model_path)
     gen = torch.Generator().manual_seed(seed)
@@ -126,12 +127,14 @@ def perturb_reference(learner, scale: float = 0.05, seed: int = 1234) -> None:
         perturb(reference.module, scale, seed)
 
 
-def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence[Dict], steps: List[list]) -> List[Dict]:
+def run(cfg, model_path: str, rank: int, world: int, port: int, combos: Sequence[Dict],
+        steps: List[list]) -> List[Dict]:
     """For each combo (learner.* overrides), run len(steps) training steps; return weight changes and stats.
     With ``ppo`` in a combo: PPO updates (1 epoch, 1 minibatch), and the critic's weight changes too."""
 
     from score_rl.launch.distributed import shard
-    from score_rl.learner.learner import Learner, loss_denominator
+    from score_rl.learner.learner import Learner
+    from score_rl.learner.stats import loss_denominator
 
     results = []
     for combo in combos:

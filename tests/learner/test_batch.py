@@ -97,7 +97,8 @@ def _collate_turn_by_turn(episodes, pad_id):
     n, width = len(episodes), max(len(ep.full_ids()) for ep in episodes)
     out = dict(input_ids=torch.full((n, width), pad_id, dtype=torch.long),
                attention_mask=torch.zeros((n, width), dtype=torch.long),
-               turn=torch.zeros((n, width - 1), dtype=torch.long), trained=torch.zeros((n, width - 1), dtype=torch.bool),
+               turn=torch.zeros((n, width - 1), dtype=torch.long),
+               trained=torch.zeros((n, width - 1), dtype=torch.bool),
                **{k: torch.zeros((n, width - 1)) for k in ("loss_weight", "advantage", "kl_coef", "sampling_logprobs")})
     optional = [k for k in PER_TOKEN_OPTIONAL if all(getattr(t, k) is not None for ep in episodes for t in ep.turns)]
     out.update({k: torch.zeros((n, width - 1)) for k in optional})
@@ -130,7 +131,7 @@ def test_collate_equals_the_turn_by_turn_layout(seed):
     for k in range(rng.randint(1, 7)):
         prompt = [rng.randint(2, 50) for _ in range(rng.randint(1, 6))]
         turns = []
-        for t in range(rng.randint(1, 3)):
+        for _ in range(rng.randint(1, 3)):
             response = [rng.randint(2, 50) for _ in range(rng.randint(0, 5))]
             size = len(response)
             turns.append(Turn(
@@ -156,7 +157,7 @@ def test_per_token_lists_of_the_wrong_length_are_refused():
 
 def test_a_response_without_a_prompt_is_refused():
     """Its first token has no position predicting it: it must not wrap to the last column (a padded one)."""
-    bad = Episode(problem_id="p", sample_index=0, turns=[Turn(prompt_ids=[], response_ids=[7, 8, 9],
-                                                              sampling_logprobs=[-1.0] * 3, response_text="", reward=0)])
+    bad = Episode(problem_id="p", sample_index=0, turns=[
+        Turn(prompt_ids=[], response_ids=[7, 8, 9], sampling_logprobs=[-1.0] * 3, response_text="", reward=0)])
     with pytest.raises(ValueError, match="episode 1 turn 1 has a response but an empty prompt"):
         collate([EP_SHORT, bad], pad_id=PAD)

@@ -159,8 +159,8 @@ def test_the_reference_update_is_the_autograd_gradient_of_the_steps_loss(one_ran
     """Independent of DeepSpeed and the Learner: plain autograd of the step's loss over all episodes at once."""
     from score_rl.algos.losses import reinforce_kl_loss
     from score_rl.learner.batch import collate
-    from score_rl.learner.learner import loss_denominator
     from score_rl.learner.logprobs import token_logprobs
+    from score_rl.learner.stats import loss_denominator
     from score_rl.utils import load_model, load_tokenizer
 
     loss_agg, estimator, _, kl_only, weighted, _ = kind

@@ -143,7 +143,7 @@ def test_models_without_logits_to_keep_get_every_position(tiny_model_path):
 def test_peft_models_are_trimmed_through_the_wrapper(tiny_model_path):
     from peft import LoraConfig, get_peft_model
 
-    from score_rl.learner.learner import AdapterDisabled
+    from score_rl.learner.lora import AdapterDisabled
 
     from score_rl.learner.logprobs import accepts, token_logprobs
 
@@ -169,8 +169,9 @@ def test_the_learner_skips_the_prompt_logits_of_policy_and_reference(tmp_path, t
     from test_loss_mask import dp_port
 
     from score_rl.learner.batch import collate
-    from score_rl.learner.learner import Learner, loss_denominator
+    from score_rl.learner.learner import Learner
     from score_rl.learner.logprobs import first_response_target
+    from score_rl.learner.stats import loss_denominator
     from score_rl.utils import load_tokenizer
     from tests.conftest import tiny_config
 
@@ -253,7 +254,8 @@ def test_a_shared_prompt_gives_the_log_probs_and_gradients_of_whole_rows(deeper_
     mask = (b["turn"] > 0).float()
     weights = torch.randn(mask.shape, generator=torch.Generator().manual_seed(0)) * mask
     calls = []
-    model.register_forward_hook(lambda mod, args, kwargs, out: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+    model.register_forward_hook(lambda mod, args, kwargs, out: calls.append(kwargs["input_ids"].shape),
+                                with_kwargs=True)
     grads, logps = [], []
     for shared in (None, SharedPrefix.of(episodes)):
         model.zero_grad()
@@ -306,7 +308,8 @@ def test_the_learner_runs_a_shared_prompt_once_when_asked(tmp_path, tiny_model_p
     import _dp_updates as dp
     from test_loss_mask import dp_port
 
-    from score_rl.learner.learner import Learner, loss_denominator
+    from score_rl.learner.learner import Learner
+    from score_rl.learner.stats import loss_denominator
     from score_rl.utils import load_tokenizer
     from tests.conftest import tiny_config
 
@@ -339,7 +342,8 @@ def test_length_dependent_rotary_embeddings_run_every_row_whole(deeper_model_pat
     episodes = _grouped_episodes(2)
     b = collate(episodes, pad_id=1)
     calls = []
-    model.register_forward_hook(lambda mod, args, kwargs, out: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+    model.register_forward_hook(lambda mod, args, kwargs, out: calls.append(kwargs["input_ids"].shape),
+                                with_kwargs=True)
     with torch.no_grad():
         whole, _ = token_logprobs(model, b["input_ids"], b["attention_mask"], 1.0)
         shared, _ = token_logprobs(model, b["input_ids"], b["attention_mask"], 1.0, shared=SharedPrefix.of(episodes))

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 import _dp_updates as dp
-from score_rl.learner.learner import AdapterDisabled, Learner, loss_denominator
+from score_rl.learner.learner import Learner
 from score_rl.learner.logprobs import token_logprobs
+from score_rl.learner.lora import AdapterDisabled
+from score_rl.learner.stats import loss_denominator
 from score_rl.learner.batch import collate
 from score_rl.utils import load_model
 from test_loss_mask import dp_port
@@ -90,7 +92,7 @@ def test_final_holds_the_merged_model_and_the_adapter(trained, tmp_path):
 
 def test_lora_on_tied_embeddings_is_a_config_error(tiny_model_path):
     from score_rl.config import ConfigError, LoRAConfig
-    from score_rl.learner.learner import with_lora
+    from score_rl.learner.lora import with_lora
 
     model = load_model(tiny_model_path)
     assert model.config.tie_word_embeddings
@@ -111,7 +113,7 @@ def test_lora_with_zero_3_is_a_config_error():
 def test_the_adapter_is_drawn_from_the_trainer_seed_not_the_global_generator(tiny_model_path):
     """Ray actors never seed torch's global generator: the adapter must depend on trainer.seed alone."""
     from score_rl.config import LoRAConfig
-    from score_rl.learner.learner import with_lora
+    from score_rl.learner.lora import with_lora
 
     def lora_a(seed, global_seed):
         torch.manual_seed(global_seed)

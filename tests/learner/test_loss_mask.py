@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import _dp_updates as dp
-from score_rl.learner.learner import Learner, loss_denominator
+from score_rl.learner.learner import Learner
+from score_rl.learner.stats import loss_denominator
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,8 @@ def setup(tmp_path_factory, tiny_model_path):
     from tests.conftest import tiny_config
 
     cfg = tiny_config(tmp_path_factory.mktemp("mask"), [f"model.path={tiny_model_path}", "learner.optimizer=sgd",
-                                                         "learner.lr=1.0", "learner.grad_clip=0", "algo.kl_estimator=k1"])
+                                                         "learner.lr=1.0", "learner.grad_clip=0",
+                                                         "algo.kl_estimator=k1"])
     episodes = dp.make_episodes(len(load_tokenizer(tiny_model_path)), 8, seed=3)
     return cfg, tiny_model_path, episodes
 
@@ -76,7 +78,8 @@ def test_loss_weight_scales_a_turns_share_of_loss_and_denominator(setup):
     c, _ = _update(cfg, path, half)
     assert loss_denominator(half, "token-mean") == pytest.approx(
         sum(len(ep.turns[0].response_ids) + 0.5 * len(ep.turns[1].response_ids) for ep in half))
-    assert (c - a).abs().max() > 1e-4 and (c - _update(cfg, path, _with_turn2(episodes, True, 5.0))[0]).abs().max() > 1e-4
+    d = _update(cfg, path, _with_turn2(episodes, True, 5.0))[0]
+    assert (c - a).abs().max() > 1e-4 and (c - d).abs().max() > 1e-4
 
 
 def test_advantage_one_without_kl_is_the_nll_of_the_trained_tokens(setup):

@@ -12,7 +12,9 @@ import torch
 import _dp_updates as dp
 from score_rl.algos.advantages import turn_returns
 from score_rl.launch.distributed import ActorGroup
-from score_rl.learner.learner import Learner, load_critic, loss_denominator
+from score_rl.learner.critic import load_critic
+from score_rl.learner.learner import Learner
+from score_rl.learner.stats import loss_denominator
 from score_rl.train.algorithms import PPO
 from test_loss_mask import dp_port
 
@@ -142,7 +144,7 @@ def test_each_value_is_that_of_the_state_before_its_token(base):
             prefix_value = critic(input_ids=ids[:, :p]).logits[0, -1, 0]
             assert float(prefix_value) == pytest.approx(float(values[p - 1]), abs=1e-5), p
     row = learner.ppo_forward([[ep]])["rows"][0][0]
-    for t, ((start, end), (_, turn_values, _)) in enumerate(zip(ep.response_spans(), row)):
+    for (start, end), (_, turn_values, _) in zip(ep.response_spans(), row):
         assert turn_values == pytest.approx(values[start - 1:end - 1].tolist(), abs=1e-6)
     assert float(values.std()) > 0, "a nonzero head: the check can tell positions apart"
 

@@ -100,9 +100,9 @@ def _all_wrong(step_episodes):
 
 
 def test_pair_sft_trains_on_fixed_pairs_from_the_base_model(tmp_path, tiny_model_path, monkeypatch):
-    import score_rl.train.trainer as trainer_module
+    import score_rl.train.rollout_pool as pool_module
 
-    sample = trainer_module.run_sharded
+    sample = pool_module.run_sharded
 
     def graded(*args, **kwargs):  # the tiny test model is never right: grade its samples alternately right and wrong
         episodes = sample(*args, **kwargs)
@@ -110,7 +110,7 @@ def test_pair_sft_trains_on_fixed_pairs_from_the_base_model(tmp_path, tiny_model
             ep.turns[0].reward = float(ep.sample_index % 2)
         return episodes
 
-    monkeypatch.setattr(trainer_module, "run_sharded", graded)
+    monkeypatch.setattr(pool_module, "run_sharded", graded)
     trainer = _trainer(tmp_path, tiny_model_path, "pair_sft", ["method.pair_sft_problems=32",
                                                                "rollout.samples_per_problem=4",
                                                                "trainer.eval_before_after=false"])
@@ -118,7 +118,7 @@ def test_pair_sft_trains_on_fixed_pairs_from_the_base_model(tmp_path, tiny_model
     _record_updates(trainer, batches)
     trainer.fit()
     trainer.close()
-    assert trainer.pairs, "the base model's samples gave pairs"
+    assert trainer.method.pairs, "the base model's samples gave pairs"
     batches = [episodes for episodes, _ in batches]
     for episodes in batches:
         assert len(episodes) == trainer.episodes_per_step
@@ -127,23 +127,23 @@ def test_pair_sft_trains_on_fixed_pairs_from_the_base_model(tmp_path, tiny_model
             assert wrong.reward == 0 and right.reward == 1 and not wrong.trained and right.trained
             assert right.prompt_ids[:len(wrong.prompt_ids) + len(wrong.response_ids)] == \
                 wrong.prompt_ids + wrong.response_ids, "problem + wrong attempt + instruction → right attempt"
-    assert [ep.problem_id for ep in trainer.pair_batch(1)] == [ep.problem_id for ep in batches[1]], \
+    assert [ep.problem_id for ep in trainer.method.batch(1)] == [ep.problem_id for ep in batches[1]], \
         "a step's pairs are a function of the step (exact resume)"
     # a resumed run reloads the saved pairs instead of sampling new ones
-    monkeypatch.setattr(trainer_module, "run_sharded", lambda *a: pytest.fail("the pairs were sampled again"))
+    monkeypatch.setattr(pool_module, "run_sharded", lambda *a: pytest.fail("the pairs were sampled again"))
     again = _trainer(tmp_path, tiny_model_path, "pair_sft", ["method.pair_sft_problems=32",
                                                              "rollout.samples_per_problem=4",
                                                              "trainer.eval_before_after=false"])
-    pairs = again.collect_pairs()
+    pairs, contexts = again.method.collect_pairs()
     again.close()
     assert [(w.turns[0].response_ids, r.turns[0].response_ids) for w, r in pairs] == \
-        [(w.turns[0].response_ids, r.turns[0].response_ids) for w, r in trainer.pairs]
-    assert again.pair_contexts == trainer.pair_contexts
+        [(w.turns[0].response_ids, r.turns[0].response_ids) for w, r in trainer.method.pairs]
+    assert contexts == trainer.method.contexts
 
 
 def test_a_run_directory_is_trained_by_one_process_at_a_time(tmp_path, tiny_model_path):
     from score_rl.config import ConfigError
-    from score_rl.train.trainer import RunDirLock
+    from score_rl.rundir import RunDirLock
 
     first = _trainer(tmp_path, tiny_model_path, "score")
     assert RunDirLock.held(first.run_dir)

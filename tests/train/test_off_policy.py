@@ -8,7 +8,8 @@ import json
 import pytest
 
 from score_rl.config import ConfigError
-from score_rl.train.trainer import PENDING_FILE, Trainer
+from score_rl.train.state import PENDING_FILE
+from score_rl.train.trainer import Trainer
 from tests.conftest import tiny_config
 
 OFF = ["trainer.off_policy_steps=1"]
@@ -145,11 +146,11 @@ def test_a_failed_update_waits_for_the_rollout_thread(tmp_path, tiny_model_path,
     import threading
     import time
 
-    from score_rl.train import trainer as trainer_module
+    from score_rl.train import prefetch as prefetch_module
 
     trainer = _trainer(tmp_path, tiny_model_path, "fail", OFF)
-    background = trainer_module._Background
-    monkeypatch.setattr(trainer_module, "_Background", lambda fn, threaded: background(fn, threaded=True))  # as on Ray
+    background = prefetch_module.Background
+    monkeypatch.setattr(prefetch_module, "Background", lambda fn, threaded: background(fn, threaded=True))  # as on Ray
     rollout_done = threading.Event()
     step_episodes = trainer.step_episodes
 
@@ -163,7 +164,7 @@ def test_a_failed_update_waits_for_the_rollout_thread(tmp_path, tiny_model_path,
     def broken(episodes, step):
         raise error("shaping failed")
 
-    trainer.step_episodes, trainer.prepare = slow, broken
+    trainer.step_episodes, trainer.advantages = slow, broken
     with pytest.raises(error, match="shaping failed"):
         trainer.train_step(0)
     assert rollout_done.is_set() == (error is RuntimeError)

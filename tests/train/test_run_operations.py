@@ -142,10 +142,12 @@ def test_keep_checkpoints_prunes(tmp_path, tiny_model_path):
 
 
 def test_a_failed_start_leaves_no_junk_run_dir_but_keeps_an_existing_one(tmp_path, tiny_model_path, monkeypatch):
-    def broken(self):
+    import score_rl.train.trainer as trainer_module
+
+    def broken(*args):
         raise RuntimeError("actors failed to start")
 
-    monkeypatch.setattr(Trainer, "_start_actors", broken)
+    monkeypatch.setattr(trainer_module, "start_actors", broken)
     with pytest.raises(RuntimeError):
         Trainer(_cfg(tmp_path, tiny_model_path, "junk"), log=lambda *_: None)
     assert not (tmp_path / "junk").exists()
@@ -295,7 +297,7 @@ def test_the_best_policy_is_the_one_as_of_the_resumed_checkpoint(tmp_path, tiny_
     assert at_2["step"] <= 2 and (ckpts / "step_0000002" / "best" / "best.json").is_file()
     (ckpts / "step_0000004" / "trainer_state.json").write_text("")  # damaged: the resume goes back to step 2
     trainer = Trainer(_cfg(tmp_path, tiny_model_path, "best-resume", [*extra, "trainer.steps=5"]), log=lambda *_: None)
-    trainer._maybe_resume()
+    trainer.resume()
     best = trainer.run_dir / "best"
     assert trainer.start_step == 2 and trainer.best == at_2
     assert json.loads((best / "best.json").read_text()) == at_2, "not a best found after the checkpoint"

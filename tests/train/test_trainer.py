@@ -279,7 +279,7 @@ def test_every_json_file_of_a_run_is_strict_json(tmp_path, tiny_model_path, monk
     import math
 
     import score_rl.train.trainer as trainer_module
-    from score_rl.eval.sweep_report import final_metrics
+    from score_rl.launch.sweep import final_metrics
 
     real = trainer_module.self_correction_metrics
     monkeypatch.setattr(trainer_module, "self_correction_metrics",
@@ -317,16 +317,18 @@ def test_the_start_up_probes_change_nothing_a_run_samples_or_trains(tmp_path, ti
     """The shared-prompt and KV-reuse probes run forward passes and a greedy generation at start-up: a run with them
     logs exactly what a run without them logs (same samples, same updates)."""
     probed = _run(tmp_path, tiny_model_path, "probed", ["trainer.steps=3"])[1]
-    monkeypatch.setattr(Trainer, "_say_what_is_off", lambda self: None)
+    import score_rl.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "say_what_is_off", lambda *args: None)
     unprobed = _run(tmp_path, tiny_model_path, "unprobed", ["trainer.steps=3"])[1]
     assert _without_timings(probed) == _without_timings(unprobed)
 
 
 def _zero_rewards(monkeypatch, calls=None):
     """Every shaped reward 0 (on the first ``calls`` steps; None: on every step): a batch with nothing to learn."""
-    import score_rl.train.trainer as trainer_module
+    import score_rl.train.methods as methods_module
 
-    real, seen = trainer_module.shape_episodes, []
+    real, seen = methods_module.shape_episodes, []
 
     def shape(episodes, stage, shaping):
         real(episodes, stage, shaping)
@@ -336,14 +338,14 @@ def _zero_rewards(monkeypatch, calls=None):
                 for turn in ep.turns:
                     turn.shaped_reward = 0.0
 
-    monkeypatch.setattr(trainer_module, "shape_episodes", shape)
+    monkeypatch.setattr(methods_module, "shape_episodes", shape)
 
 
 def _rewards_to_learn_from(monkeypatch):
     """The first sample of every problem right, the others wrong: every group has an advantage."""
-    import score_rl.train.trainer as trainer_module
+    import score_rl.train.methods as methods_module
 
-    real = trainer_module.shape_episodes
+    real = methods_module.shape_episodes
 
     def shape(episodes, stage, shaping):
         first = set()
@@ -353,7 +355,7 @@ def _rewards_to_learn_from(monkeypatch):
             first.add(ep.problem_id)
         real(episodes, stage, shaping)
 
-    monkeypatch.setattr(trainer_module, "shape_episodes", shape)
+    monkeypatch.setattr(methods_module, "shape_episodes", shape)
 
 
 def _weights(path):
@@ -407,9 +409,9 @@ def test_the_no_signal_rule_survives_a_resume(tmp_path, tiny_model_path, monkeyp
 def _signal_from_step(monkeypatch, first: int):
     """Steps before ``first``: every reward 0 (nothing to learn); from it on, the first sample of each problem right.
     Keyed on the step number, so a resumed process sees the same rewards as an uninterrupted one."""
-    import score_rl.train.trainer as trainer_module
+    import score_rl.train.methods as methods_module
 
-    real_stage, real_shape, current = trainer_module.stage_at, trainer_module.shape_episodes, {}
+    real_stage, real_shape, current = methods_module.stage_at, methods_module.shape_episodes, {}
 
     def stage(step, shaping):
         current["step"] = step
@@ -423,8 +425,8 @@ def _signal_from_step(monkeypatch, first: int):
             seen.add(ep.problem_id)
         real_shape(episodes, stage, shaping)
 
-    monkeypatch.setattr(trainer_module, "stage_at", stage)
-    monkeypatch.setattr(trainer_module, "shape_episodes", shape)
+    monkeypatch.setattr(methods_module, "stage_at", stage)
+    monkeypatch.setattr(methods_module, "shape_episodes", shape)
 
 
 @pytest.mark.parametrize("mode", [[], ["trainer.off_policy_steps=1"]], ids=["on-policy", "off-policy"])

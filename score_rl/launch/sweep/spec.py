@@ -1,18 +1,8 @@
-"""``score-rl sweep SWEEP.yaml``: variants × grid × seeds of one base config, run locally, on Ray or on SLURM.
+"""A sweep's plan: the sweep file (variants × grid × seeds of one base config), its runs and their run directories.
 
-A sweep file names a base config, variants (a named method — score_rl/algos/methods.py — plus a dotlist diff),
-optional grid axes (their cartesian product applies to every variant), seeds, overrides of the end-of-run
-evaluation, and a backend. Every run is an ordinary ``score-rl train`` with a deterministic run directory
-``OUT/runs/<variant>[__<axis>=<value>...]__seed<seed>``, checkpointed every ``checkpoint_every`` steps:
-
-* a run is finished when its trainer wrote ``run_complete.json`` (after the final policy and its evaluation);
-  re-running a sweep skips finished runs and re-launches the others, which resume from their latest checkpoint;
-* one failed run is reported (``failed.json`` and its log) and does not stop the others.
-
-The plan (``OUT/sweep.json``) is written before anything runs, so ``score-rl sweep --report OUT`` needs only the
-directory. Backends (score_rl/launch/sweep_backends.py): ``local`` (subprocesses, N at a time), ``ray`` (one Ray job
-per run through the Jobs API, N at a time), ``slurm`` (one job array, one task per unfinished run; ``--dry-run``
-writes and prints the script only).
+Every run is an ordinary ``score-rl train`` with a deterministic run directory
+``OUT/runs/<variant>[__<axis>=<value>...]__seed<seed>``; ``OUT/sweep.json`` holds the plan, written before anything
+runs, so the report needs only the directory. This module imports nothing else of the sweep.
 """
 
 from __future__ import annotations
@@ -23,15 +13,16 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from score_rl.config import ConfigError
+from score_rl import rundir
+from score_rl.errors import ConfigError
 
-COMPLETE = "run_complete.json"  # written by the trainer as the last thing a run does
-FAILED = "failed.json"
+COMPLETE = rundir.COMPLETE  # written by the trainer as the last thing a run does
+FAILED = rundir.FAILED
 PLAN = "sweep.json"
 
 
@@ -118,7 +109,8 @@ class Sweep:
 
 
 def is_complete(run: Run) -> bool:
-    return (Path(run.run_dir) / COMPLETE).is_file()
+    """Whether the run finished (score_rl.rundir.is_complete)."""
+    return rundir.is_complete(run.run_dir)
 
 
 # --- the sweep file --------------------------------------------------------------------------------------------------
@@ -127,6 +119,11 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.+-]")
 # keys the sweep sets on every run (a sweep file setting them would be silently overridden, so it is refused)
 _FIXED = ("trainer.seed", "trainer.run_dir", "trainer.checkpoint_every", "trainer.progress_bar",
           "trainer.eval_before_after")
+
+
+def safe_name(text: str) -> str:
+    """TEXT with every character outside letters, digits and _.+- replaced by _ (a file or job name)."""
+    return _SAFE.sub("_", text)
 
 
 def load_sweep(path: str | Path, backend: Optional[str] = None, parallel: Optional[int] = None) -> Sweep:
@@ -224,7 +221,7 @@ def load_sweep(path: str | Path, backend: Optional[str] = None, parallel: Option
 
 def _label_value(value: Any) -> str:
     text = str(value)
-    safe = _SAFE.sub("_", text)
+    safe = safe_name(text)
     if safe != text:  # keep distinct values distinct after sanitising
         import hashlib
 
@@ -235,21 +232,14 @@ def _label_value(value: Any) -> str:
 def _check_run_dir_config(run_id: str, run_dir: Path, cfg) -> None:
     """A run directory that exists was started with exactly this config, or the sweep refuses to touch it: a finished
     run would be reported under settings it never ran with, an interrupted one resumed from another config's
-    checkpoint."""
-    from score_rl.config import config_differences, same_auto_dtype, saved_config_tree, to_yaml
+    checkpoint. (Stricter than a resume, which may change run length or evaluation: a sweep reports its runs under
+    their config.)"""
+    from score_rl.config import run_config_changes
 
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        return
-    old = saved_config_tree(saved)
-    new = same_auto_dtype(old, OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
-    old["trainer"]["allow_config_change"] = new["trainer"]["allow_config_change"] = False  # saved false always
-    for c in (old, new):  # where it runs (the backend adds ray.address=auto for Ray jobs) is not what it is
-        c.pop("ray", None)
-    if old != new:
-        key = next(iter(config_differences(old, new)), "?")
+    changes = run_config_changes(cfg, run_dir / rundir.CONFIG)
+    if changes:
         raise ConfigError(f"sweep run '{run_id}': {run_dir} was started with a different config (first difference: "
-                          f"'{key}'); remove that directory or set another out_dir")
+                          f"'{changes[0][0]}'); remove that directory or set another out_dir")
 
 
 def write_plan(sweep: Sweep) -> Path:
@@ -266,49 +256,3 @@ def read_plan(out_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {out_dir} a sweep directory (score-rl sweep writes it)?")
     return json.loads(path.read_text())
-
-
-def run_sweep(path: str | Path, backend: Optional[str] = None, parallel: Optional[int] = None,
-              dry_run: bool = False, log: Callable = print) -> Path:
-    """Plan, run what is unfinished on the backend, and (unless submitted to SLURM) write the report."""
-    sweep = load_sweep(path, backend, parallel)
-    if dry_run and sweep.spec.backend.name != "slurm":
-        raise ConfigError("--dry-run applies to --backend slurm only")
-    write_plan(sweep)
-    pending = sweep.pending()
-    log(f"sweep '{sweep.spec.name}': {len(sweep.runs)} runs, {len(sweep.runs) - len(pending)} finished, "
-        f"{len(pending)} to run on backend '{sweep.spec.backend.name}'; directory {sweep.out_dir}")
-    from score_rl.launch.sweep_backends import run_local, run_ray, run_slurm
-
-    name = sweep.spec.backend.name
-    if name == "slurm":
-        run_slurm(sweep, dry_run, log)
-        return sweep.out_dir
-    if pending:
-        _prepare_base_model(sweep, log)
-        results = (run_local if name == "local" else run_ray)(sweep, log)
-        failed = [k for k, ok in results.items() if not ok]
-        if failed:
-            log(f"{len(failed)} run(s) failed: {', '.join(failed)} (see failed.json in their directories); "
-                "re-running the sweep retries them")
-    from score_rl.eval.sweep_report import write_report
-
-    report = write_report(sweep.out_dir, log=log)
-    log(report.read_text())
-    return sweep.out_dir
-
-
-def _prepare_base_model(sweep: Sweep, log: Callable) -> None:
-    """Build (once) the locally built base models the runs need, before runs start side by side."""
-    from score_rl.config import load_config
-    from score_rl.train.base_model import resolve_model_path
-
-    seen = set()
-    for run in sweep.pending():
-        cfg = load_config(sweep.base, run.overrides)
-        if cfg.model.path is None:
-            key = json.dumps([asdict(cfg.model.tiny), cfg.env.name, dict(cfg.env.params), cfg.env.seed,
-                              asdict(cfg.prompt), cfg.model.cache_dir], sort_keys=True, default=str)
-            if key not in seen:
-                seen.add(key)
-                resolve_model_path(cfg, log=log)

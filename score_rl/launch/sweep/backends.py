@@ -1,10 +1,11 @@
-"""The backends of ``score-rl sweep``: where the unfinished runs of a planned sweep (score_rl/launch/sweep.py) run.
+"""The backends of ``score-rl sweep``: where the unfinished runs of a planned sweep (spec.py) run.
 
 * ``run_local``: ``score-rl train`` subprocesses, N at a time, stopped cleanly on Ctrl-C / SIGTERM / SIGHUP;
 * ``run_ray``: one Ray job per run (Jobs API) on a running cluster, N at a time;
-* ``run_slurm``: one job array, a task per run (``slurm_script``), submitted with sbatch or only written (dry run).
+* ``run_slurm``: one job array, a task per run (``slurm_script``: the body of slurm/score_rl.sbatch, so each task
+  gets its Ray cluster, signals, requeue and no-progress guard), submitted with sbatch or only written (dry run).
 
-A run is never started while another process holds its run directory's lock (score_rl.train.trainer.RunDirLock).
+A run is never started while another process holds its run directory's lock (score_rl.rundir.RunDirLock).
 """
 
 from __future__ import annotations
@@ -16,25 +17,27 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from score_rl.config import ConfigError
-from score_rl.launch.sweep import _SAFE, FAILED, Run, Sweep, is_complete
+from score_rl import rundir
+from score_rl.errors import ConfigError
+from score_rl.launch.sweep.spec import Run, Sweep, is_complete, safe_name
 
 
 def _record_failure(run: Run, returncode: Any, log_path: Optional[Path]) -> None:
     tail = ""
     if log_path and log_path.is_file():
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-    (Path(run.run_dir) / FAILED).write_text(json.dumps({"returncode": returncode, "log": str(log_path),
+    (Path(run.run_dir) / rundir.FAILED).write_text(json.dumps({"returncode": returncode, "log": str(log_path),
                                                         "log_tail": tail}, indent=2))
 
 
 def _finished(run: Run, returncode: Any, log_path: Optional[Path], seconds: float, log: Callable) -> bool:
     if returncode == 0 and is_complete(run):
-        (Path(run.run_dir) / FAILED).unlink(missing_ok=True)
+        (Path(run.run_dir) / rundir.FAILED).unlink(missing_ok=True)
         log(f"done   {run.run_id} ({seconds:.0f} s)")
         return True
     _record_failure(run, returncode, log_path)
@@ -63,7 +66,7 @@ def run_local(sweep: Sweep, log: Callable = print) -> Dict[str, bool]:
                     continue
                 Path(run.run_dir).mkdir(parents=True, exist_ok=True)
                 log_path = Path(run.run_dir) / "train.log"
-                resumed = (Path(run.run_dir) / "checkpoints").is_dir()
+                resumed = (Path(run.run_dir) / rundir.CHECKPOINTS).is_dir()
                 handle = open(log_path, "a")
                 proc = subprocess.Popen(run.command(sweep.base), stdout=handle, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True,
@@ -120,10 +123,8 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 
 def run_dir_in_use(run_dir: Path) -> bool:
-    """Whether a trainer holds the run directory's lock (score_rl.train.trainer.RunDirLock)."""
-    from score_rl.train.trainer import RunDirLock
-
-    return RunDirLock.held(run_dir)
+    """Whether a trainer holds the run directory's lock (score_rl.rundir.RunDirLock)."""
+    return rundir.RunDirLock.held(run_dir)
 
 
 def run_ray(sweep: Sweep, log: Callable = print) -> Dict[str, bool]:
@@ -187,11 +188,30 @@ def _use_ray_token_if_present() -> None:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
+SBATCH = Path(__file__).resolve().parents[3] / "slurm" / "score_rl.sbatch"
+BODY_MARK = "# --- from here on: the body of slurm/score_rl.sbatch"
 _DIRECTIVE = re.compile(r"^[\w.:,@%+=/-]+$")
+# directives of slurm/score_rl.sbatch that the array script sets itself: a task is one run, with the resources of
+# backend.slurm (add --exclusive through backend.slurm.sbatch_args to get whole nodes)
+_REPLACED = ("--job-name", "--output", "--exclusive")
+# what the body sets itself from SCORE_RL_RUN_DIR (it refuses trainer.run_dir among the overrides)
+_BODY_SETS = ("trainer.run_dir=", "trainer.progress_bar=")
+
+
+def sbatch_parts(path: Path = SBATCH) -> Tuple[List[str], str]:
+    """slurm/score_rl.sbatch as its ``#SBATCH`` lines and its body (from its first line of code on)."""
+    if not path.is_file():
+        raise ConfigError(f"sweep backend slurm: {path} not found (the array script runs its body; use score-rl "
+                          "from a checkout of the repository)")
+    lines = path.read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if i and line.strip() and not line.startswith("#"))
+    directives = [line for line in lines[:first] if line.startswith("#SBATCH ")]
+    return directives, "\n".join(lines[first:]) + "\n"
 
 
 def slurm_script(sweep: Sweep, runs: List[Run]) -> str:
-    """A job array with one task per run; each task's case names its run."""
+    """A job array with one task per run: each task's case names its run (config, overrides, run directory), then
+    the body of slurm/score_rl.sbatch runs it, with that script's directives for signals and requeue."""
     sb, spec = sweep.spec.backend.slurm, sweep.spec
     logs = sweep.out_dir / "slurm"
     for key in ("partition", "account", "time", "mem"):
@@ -200,12 +220,19 @@ def slurm_script(sweep: Sweep, runs: List[Run]) -> str:
             raise ConfigError(f"sweep key 'backend.slurm.{key}': {value!r} is not a plain SLURM value")
     for arg in sb.sbatch_args:
         if not _DIRECTIVE.match(arg):
-            raise ConfigError(f"sweep key 'backend.slurm.sbatch_args': {arg!r} must be one --option=value without spaces")
+            raise ConfigError(f"sweep key 'backend.slurm.sbatch_args': {arg!r} must be one --option=value "
+                              "without spaces")
     if not _DIRECTIVE.match(str(logs)):
         raise ConfigError(f"sweep out_dir {sweep.out_dir} must not contain spaces or shell characters for SLURM")
-    python = shlex.split(sb.python)  # e.g. "python", "uv run python", "srun python"
+    directives, body = sbatch_parts()
     array = f"0-{len(runs) - 1}" + (f"%{sb.throttle}" if sb.throttle else "")
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={_SAFE.sub('_', spec.name)}", f"#SBATCH --array={array}",
+    about = (f"score-rl sweep '{spec.name}': {len(runs)} unfinished run(s), one array task each; re-running the "
+             "sweep leaves finished runs out (a run already training elsewhere holds its directory's lock and this "
+             "task then stops). Each task sets its run, then runs the body of slurm/score_rl.sbatch: its Ray "
+             "cluster, stop signals, requeue and no-progress guard; its SCORE_RL_* settings apply.")
+    lines = ["#!/bin/bash", *[f"# {line}" for line in textwrap.wrap(about, 116)],
+             *[d for d in directives if d.split()[1].split("=")[0] not in _REPLACED],
+             f"#SBATCH --job-name={safe_name(spec.name)}", f"#SBATCH --array={array}",
              f"#SBATCH --cpus-per-task={sb.cpus_per_task}", f"#SBATCH --mem={sb.mem}", f"#SBATCH --time={sb.time}",
              f"#SBATCH --output={logs}/%x_%A_%a.out"]
     if sb.partition:
@@ -215,19 +242,23 @@ def slurm_script(sweep: Sweep, runs: List[Run]) -> str:
     if sb.gpus_per_task:
         lines.append(f"#SBATCH --gres=gpu:{sb.gpus_per_task}")
     lines += [f"#SBATCH {arg}" for arg in sb.sbatch_args]
-    lines += [f"# score-rl sweep '{spec.name}': {len(runs)} unfinished run(s); re-running the sweep leaves finished "
-              "runs out (a run already training elsewhere holds its directory's lock and this task then stops)",
-              f"cd {shlex.quote(str(Path.cwd()))}",
-              # the setup lines first: environment activation scripts are often not safe under `set -u`
-              *[f"# shellcheck disable=SC1090,SC1091  # (backend.slurm.setup: files it sources are not followed)\n{line}"
-                for line in sb.setup], "set -euo pipefail", "",
-              'case "${SLURM_ARRAY_TASK_ID}" in']
+    cwd = shlex.quote(str(Path.cwd()))
+    lines += ["", f"cd {cwd}", f"export SCORE_RL_WORKDIR={cwd}"]
+    if shlex.split(sb.python) != ["python"]:  # e.g. "uv run python": the policy and the driver run through it
+        lines.append(f"export SCORE_RL_PYTHON={shlex.quote(sb.python)}")
+    # the setup lines first: environment activation scripts are often not safe under `set -u` or `set -e`
+    check = "# shellcheck disable=SC1090,SC1091  # (backend.slurm.setup: sourced files are not followed)"
+    lines += [f"{check}\n{line}" for line in sb.setup]
+    lines += ["", 'case "${SLURM_ARRAY_TASK_ID:-}" in']
     for i, run in enumerate(runs):
-        args = " ".join(shlex.quote(a) for a in [*python, *run.command(sweep.base, "")[1:]])
-        lines += [f"  {i})  # {run.run_id}", f"    RUN_ID={shlex.quote(run.run_id)}", f"    CMD=({args})", "    ;;"]
-    lines += ['  *) echo "score-rl sweep: no run for array index ${SLURM_ARRAY_TASK_ID}" >&2; exit 2 ;;', "esac",
-              'echo "score-rl sweep: run ${RUN_ID}"', 'exec "${CMD[@]}"', ""]
-    return "\n".join(lines)
+        args = [sweep.base, *[o for o in run.overrides if not o.startswith(_BODY_SETS)]]
+        lines += [f"  {i})  # {run.run_id}", f"    RUN_ID={shlex.quote(run.run_id)}",
+                  f"    export SCORE_RL_RUN_DIR={shlex.quote(run.run_dir)}",
+                  "    set -- " + " \\\n      ".join(shlex.quote(a) for a in args), "    ;;"]
+    lines += ['  *) echo "score-rl sweep: no run for array index ${SLURM_ARRAY_TASK_ID:-}" >&2; exit 2 ;;', "esac",
+              'echo "score-rl sweep: run ${RUN_ID} in ${SCORE_RL_RUN_DIR}" >&2', "",
+              f"{BODY_MARK} (its header documents it) ---"]
+    return "\n".join(lines) + "\n" + body
 
 
 def run_slurm(sweep: Sweep, dry_run: bool, log: Callable = print) -> Optional[str]:
@@ -237,18 +268,22 @@ def run_slurm(sweep: Sweep, dry_run: bool, log: Callable = print) -> Optional[st
         log("every run is finished or training: nothing to submit")
         return None
     (sweep.out_dir / "slurm").mkdir(parents=True, exist_ok=True)
-    script = sweep.out_dir / "slurm" / f"{_SAFE.sub('_', sweep.spec.name)}.sbatch"
-    script.write_text(slurm_script(sweep, runs))
+    script = sweep.out_dir / "slurm" / f"{safe_name(sweep.spec.name)}.sbatch"
+    text = slurm_script(sweep, runs)
+    script.write_text(text)
     if dry_run:
-        log(script.read_text())
+        head = text[:text.index(BODY_MARK)]
+        log(f"{head}{BODY_MARK} ({text[len(head):].count(chr(10))} lines: see the file) ---")
         log(f"# dry run: wrote {script} ({len(runs)} array tasks); submit it with: sbatch {script}")
         return None
     try:
         out = subprocess.run(["sbatch", "--parsable", str(script)], check=True, capture_output=True, text=True)
     except FileNotFoundError:
-        raise ConfigError("sweep backend slurm: sbatch not found (run on a SLURM login node, or use --dry-run)")
+        raise ConfigError("sweep backend slurm: sbatch not found (run on a SLURM login node, or use --dry-run)"
+                          ) from None
     except subprocess.CalledProcessError as err:
-        raise ConfigError(f"sbatch rejected {script}: {err.stderr.strip().splitlines()[-1] if err.stderr else err}")
+        reason = err.stderr.strip().splitlines()[-1] if err.stderr else err
+        raise ConfigError(f"sbatch rejected {script}: {reason}") from None
     job_id = out.stdout.strip().split(";")[0]
     log(f"submitted job array {job_id} ({len(runs)} runs); when it is done: score-rl sweep --report {sweep.out_dir}")
     return job_id

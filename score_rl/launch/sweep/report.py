@@ -1,4 +1,5 @@
-"""The report of a sweep: per variant, mean ± std and a 95% CI over seeds; paired differences against a reference.
+"""The report of a sweep (``score-rl sweep --report OUT``): per variant, mean ± std and a 95% CI over seeds;
+paired differences against a reference.
 
 Every number comes from each run's ``eval_before_after.json`` (the final policy on the held-out problems, with the
 sweep's evaluation settings) and its ``metrics.jsonl`` (the training curves). Outputs, in ``OUT/report/``:
@@ -22,6 +23,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from score_rl import rundir
+from score_rl.launch.sweep.spec import read_plan
 from score_rl.utils import nan_for_none
 
 # the final metrics of the report: key → (label, computed from the run's evaluation)
@@ -67,7 +70,7 @@ def paired_difference(values: Dict[int, float], reference: Dict[int, float], con
 def final_metrics(run_dir: Path, which: str = "trained") -> Optional[Dict[str, float]]:
     """A finished run's evaluation of its final policy (``which="trained"``) or of the base model (``"base"``), with
     the edit rate (share of changed second answers)."""
-    path = Path(run_dir) / "eval_before_after.json"
+    path = Path(run_dir) / rundir.EVAL_BEFORE_AFTER
     if not path.is_file():
         return None
     metrics = nan_for_none(json.loads(path.read_text())[which])  # an undefined rate is null in the file
@@ -94,8 +97,6 @@ def _fmt(s: Summary, percent: bool = True, signed: bool = False) -> str:
 
 def write_report(out_dir: str | Path, log: Callable = print) -> Path:
     """Tables (markdown, CSV) and plots of a sweep directory; returns the markdown file."""
-    from score_rl.launch.sweep import FAILED, read_plan
-
     out_dir = Path(out_dir)
     plan = read_plan(out_dir)
     groups: Dict[str, Dict[int, Dict[str, float]]] = defaultdict(dict)
@@ -108,8 +109,8 @@ def write_report(out_dir: str | Path, log: Callable = print) -> Path:
             order.append(group)
             point_of[group] = group[len(run["variant"]):]
         metrics = final_metrics(Path(run["run_dir"]))
-        if metrics is None or not (Path(run["run_dir"]) / "run_complete.json").is_file():
-            (failed if (Path(run["run_dir"]) / FAILED).is_file() else missing).append(run["run_id"])
+        if metrics is None or not rundir.is_complete(run["run_dir"]):
+            (failed if (Path(run["run_dir"]) / rundir.FAILED).is_file() else missing).append(run["run_id"])
             continue
         groups[group][run["seed"]] = metrics
         base = final_metrics(Path(run["run_dir"]), "base")
@@ -186,16 +187,16 @@ def write_report(out_dir: str | Path, log: Callable = print) -> Path:
 
 def _colors(order: List[str]) -> Dict[str, str]:
     """One colour per variant, the same in every panel of both plots."""
-    from score_rl.eval.plots import _pyplot
+    from score_rl.eval.plots import pyplot
 
-    cycle = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    cycle = pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
     return {g: cycle[i % len(cycle)] for i, g in enumerate(order)}
 
 
 def _plot_bars(out: Path, order: List[str], summaries, name: str) -> None:
-    from score_rl.eval.plots import _pyplot
+    from score_rl.eval.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     groups = [g for g in order if any(s.n for s in summaries[g].values())]
     if not groups:
         return
@@ -204,8 +205,8 @@ def _plot_bars(out: Path, order: List[str], summaries, name: str) -> None:
     for ax, (key, title) in zip(axes.flat, METRICS.items()):
         xs = np.arange(len(groups))
         means = [100 * summaries[g][key].mean for g in groups]
-        err = [0.0 if math.isnan(summaries[g][key].ci_high) else 100 * (summaries[g][key].ci_high - summaries[g][key].mean)
-               for g in groups]
+        err = [0.0 if math.isnan(summaries[g][key].ci_high)
+               else 100 * (summaries[g][key].ci_high - summaries[g][key].mean) for g in groups]
         ax.bar(xs, means, 0.7, yerr=err, capsize=3, color=[colors[g] for g in groups])
         ax.set_xticks(xs, groups, rotation=40, ha="right", fontsize=8)
         ax.axhline(0, color="black", linewidth=0.6)
@@ -233,9 +234,9 @@ def _curve_rows(run_dir: Path) -> List[dict]:
 
 
 def _plot_curves(out: Path, order: List[str], runs: Dict[str, dict], name: str) -> None:
-    from score_rl.eval.plots import _pyplot
+    from score_rl.eval.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     colors = _colors(order)
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.8))
     for g in order:
