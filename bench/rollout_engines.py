@@ -35,8 +35,9 @@ def run_one(engine: str, model_path: str, problems: int, samples: int, max_new_t
 
     quiet_libraries()
     cfg = load_config(str(ROOT / config), [
-        f"model.path={model_path}", "model.dtype=float32", f"rollout.engine={engine}", f"rollout.cpus_per_worker={threads}",
-        f"rollout.max_new_tokens={max_new_tokens}", "rollout.vllm.kv_cache_mb=1024"])
+        f"model.path={model_path}", "model.dtype=float32", f"rollout.engine={engine}",
+        f"rollout.cpus_per_worker={threads}", f"rollout.max_new_tokens={max_new_tokens}",
+        "rollout.vllm.kv_cache_mb=1024"])
     start = time.perf_counter()
     worker = RolloutWorker(cfg, model_path)
     startup = time.perf_counter() - start

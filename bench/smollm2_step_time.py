@@ -18,7 +18,7 @@ rollout worker) are averaged and compared with the baseline's as ratios measured
 Every lever updates on every step (algo.skip_no_signal=false), so a step without rewards still costs a full step.
 The vLLM CPU engine is measured by bench/rollout_engines.py, not here (it needs its own venv).
 
-    .venv/bin/python bench/smollm2_step_time.py            # ~15 min on 2 cores; score-rl get-model smollm2-135m-instruct first
+    .venv/bin/python bench/smollm2_step_time.py  # ~15 min on 2 cores; score-rl get-model smollm2-135m-instruct first
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ Samples the config's base model on train problems with layouts (first attempts �
 mean square of turn-2 advantages (a proxy for the noise multiplying each token's score function, not the gradient
 variance itself), their correlation with r1 (a first attempt's correctness is fixed when attempt 2 is sampled: any
 part of A2 that r1 predicts is noise for turn 2's gradient), and the mean square after removing that r1-predictable
-part. The r1-predictable part is the *net* effect of the bonus's −α·r1 and +α·r2 terms, not the −α·r1 term alone. A benchmark: it prints what it measures in one run, nothing is asserted.
+part. The r1-predictable part is the *net* effect of the bonus's −α·r1 and +α·r2 terms, not the −α·r1 term alone.
+A benchmark: it prints what it measures in one run, nothing is asserted.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def main() -> None:
     problems = worker.env.problems("train")[:args.problems]
     print(f"{args.config}: {len(problems)} train problems, {args.samples} second attempts each, Stage II shaping "
           f"α = {cfg.shaping.alpha}, RLOO, base model at T = {cfg.rollout.temperature}")
-    print("| first attempts × corrections | episodes | mean A2² | corr(A2, r1) | mean A2² without the r1-predictable part |")
+    print("| first attempts × corrections | episodes | mean A2² | corr(A2, r1) | "
+          "mean A2² without the r1-predictable part |")
     print("|---|---:|---:|---:|---:|")
     rows = {}
     for corrections in (1, 2, 4):

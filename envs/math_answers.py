@@ -98,12 +98,12 @@ def _unwrap_box(answer: str) -> str:
 
 def _stated_answer(text: str, phrase: "re.Pattern[str]") -> Optional[str]:
     """The answer after the last ``phrase`` that states one: ``$X$`` / ``$$X$$`` (a whole ``\\boxed{X}`` unwrapped),
-    else the rest of its sentence (up to ". " or the line's end) without "I hope it is correct"; when the line ends right
-    after the phrase, the next non-blank line if it starts with ``$`` or ``\\boxed``. Only a phrase that states no
-    answer at all lets an earlier one count: a verdict ("The final answer is correct.") or the very end of the text (a
-    response cut off after "The final answer is"); anything else unreadable (an unclosed ``$``, an answer on the next
-    line in words) is no answer rather than a guess. Each phrase reads at most ``_WINDOW`` characters: linear time on
-    any input."""
+    else the rest of its sentence (up to ". " or the line's end) without "I hope it is correct"; when the line ends
+    right after the phrase, the next non-blank line if it starts with ``$`` or ``\\boxed``. Only a phrase that states
+    no answer at all lets an earlier one count: a verdict ("The final answer is correct.") or the very end of the text
+    (a response cut off after "The final answer is"); anything else unreadable (an unclosed ``$``, an answer on the
+    next line in words) is no answer rather than a guess. Each phrase reads at most ``_WINDOW`` characters: linear
+    time on any input."""
     n = len(text)
     for match in reversed(list(phrase.finditer(text))):
         pos = match.end()
@@ -174,7 +174,8 @@ _BARE_ALT = "|".join(sorted((re.escape(u) for u in _BARE_UNITS), key=len, revers
 _POWER = r"(?:\s*\^\s*(?:\{\s*[23]\s*\}|[23]))?"
 _TEXT_CMD = r"\\(?:text|textrm|textnormal|textit|mbox|mathrm|rm)"
 # a trailing \text{...} group of a few words: a unit or a counted noun ("5 \text{ cm}^2", "12 \text{ students}")
-_TEXT_TAIL = re.compile(rf"\s*{_TEXT_CMD}\s*\{{(?:[\s~]|\\[ ,;])*([A-Za-z][A-Za-z.\-/ ]{{0,40}}?)(?:[\s~]|\\[ ,;])*\}}{_POWER}\s*$")
+_TEXT_TAIL = re.compile(rf"\s*{_TEXT_CMD}\s*\{{(?:[\s~]|\\[ ,;])*([A-Za-z][A-Za-z.\-/ ]{{0,40}}?)"
+                        rf"(?:[\s~]|\\[ ,;])*\}}{_POWER}\s*$")
 _BARE_TAIL = re.compile(rf"(?<=[\d}}\s])\s*(?:(?:square|cubic)\s+)?(?:{_BARE_ALT})(?:e?s)?\.?{_POWER}\s*$")
 # Words that turn a trailing text into a statement about the answer ("4 \text{ or 3}", "4 \text{ is wrong}"): such
 # a text is not stripped (math-verify's own unit rule would drop any trailing \text{...}; it is switched off).
@@ -208,7 +209,8 @@ def strip_units(answer: str) -> str:
 
 _SPACING = re.compile(r"(?<!\\)\\[,;:!> ]|\\q?quad(?![a-zA-Z])|~")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big|bigg|Bigg)(?![a-zA-Z])")
-_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|textit|textnormal|mbox|mathrm|mathbf|mathit|rm|operatorname)\s*\{([^{}]*)\}")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|textit|textnormal|mbox|mathrm|mathbf|mathit|rm|operatorname)"
+                           r"\s*\{([^{}]*)\}")
 _ASSIGNMENT = re.compile(r"^[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?=(?!=)")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _DECIMAL = re.compile(r"-?\d+\.\d+")

@@ -48,7 +48,7 @@ class Episode:
     reference: Any = None
     # with rollout.corrections_per_attempt = m > 1: which of the problem's first attempts this episode continues; its m
     # siblings share that first attempt (turn 2's baseline is computed among them). None: independent episodes.
-    attempt: Optional[int] = None
+    first_attempt_id: Optional[int] = None
 
     @property
     def rewards(self) -> List[float]:
@@ -71,4 +71,5 @@ class Episode:
 def episode_from_dict(data: dict) -> Episode:
     """The inverse of ``dataclasses.asdict`` for an Episode (Pair-SFT's saved pairs, a checkpoint's pending batch)."""
     return Episode(problem_id=data["problem_id"], sample_index=data["sample_index"], reference=data["reference"],
-                   turns=[Turn(**turn) for turn in data["turns"]], attempt=data.get("attempt"))
+                   turns=[Turn(**turn) for turn in data["turns"]],
+                   first_attempt_id=data.get("first_attempt_id", data.get("attempt")))  # "attempt" in earlier files

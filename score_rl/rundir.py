@@ -19,9 +19,8 @@ A run directory holds::
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 from score_rl.errors import ConfigError
 
@@ -66,16 +65,6 @@ def worth_keeping(run_dir: str | Path) -> bool:
     metrics = d / METRICS
     return (has_checkpoint(d) or (d / EVAL_BASE).exists() or (metrics.is_file() and metrics.stat().st_size > 0)
             or (d / FINAL).exists() or (d / PAIRS).exists())
-
-
-def remove_if_junk(run_dir: str | Path) -> bool:
-    """Remove a run directory in which nothing was computed (a failed start); True if it was removed. The caller
-    decides whether the directory is its own to remove (it created it)."""
-    d = Path(run_dir)
-    if not d.is_dir() or worth_keeping(d):
-        return False
-    shutil.rmtree(d, ignore_errors=True)
-    return True
 
 
 class RunDirLock:
@@ -124,15 +113,3 @@ class RunDirLock:
                 return False
             fcntl.flock(f, fcntl.LOCK_UN)
         return False
-
-
-def checkpoint_step(run_dir: str | Path) -> Optional[int]:
-    """The step of the newest intact checkpoint, None when the run has none (damaged ones are skipped silently)."""
-    from score_rl.train.checkpoint import resumable_checkpoints
-
-    root = Path(run_dir) / CHECKPOINTS
-    if not has_checkpoint(run_dir):
-        return None
-    for path in resumable_checkpoints(root, warn=lambda *_: None):
-        return int(path.name.split("_")[-1])
-    return None

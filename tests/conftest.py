@@ -78,7 +78,7 @@ def _raise_on_our_deprecations():
         if self.name.startswith("transformers"):
             try:
                 text = logging.LogRecord(self.name, logging.WARNING, "", 0, msg, args, None).getMessage()
-            except Exception:  # noqa: BLE001 - a malformed message is logging's to report, not ours
+            except Exception:  # a malformed message is logging's to report, not ours
                 text = str(msg)
             _check_deprecation(text, True)
         kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1  # the log line names the caller, not this wrapper

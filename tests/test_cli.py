@@ -164,7 +164,8 @@ def test_bad_math_data_files(tmp_path, capsys, content, expected, command, key):
 
 def test_non_utf8_score_input_names_the_file_line_and_offset(tmp_path, capsys):
     src = tmp_path / "responses.jsonl"
-    src.write_bytes(b'{"problem_id": "test/27+58", "response": "85"}\n{"problem_id": "test/31+92", "response": "\xff"}\n')
+    src.write_bytes(b'{"problem_id": "test/27+58", "response": "85"}\n'
+                    b'{"problem_id": "test/31+92", "response": "\xff"}\n')
     out = tmp_path / "scored.jsonl"
     message = _main_error(capsys, "score", src, "--env", "arithmetic", "--output", out)
     assert message == f"{src}:2: not UTF-8 text (byte 0xff at byte offset 89 of the file)"

@@ -154,7 +154,7 @@ def test_default_kl_is_k1_in_the_reward():
 
     assert Config().algo.kl_estimator == "k1"
     cfg = load_config(QUICKSTART, [])
-    assert cfg.algo.kl_estimator == "k1" and cfg.algo.kl_in_the_reward() is True
+    assert cfg.algo.kl_estimator == "k1" and cfg.algo.uses_reward_kl() is True
 
 
 @pytest.mark.parametrize("override,key", [
@@ -185,14 +185,14 @@ def test_engine_and_weight_sync_settings_out_of_range_name_the_key(override, key
 def test_loss_side_estimators_are_accepted(estimator):
     """Naming a loss-side estimator is enough: the placement follows from it (algo.kl_in_reward: null)."""
     cfg = load_config(QUICKSTART, [f"algo.kl_estimator={estimator}"])
-    assert cfg.algo.kl_estimator == estimator and cfg.algo.kl_in_the_reward() is False
+    assert cfg.algo.kl_estimator == estimator and cfg.algo.uses_reward_kl() is False
 
 
 def test_a_saved_config_keeps_the_kl_placement_derived(tmp_path):
     """config.yaml keeps algo.kl_in_reward: null, so an ablation on a run's saved config can switch the estimator."""
     save_config(load_config(QUICKSTART, []), tmp_path / "config.yaml")
     cfg = load_config(tmp_path / "config.yaml", ["algo.kl_estimator=k2"])
-    assert cfg.algo.kl_in_reward is None and cfg.algo.kl_in_the_reward() is False
+    assert cfg.algo.kl_in_reward is None and cfg.algo.uses_reward_kl() is False
 
 
 def test_training_in_float16_with_zero_0_is_rejected():

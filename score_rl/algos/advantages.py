@@ -4,11 +4,11 @@ Turn t's return is G_t = R_t + γ · G_{t+1}, where R_t is the turn's shaped rew
 sits in the reward). With γ = 0 (the paper's choice) turn 1's advantage never depends on turn 2's reward.
 The baseline of turn t is computed from the same turn of the problem's other samples.
 
-Conditional turn-2 groups (``rollout.corrections_per_attempt`` = m > 1; episodes carry ``Episode.attempt``): the m
-sibling episodes that continue one first attempt form turn 2's group — its baseline estimates the value of correcting
-*this* attempt, so anything that depends only on the first attempt (such as the −α·r1 part of SCoRe's bonus) cancels
-out of turn 2's advantage. Turn 1's group is the problem's distinct first attempts, each with return
-R_1 + γ · (mean of its siblings' G_2).
+Conditional turn-2 groups (``rollout.corrections_per_attempt`` = m > 1; episodes carry
+``Episode.first_attempt_id``): the m sibling episodes that continue one first attempt form turn 2's group — its
+baseline estimates the value of correcting *this* attempt, so anything that depends only on the first attempt (such
+as the −α·r1 part of SCoRe's bonus) cancels out of turn 2's advantage. Turn 1's group is the problem's distinct first
+attempts, each with return R_1 + γ · (mean of its siblings' G_2).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def compute_advantages(
         return rewards
 
     for members in groups.values():
-        if all(episodes[i].attempt is None for i in members):
+        if all(episodes[i].first_attempt_id is None for i in members):
             adv = fn(torch.tensor([turn_returns(rewards_of(i), gamma) for i in members], dtype=torch.float64))
             for row, i in enumerate(members):
                 for t, turn in enumerate(episodes[i].turns):
@@ -83,9 +83,9 @@ def _conditional_advantages(episodes, members: List[int], rewards_of, fn, gamma:
     """Turn ≥ 2 baselined among the siblings of one first attempt; turn 1 among the problem's distinct attempts."""
     siblings: Dict[int, List[int]] = defaultdict(list)
     for i in members:
-        if episodes[i].attempt is None:
+        if episodes[i].first_attempt_id is None:
             raise ValueError(f"problem {episodes[i].problem_id} mixes episodes with and without a shared first attempt")
-        siblings[episodes[i].attempt].append(i)
+        siblings[episodes[i].first_attempt_id].append(i)
     first_returns = []
     for attempt, sibs in siblings.items():
         if any(episodes[i].turns[0].response_ids != episodes[sibs[0]].turns[0].response_ids for i in sibs):

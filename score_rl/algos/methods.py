@@ -60,8 +60,8 @@ PRESETS: Dict[str, Preset] = {
                    "Table 2 'STaR D+'"),
     "star_d": Preset(("method.name=star", "method.star_keep=D"),
                      "STaR for self-correction keeping only wrong→right traces", "Table 2 'STaR D'"),
-    "pair_sft": Preset(("method.name=pair_sft",), "Pair-SFT: the base model's wrong attempts paired with its right ones",
-                       "Table 2 'Pair-SFT'"),
+    "pair_sft": Preset(("method.name=pair_sft",),
+                       "Pair-SFT: the base model's wrong attempts paired with its right ones", "Table 2 'Pair-SFT'"),
     "self_refine": Preset(("method.name=self_refine",), "the base model prompted with the correction instruction",
                           "Table 2 'Self-Refine'"),
 }

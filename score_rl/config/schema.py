@@ -190,7 +190,7 @@ class AlgoConfig:
                                "step (its gradient would be only float rounding in the KL terms, which AdamW turns "
                                "into a full-size step); logged as update_skipped. false: update anyway.")
 
-    def kl_in_the_reward(self) -> bool:
+    def uses_reward_kl(self) -> bool:
         """Where the KL sits: algo.kl_in_reward, or (null) derived from the estimator — k1 in the reward, the
         others in the loss. The saved config keeps null, so a later estimator override still derives it."""
         return self.kl_estimator == "k1" if self.kl_in_reward is None else bool(self.kl_in_reward)

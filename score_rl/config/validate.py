@@ -95,7 +95,7 @@ def _validate_rollout(cfg: Config) -> None:
 
 def _validate_algo(cfg: Config) -> None:
     algo, rollout = cfg.algo, cfg.rollout
-    if algo.kl_in_the_reward() != (algo.kl_estimator == "k1"):
+    if algo.uses_reward_kl() != (algo.kl_estimator == "k1"):
         raise ConfigError(
             "config key 'algo.kl_estimator': k1 is unbiased only as a reward penalty (algo.kl_in_reward=true), and "
             "the reward penalty is implemented with k1 only; use k1 with kl_in_reward=true, or k2/k3/full with false"

@@ -7,7 +7,6 @@ instruction, no training); reports label such models "(Self-Refine)".
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -53,8 +52,8 @@ def run_eval_episodes(
             if should_stop is not None and should_stop():
                 raise EvalInterrupted(f"stopped after {start} of {len(problems)} problems")
             out += run_sharded(workers, problems[start:start + chunk], samples_per_problem, temperature,
-                               seeds.eval_chunk(seed, start), num_turns, weights_version=weights_version, recover=recover,
-                               attempts=attempts)
+                               seeds.eval_chunk(seed, start), num_turns, weights_version=weights_version,
+                               recover=recover, attempts=attempts)
             bar.update(min(chunk, len(problems) - start))
             if lines is not None:  # (a disabled bar does not count)
                 lines.update(min(start + chunk, len(problems)))
@@ -147,8 +146,9 @@ def evaluate_models(cfg: Config, models: Sequence[Tuple[str, str]], log=print) -
                                         progress=f"eval {label}")
                 report.metrics[name], report.episodes[name] = self_correction_metrics(eps), eps
                 if ec.scaling_samples:
-                    sampled = run_eval_episodes(workers, problems, seeds.scaling_samples(cfg.trainer.seed), 2, ec.scaling_temperature,
-                                                samples_per_problem=ec.scaling_samples, progress=f"scaling {label}")
+                    sampled = run_eval_episodes(workers, problems, seeds.scaling_samples(cfg.trainer.seed), 2,
+                                                ec.scaling_temperature, samples_per_problem=ec.scaling_samples,
+                                                progress=f"scaling {label}")
                     from score_rl.eval.scaling import scaling_tables
 
                     report.scaling[name] = scaling_tables(sampled, env)  # votes pool answers env.same_answer equates

@@ -41,7 +41,8 @@ def plot_training_curves(run_dir: Path, out: Path | None = None) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     panels = [
         ("Accuracy (training samples)", [("acc_t1", "Acc@t1"), ("acc_t2", "Acc@t2")], "accuracy"),
-        ("Self-correction", [("delta", "Δ(t1,t2)"), ("delta_i2c", "Δi→c"), ("delta_c2i", "Δc→i")], "fraction of problems"),
+        ("Self-correction", [("delta", "Δ(t1,t2)"), ("delta_i2c", "Δi→c"), ("delta_c2i", "Δc→i")],
+         "fraction of problems"),
         ("KL to reference (per token)", [("kl_turn1", "turn 1"), ("kl_turn2", "turn 2")], "KL estimate"),
     ]
     for ax, (title, series, ylabel) in zip(axes, panels):

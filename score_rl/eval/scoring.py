@@ -53,7 +53,8 @@ def check_rows(env, path: Path) -> int:
 
 def iter_scored(env, path: Path, chunk: int = 64, total: Optional[int] = None,
                 progress: bool = True) -> Iterator[Dict]:
-    """Each row of ``path`` with ``reward``, ``reason`` and ``info``, in file order; ``chunk`` rows verified at a time."""
+    """Each row of ``path`` with ``reward``, ``reason`` and ``info``, in file order; ``chunk`` rows verified at a
+    time."""
     from tqdm.auto import tqdm
 
     def flush(part):

@@ -171,7 +171,7 @@ def get_all(refs: Sequence[Any]) -> List[Any]:
         ready, pending = ray.wait(pending, num_returns=1)
         try:
             ray.get(ready)
-        except Exception as first:  # noqa: BLE001 - re-raised below
+        except Exception as first:  # re-raised below
             error = first
             # collect the other calls' outcomes (briefly): an error never retrieved is printed by Ray as an "Unhandled
             # error" traceback, and a rank that died is a better account than the peer its collective lost
@@ -182,7 +182,7 @@ def get_all(refs: Sequence[Any]) -> List[Any]:
                 except ActorDiedError as other:
                     if not isinstance(error, ActorDiedError):
                         error = other
-                except Exception:  # noqa: BLE001 - a consequence of the first failure
+                except Exception:  # a consequence of the first failure
                     pass
             raise error from None
     return ray.get(list(refs))

@@ -71,7 +71,8 @@ def wait_alive(group: ActorGroup, index: int, timeout: float = 900.0) -> None:
         except ActorDiedError as err:
             if "restart" not in str(err).lower() or "no more" in str(err).lower() or "max_restarts" in str(err):
                 raise TrainingAborted(f"rollout worker {index} died and Ray could not restart it "
-                                      f"({death_reason(err)}); raise ray.max_worker_restarts or check the node") from None
+                                      f"({death_reason(err)}); "
+                                      "raise ray.max_worker_restarts or check the node") from None
         except RayActorError:
             pass
         if time.monotonic() > deadline:
@@ -96,7 +97,7 @@ def call_with_restarts(group: ActorGroup, method: str, per_member_args: Sequence
         i = pending.pop(ready[0])
         try:
             results[i] = ray.get(ready[0])
-        except Exception as err:  # noqa: BLE001 - only deaths / stale weights of this group are recovered
+        except Exception as err:  # only deaths / stale weights of this group are recovered
             if dead_member(group, err) != i or tries[i] >= attempts:
                 raise
             tries[i] += 1

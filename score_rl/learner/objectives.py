@@ -51,7 +51,7 @@ class Objective:
     def options(self, p: Passes) -> Dict:
         """The keyword arguments of the policy loss: the KL term and the aggregation."""
         algo = self.algo
-        return dict(kl_estimator=algo.kl_estimator, kl_in_loss=not algo.kl_in_the_reward(), loss_agg=algo.loss_agg,
+        return dict(kl_estimator=algo.kl_estimator, kl_in_loss=not algo.uses_reward_kl(), loss_agg=algo.loss_agg,
                     denominator=p.denominator, logits=p.logits, ref_logits=p.ref_logits)
 
     def new_stats(self) -> Dict[str, float]:

@@ -68,7 +68,7 @@ class RolloutWorker:
         """``samples_per_problem`` independent episodes of ``num_turns`` attempts for each problem.
 
         With ``corrections_per_attempt`` = m > 1, each first attempt is continued m times: m sibling episodes share the
-        first attempt (``Episode.attempt``), which is trained in the first sibling only (``Turn.trained``).
+        first attempt (``Episode.first_attempt_id``), which is trained in the first sibling only (``Turn.trained``).
         ``weights_version``: the policy version the caller expects; StaleWeights if this worker holds another (Ray
         restarted it with the base weights), so that nothing is ever sampled from the wrong policy."""
         if weights_version is not None:
@@ -84,7 +84,7 @@ class RolloutWorker:
             if turn_index == 1 and corrections_per_attempt > 1:
                 episodes = [  # attempt: the first attempt's position in this call (unique even if a problem repeats)
                     Episode(problem_id=ep.problem_id, sample_index=ep.sample_index * corrections_per_attempt + j,
-                            turns=[replace(ep.turns[0], trained=j == 0)], reference=ep.reference, attempt=a)
+                            turns=[replace(ep.turns[0], trained=j == 0)], reference=ep.reference, first_attempt_id=a)
                     for a, ep in enumerate(episodes) for j in range(corrections_per_attempt)
                 ]
             if turn_index > 0:
@@ -105,7 +105,8 @@ class RolloutWorker:
                     response_text=text, reward=verdict.reward, reason=verdict.reason, info=verdict.info,
                     truncated=gen.truncated,
                     # the m corrections of one first attempt share turn 2's weight in the objective
-                    loss_weight=1.0 / corrections_per_attempt if turn_index > 0 and ep.attempt is not None else 1.0,
+                    loss_weight=(1.0 / corrections_per_attempt if turn_index > 0 and ep.first_attempt_id is not None
+                                 else 1.0),
                 ))
         return episodes
 
@@ -190,8 +191,8 @@ def run_sharded(workers, problems: Sequence[Problem], samples_per_problem: int, 
         else workers.call("run_episodes", args)
     for part in parts:
         for ep in part:  # first-attempt ids unique over the whole step, not only within one worker's shard
-            if ep.attempt is not None:
-                ep.attempt += offset
-        offset += 1 + max((ep.attempt - offset for ep in part if ep.attempt is not None), default=-1)
+            if ep.first_attempt_id is not None:
+                ep.first_attempt_id += offset
+        offset += 1 + max((ep.first_attempt_id - offset for ep in part if ep.first_attempt_id is not None), default=-1)
         out += part
     return out

@@ -119,7 +119,7 @@ class PPO:
         """Token advantages and returns on every turn; the critic's explained variance per turn (before the step)."""
         cfg = self.cfg
         b = collate(episodes, 0)
-        rewards = token_rewards(b, episodes, cfg.algo.kl_in_the_reward())
+        rewards = token_rewards(b, episodes, cfg.algo.uses_reward_kl())
         advantages, returns = gae(rewards, b["values"], b["turn"], cfg.shaping.gamma, cfg.algo.ppo.lam)
         trained = (b["turn"] > 0) & b["trained"]
         metrics = {}

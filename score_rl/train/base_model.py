@@ -95,7 +95,8 @@ def check_model_dir(path, what: str) -> None:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as err:
         raise ConfigError(f"{what} has no usable tokenizer ({_first_sentence(err)})") from None
-    if not tokenizer("1 + 1 = 2")["input_ids"]:  # transformers builds an empty one when the vocabulary files are missing
+    # transformers builds an empty one when the vocabulary files are missing
+    if not tokenizer("1 + 1 = 2")["input_ids"]:
         raise ConfigError(f"{what} has no usable tokenizer (it encodes text to no tokens: tokenizer.json or the "
                           f"vocabulary files are missing)")
 

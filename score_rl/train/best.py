@@ -44,7 +44,8 @@ class BestPolicy:
         if key not in metrics or metrics[key] is None or not math.isfinite(metrics[key]):
             return
         value = float(metrics[key])
-        if self.value is not None and not (value > self.value["value"] if mode == "max" else value < self.value["value"]):
+        if self.value is not None and not (value > self.value["value"] if mode == "max"
+                                           else value < self.value["value"]):
             return
         self.value = {"metric": key, "mode": mode, "value": value, "step": step}
         self.save_policy(self.dir, {"steps": step, "best": self.value})

@@ -27,7 +27,7 @@ class Background:
             start = time.perf_counter()
             try:
                 self.value = fn()
-            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread by result()
+            except BaseException as err:  # re-raised in the caller's thread by result()
                 self.error = err
             self.seconds = time.perf_counter() - start
 
@@ -49,8 +49,9 @@ class Background:
 
 
 class Prefetch:
-    """The batch sampled ahead of its step: ``start(step)`` begins sampling it, ``finish()`` waits for it, ``take(step)``
-    hands it to its step. ``ready`` is what a checkpoint saves: (step, episodes, rollout seconds or None)."""
+    """The batch sampled ahead of its step: ``start(step)`` begins sampling it, ``finish()`` waits for it,
+    ``take(step)`` hands it to its step. ``ready`` is what a checkpoint saves: (step, episodes, rollout seconds or
+    None)."""
 
     def __init__(self, sample: Callable[[int], List[Episode]], threaded: bool, learners_busy: threading.Event):
         self.sample, self.threaded, self.learners_busy = sample, threaded, learners_busy

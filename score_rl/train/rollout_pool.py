@@ -44,7 +44,7 @@ class RolloutPool:
             try:
                 self.weight_sync.push(self.learners, self.workers)
                 break
-            except Exception as err:  # noqa: BLE001 - only a rollout worker's death is recovered here
+            except Exception as err:  # only a rollout worker's death is recovered here
                 index = dead_member(self.workers, err)
                 if index is None or attempt == self.max_restarts:
                     raise
@@ -70,6 +70,6 @@ class RolloutPool:
     def _set_version(self, group: ActorGroup) -> None:
         try:
             group.call("set_weights_version", None, self.version)
-        except Exception as err:  # noqa: BLE001 - a worker that dies here is caught by the next rollout's check
+        except Exception as err:  # a worker that dies here is caught by the next rollout's check
             if dead_member(self.workers, err) is None:
                 raise

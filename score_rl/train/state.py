@@ -66,7 +66,7 @@ def load_newest(run_dir: Path, load_learner: Callable[[str], None], log: Callabl
             state = json.loads((candidate / STATE_FILE).read_text())
             pending = _read_pending(candidate, state)
             load_learner(str(candidate))
-        except Exception as err:  # noqa: BLE001 - any failure to load is damage (Ray wraps the learner's error)
+        except Exception as err:  # any failure to load is damage (Ray wraps the learner's error)
             from ray.exceptions import RayActorError
 
             if isinstance(err, RayActorError):  # a dead learner is not a damaged checkpoint
@@ -108,7 +108,7 @@ def resumed_dtype(run_dir: Path) -> Optional[str]:
         break
     try:
         saved = saved_config_tree(Path(run_dir) / rundir.CONFIG)["model"]["dtype"]
-    except Exception:  # noqa: BLE001 - unreadable: check_resume_config has said so already
+    except Exception:  # unreadable: check_resume_config has said so already
         return None
     return saved if saved != "auto" else None
 
@@ -119,16 +119,9 @@ def newest_checkpoint(run_dir: Path) -> Optional[Path]:
     return next(resumable_checkpoints(root, warn=lambda *_: None), None) if has_checkpoint(root) else None
 
 
-def step_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / rundir.CHECKPOINTS / f"step_{step:07d}"
-
-
 def state_of(step: int, sampler_state: Dict, model_path: str, best: Optional[Dict], updates: int,
              model_dtype: str) -> Dict:
     """trainer_state.json's content."""
     return {"step": step, "sampler": sampler_state, "model_path": model_path, "best": best, "updates": updates,
             "model_dtype": model_dtype}  # what model.dtype auto chose: a resume keeps it
 
-
-__all__ = ["PENDING_FILE", "Pending", "Resumed", "episode_from_dict", "load_newest", "newest_checkpoint",
-           "resumed_dtype", "state_of", "step_dir", "write_pending"]

@@ -188,7 +188,7 @@ class Trainer:
             self.log(f"step {step}: no learning signal (every turn's advantage is 0 and the policy is still the "
                      f"reference model): no optimizer step")
             return {"update_skipped": 1.0}
-        kl_penalty = reward_kl(self.learners, episodes) if self.cfg.algo.kl_in_the_reward() else None
+        kl_penalty = reward_kl(self.learners, episodes) if self.cfg.algo.uses_reward_kl() else None
         self.algorithm.advantages(episodes, kl_penalty)  # REINFORCE's group baselines (PPO: GAE, in its update)
         return {"update_skipped": 0.0} if self.cfg.algo.name == "reinforce" else {}
 
@@ -253,30 +253,23 @@ class Trainer:
             return {}
         try:
             base = self.evaluate()
-        except EvalInterrupted:
-            base = None
-        if base is None:  # interrupted by a stop signal
+        except EvalInterrupted:  # (only once a stop signal came)
             self.stop_point(0, steps)
+            raise
         (self.run_dir / rundir.EVAL_BASE).write_text(dumps_json(base, indent=2))
         self.log("base model (held-out, greedy):\n" + format_table({"base": base}))
         return {"base": base}
 
     def evaluate_final(self, results: Dict[str, Dict[str, float]], steps: int) -> Dict[str, Dict[str, float]]:
         """The trained policy on the held-out problems beside the base model (trainer.eval_before_after)."""
-        skipped = steps - self.updates
-        if skipped > 0:  # said at the end of every run, resumed or not (Self-Refine trains 0 steps)
-            self.log(f"{skipped} of {steps} steps made no optimizer step (no learning signal, or nothing kept)"
-                     + ("; warning: the policy was never updated: final/ is the base model" if not self.updates
-                        else ""))
         if not self.cfg.trainer.eval_before_after:
             return results
         try:  # a method that trains nothing is its base model
             results["trained"] = results["base"] if not self.method.spec.trains and "base" in results \
                 else self.evaluate()
-        except EvalInterrupted:
-            results["trained"] = None
-        if results["trained"] is None:  # interrupted by a stop signal
+        except EvalInterrupted:  # (only once a stop signal came)
             self.stop_point(steps, steps, trained=True)
+            raise
         self.best_policy.update(steps, {f"eval/{k}": v for k, v in results["trained"].items()})
         if "base" not in results:
             results["base"] = self._base_results()
@@ -352,6 +345,11 @@ class Trainer:
         out = self.run_dir / rundir.FINAL
         self._save_policy(out, {"steps": steps}, str(self.run_dir / rundir.FINAL_CRITIC))
         self.log(f"final policy saved to {out}")
+        skipped = steps - self.updates
+        if skipped > 0:  # said at the end of every run, resumed or not (Self-Refine trains 0 steps)
+            self.log(f"{skipped} of {steps} steps made no optimizer step (no learning signal, or nothing kept)"
+                     + ("; warning: the policy was never updated: final/ is the base model" if not self.updates
+                        else ""))
 
     def _save_policy(self, out: Path, info: Dict, critic_dir: Optional[str] = None) -> None:
         """A Hugging Face model directory (``score-rl eval`` loads it), written to a temporary directory and renamed

@@ -188,7 +188,7 @@ def _siblings(pid: str, attempts: Sequence[Tuple[float, Sequence[float]]]) -> Li
     for a, (r1, r2s) in enumerate(attempts):
         for j, r2 in enumerate(r2s):
             ep = _episode(pid, a * len(r2s) + j, (r1, r2))
-            ep.attempt, ep.turns[0].trained = a, j == 0
+            ep.first_attempt_id, ep.turns[0].trained = a, j == 0
             out.append(ep)
     return out
 

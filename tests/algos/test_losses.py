@@ -146,7 +146,8 @@ def test_kl_in_loss_false_removes_the_kl_term(estimator):
     loss, parts = _loss(params, _logits(1), torch.zeros(B, T), torch.full((B, T), 1.0), torch.ones(B, T),
                         kl_estimator=estimator, kl_in_loss=False)
     loss.backward()
-    assert float(loss.detach()) == 0.0 and params.grad.abs().max() == 0, "kl_in_loss=False: no KL in the loss or its gradient"
+    assert float(loss.detach()) == 0.0 and params.grad.abs().max() == 0, \
+        "kl_in_loss=False: no KL in the loss or its gradient"
     assert float(parts["kl"]) != 0.0, "the KL is still reported for logging"
 
 

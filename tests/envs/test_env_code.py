@@ -114,7 +114,8 @@ def test_mbpp_verification(mbpp):
     refs = [p.reference for p in problems]
     right = [f"Here you go:\n```python\n{row['code']}```\n" for row in MBPP_ROWS]
     wrong = ["```python\ndef remove_Occ(s, ch):\n    return s\n```",
-             "```python\ndef add_k(x):\n    return x + 1\n```", "I cannot solve this.", "def count_chars(s):\n    return sorted(s)\n"]
+             "```python\ndef add_k(x):\n    return x + 1\n```", "I cannot solve this.",
+             "def count_chars(s):\n    return sorted(s)\n"]
     verdicts = mbpp.verify_batch(right + wrong, refs + refs)
     assert [v.reward for v in verdicts] == [1.0] * 4 + [0.0] * 4, [(v.reason, v.info) for v in verdicts]
     assert [v.reason for v in verdicts[4:]] == ["failed test", "failed test", "no code extracted", "failed test"]

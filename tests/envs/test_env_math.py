@@ -215,8 +215,9 @@ def test_extraction(text, answer, source):
     assert extract_answer_with_source(text) == (answer, source)
 
 
-@pytest.mark.parametrize("text", ["", "I am not sure.", "The answer is", "\\boxed{3", "\\boxed{}", "The final answer is $$",
-                                  "The final answer is correct.", "...\n\nThe final answer is",
+@pytest.mark.parametrize("text", ["", "I am not sure.", "The answer is", "\\boxed{3", "\\boxed{}",
+                                  "The final answer is $$", "The final answer is correct.",
+                                  "...\n\nThe final answer is",
                                   "The final answer is 5. No: the final answer is:\nseven"])
 def test_no_answer_extracted(env, text):
     assert extract_answer(text) is None
@@ -379,7 +380,8 @@ def test_every_sample_solution_verifies_against_its_reference(env):
     records = [json.loads(line) for line in SAMPLE_PATH.read_text().splitlines() if line.strip()]
     problems = {p.id: p for p in env.problems("train") + env.problems("test")}
     verdicts = env.verify_batch([r["solution"] for r in records], [problems[r["unique_id"]].reference for r in records])
-    assert all(v.reward == 1.0 for v in verdicts), [(r["unique_id"], v) for r, v in zip(records, verdicts) if not v.reward]
+    assert all(v.reward == 1.0 for v in verdicts), [(r["unique_id"], v) for r, v in zip(records, verdicts)
+                                                    if not v.reward]
     assert len({r["type"] for r in records}) >= 5, "the sample covers several MATH subjects"
 
 
@@ -443,7 +445,8 @@ def test_user_file_in_parquet(tmp_path):
     pd = pytest.importorskip("pandas")
     pytest.importorskip("pyarrow")
     path = tmp_path / "test.parquet"
-    pd.DataFrame({"problem": ["P1", "P2"], "solution": ["\\boxed{1}", "\\boxed{x^2}"], "id": ["a", "b"]}).to_parquet(path)
+    pd.DataFrame({"problem": ["P1", "P2"], "solution": ["\\boxed{1}", "\\boxed{x^2}"],
+                  "id": ["a", "b"]}).to_parquet(path)
     math_env = MathEnv({"test_path": str(path)})
     assert [(p.id, p.reference) for p in math_env.problems("test")] == [("a", "1"), ("b", "x^2")]
     with pytest.raises(ConfigError, match="train_path"):
@@ -572,7 +575,8 @@ def test_the_champ_dataset_loads_from_the_package_with_what_was_left_out_counted
         assert [v.reward for v in env.verify_batch(["\\boxed{123457}"] * 3, golds[:3])] == [0.0] * 3
         # CHAMP's plain-text notation against the LaTeX a model writes
         pairs = [(r"\left(\frac{n(n+1)}{2}\right)^2", "(n(n+1)/2)^2", 1.0), (r"2^{n-1}", "2^(n-1)", 1.0),
-                 (r"1-\frac{1}{\sqrt[n]{2}}", "1-1/2^(1/n)", 1.0), (r"x^3+y^3+z^3-3xyz", "(x+y+z)(x^2+y^2+z^2-xy-yz-xz)", 1.0),
+                 (r"1-\frac{1}{\sqrt[n]{2}}", "1-1/2^(1/n)", 1.0),
+                 (r"x^3+y^3+z^3-3xyz", "(x+y+z)(x^2+y^2+z^2-xy-yz-xz)", 1.0),
                  (r"\frac{n}{n+1}", "n/(n-1)", 0.0), (r"2^{996}", "2^997", 0.0)]
         verdicts = env.verify_batch([f"\\boxed{{{pred}}}" for pred, _, _ in pairs], [gold for _, gold, _ in pairs])
         assert [v.reward for v in verdicts] == [want for _, _, want in pairs]

@@ -233,7 +233,8 @@ def test_slurm_python_may_be_a_command(tmp_path):
 
 def test_a_slurm_array_task_runs_its_run_through_the_sbatch_body(tmp_path):
     """One task of the array against stand-ins for srun, scontrol, ray and score-rl (tests/test_docs.py): it trains
-    its own run with the sbatch's arguments, and SIGUSR1 before the time limit requeues it."""
+    its own run with the sbatch's arguments and its own local Ray (tasks share nodes: no cluster, no `ray stop`), and
+    SIGUSR1 before the time limit requeues it."""
     from tests.test_docs import BASH, _read, _simulated_job
 
     path = _write(tmp_path, seeds=[0, 1], variants={"a": {}}, backend={"name": "slurm"})
@@ -254,7 +255,8 @@ def test_a_slurm_array_task_runs_its_run_through_the_sbatch_body(tmp_path):
     argv = (stub / "argv").read_bytes().decode().split("\0")[:-1]
     own = [o for o in run.overrides if not o.startswith(("trainer.run_dir=", "trainer.progress_bar="))]
     assert argv == ["train", sw.load_sweep(path).base, "trainer.progress_bar=false",
-                    f"trainer.run_dir={run.run_dir}", *own, "ray.address=auto"]
+                    f"trainer.run_dir={run.run_dir}", *own]
+    assert not (stub / "ray_start").exists() and not (stub / "ray_stop").exists()
     assert f"score-rl sweep: run {run.run_id}" in stderr
     assert "scontrol requeue 4242" in _read(stub / "calls") and "resumes from step 2" in stderr
     assert len(_read(Path(run.run_dir) / "slurm" / "restarts.log")) == 1

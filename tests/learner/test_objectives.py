@@ -40,7 +40,7 @@ def test_the_registry_picks_the_objective_by_algorithm_name(cfg):
 def test_each_objective_is_its_loss_formula(cfg):
     p = _passes()
     algo = cfg.algo
-    kl = dict(kl_estimator=algo.kl_estimator, kl_in_loss=not algo.kl_in_the_reward(), loss_agg=algo.loss_agg,
+    kl = dict(kl_estimator=algo.kl_estimator, kl_in_loss=not algo.uses_reward_kl(), loss_agg=algo.loss_agg,
               denominator=p.denominator, logits=None, ref_logits=None)
     b = p.b
     [got], _ = Reinforce(cfg).losses(p, None)

@@ -92,10 +92,10 @@ def test_corrections_per_attempt_continue_each_first_attempt_m_times(worker):
     problems = problems + problems[:1]  # a problem drawn twice in one step keeps its first attempts apart
     episodes = worker.run_episodes(problems, samples_per_problem=2, temperature=1.0, seed=0, corrections_per_attempt=3)
     assert len(episodes) == 4 * 2 * 3
-    assert len({ep.attempt for ep in episodes}) == 4 * 2, "one id per first attempt, unique in the call"
+    assert len({ep.first_attempt_id for ep in episodes}) == 4 * 2, "one id per first attempt, unique in the call"
     for start in range(0, len(episodes), 3):
         sibs = episodes[start:start + 3]
-        assert len({(ep.problem_id, ep.attempt) for ep in sibs}) == 1
+        assert len({(ep.problem_id, ep.first_attempt_id) for ep in sibs}) == 1
         assert all(ep.turns[1].loss_weight == pytest.approx(1 / 3) and ep.turns[0].loss_weight == 1.0 for ep in sibs)
         assert all(ep.turns[0].response_ids == sibs[0].turns[0].response_ids for ep in sibs), "one shared attempt 1"
         assert [ep.turns[0].trained for ep in sibs] == [True, False, False], "attempt 1 is trained once"

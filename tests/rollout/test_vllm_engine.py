@@ -168,7 +168,8 @@ def test_weight_update_in_buckets_then_greedy_is_hf_greedy_of_the_new_weights(wo
         hf, sampled = _hf_logprobs(hf_worker, vllm_worker.run_episodes(problems, 2, 1.0, seed=3), 1.0)
         assert (hf - sampled).abs().max() < 1e-4, f"max |Δ log p| {(hf - sampled).abs().max():.2e} after the update"
         assert [t.response_ids for ep in vllm_eps for t in ep.turns] != before, "the update changed the policy"
-        long_vllm, long_hf = vllm_worker.engine.generate(long_prompts, 0.0), hf_worker.engine.generate(long_prompts, 0.0)
+        long_vllm = vllm_worker.engine.generate(long_prompts, 0.0)
+        long_hf = hf_worker.engine.generate(long_prompts, 0.0)
         assert [g.response_ids for g in long_vllm] == [g.response_ids for g in long_hf]
     finally:
         vllm_worker.load_weights(original)

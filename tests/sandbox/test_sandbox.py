@@ -220,8 +220,8 @@ def hostile(sandbox):
         "kill_parent": "import os\ntry:\n    os.kill(os.getppid(), 9)\nexcept OSError:\n    pass\n"
                        "try:\n    os.kill(-1, 9)\nexcept OSError:\n    pass\n" + wrong,
         "detached_child": "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-                          "        time.sleep(1.5)\n        open(%r, 'w').write('survived')\n        print('survived')\n"
-                          "    os._exit(0)\n" % detached_file + wrong,
+                          "        time.sleep(1.5)\n        open(%r, 'w').write('survived')\n"
+                          "        print('survived')\n    os._exit(0)\n" % detached_file + wrong,
         "output_flood": "while True:\n    print('x' * 10000)\n",
     }
     names = list(programs)

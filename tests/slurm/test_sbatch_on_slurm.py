@@ -188,7 +188,8 @@ def test_b_sigusr1_checkpoints_at_once_requeues_and_resumes(slurm, tiny_model_pa
     assert "SIGUSR1 (time limit near or scancel --signal=USR1)" in output
     assert f"stopped by SIGUSR1 after step {step} of {STEPS}" in output
     assert f"resumed from {run_dir}/checkpoints/step_{step:07d} at step {step}" in output
-    requeue = re.compile(r"^slurmstepd(-\S+)?: error: \*\*\* JOB \S+ ON \S+ CANCELLED AT \S+ DUE TO JOB REQUEUE \*\*\*$")
+    requeue = re.compile(r"^slurmstepd(-\S+)?: error: \*\*\* JOB \S+ ON \S+ CANCELLED AT \S+ "
+                         r"DUE TO JOB REQUEUE \*\*\*$")
     assert _bad_lines(output, allowed=requeue) == [], output
     _assert_same_run(run_dir, reference)
 
@@ -253,7 +254,7 @@ def test_e_a_requeue_without_progress_stops_with_a_clear_message(slurm, tiny_mod
     job = _submit(run_dir, tiny_model_path, extra=("ray.enabled=false",), output=output_file)
     try:
         for n in (1, 2):  # SIGUSR1 as soon as the job has started, twice: no checkpoint either time
-            _wait(lambda: starts.exists() and len(starts.read_text().splitlines()) >= n, f"job start {n}", job=job)
+            _wait(lambda n=n: starts.exists() and len(starts.read_text().splitlines()) >= n, f"job start {n}", job=job)
             subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
         info = _wait_end(job, restarts=1)
     finally:

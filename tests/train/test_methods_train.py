@@ -175,7 +175,7 @@ def test_corrections_per_attempt_trains_each_first_attempt_once(tmp_path, tiny_m
     trainer.close()
     for episodes, denominator in seen:
         assert len(episodes) == trainer.episodes_per_step
-        firsts = {(ep.problem_id, ep.attempt): len(ep.turns[0].response_ids) for ep in episodes}
+        firsts = {(ep.problem_id, ep.first_attempt_id): len(ep.turns[0].response_ids) for ep in episodes}
         assert len(firsts) == 4 * 2
         assert denominator == pytest.approx(sum(firsts.values()) + sum(len(ep.turns[1].response_ids) for ep in episodes)
                                             / 2), "a first attempt's tokens count once, each of its 2 corrections half"

@@ -259,8 +259,8 @@ def test_score_rl_train_handlers_survive_ray_init(tmp_path, tiny_model_path):
 def test_a_signal_during_the_final_evaluation_stops_it_between_chunks(tmp_path, tiny_model_path, monkeypatch):
     import score_rl.rollout.worker as worker_module
 
-    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "final-eval", ["trainer.steps=2", "trainer.eval_before_after=true",
-                                                                      "trainer.eval_problems=100"]),
+    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "final-eval",
+                           ["trainer.steps=2", "trainer.eval_before_after=true", "trainer.eval_problems=100"]),
                       log=lambda *_: None)
     evaluate, run_sharded = trainer.evaluate, worker_module.run_sharded
     calls = {"evaluate": 0}
@@ -280,7 +280,8 @@ def test_a_signal_during_the_final_evaluation_stops_it_between_chunks(tmp_path, 
         trainer.fit()
     trainer.close()
     monkeypatch.setattr(worker_module, "run_sharded", run_sharded)
-    assert (trainer.run_dir / "final" / "config.json").is_file() and not (trainer.run_dir / "run_complete.json").exists()
+    assert ((trainer.run_dir / "final" / "config.json").is_file()
+            and not (trainer.run_dir / "run_complete.json").exists())
     again = Trainer(_cfg(tmp_path, tiny_model_path, "final-eval", ["trainer.steps=2", "trainer.eval_before_after=true",
                                                                     "trainer.eval_problems=100"]), log=lambda *_: None)
     results = again.fit()  # nothing left to train: evaluates and completes

@@ -17,7 +17,7 @@ def _episode(i: int) -> Episode:
                   reward=1.0, info={"answer": "4"}, shaped_reward=0.5, kl_coef=0.1, advantage=-0.25),
              Turn(prompt_ids=[1, 2, 3, 4, 9], response_ids=[5], sampling_logprobs=[-2.0], response_text="5",
                   reward=0.0, truncated=True, ref_logprobs=[-1.5])]
-    return Episode(problem_id=f"p{i}", sample_index=i, turns=turns, reference="4", attempt=i // 2)
+    return Episode(problem_id=f"p{i}", sample_index=i, turns=turns, reference="4", first_attempt_id=i // 2)
 
 
 def _save(run_dir, step, pending=None, learner_files=("learner/state.pt",), state=None):

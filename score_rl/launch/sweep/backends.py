@@ -228,8 +228,9 @@ def slurm_script(sweep: Sweep, runs: List[Run]) -> str:
     array = f"0-{len(runs) - 1}" + (f"%{sb.throttle}" if sb.throttle else "")
     about = (f"score-rl sweep '{spec.name}': {len(runs)} unfinished run(s), one array task each; re-running the "
              "sweep leaves finished runs out (a run already training elsewhere holds its directory's lock and this "
-             "task then stops). Each task sets its run, then runs the body of slurm/score_rl.sbatch: its Ray "
-             "cluster, stop signals, requeue and no-progress guard; its SCORE_RL_* settings apply.")
+             "task then stops). Each task sets its run, then runs the body of slurm/score_rl.sbatch: its stop "
+             "signals, requeue and no-progress guard; its SCORE_RL_* settings apply. Tasks share nodes, so each "
+             "run starts its own local Ray (SCORE_RL_LOCAL_RAY=1), as a plain score-rl train does.")
     lines = ["#!/bin/bash", *[f"# {line}" for line in textwrap.wrap(about, 116)],
              *[d for d in directives if d.split()[1].split("=")[0] not in _REPLACED],
              f"#SBATCH --job-name={safe_name(spec.name)}", f"#SBATCH --array={array}",
@@ -243,7 +244,9 @@ def slurm_script(sweep: Sweep, runs: List[Run]) -> str:
         lines.append(f"#SBATCH --gres=gpu:{sb.gpus_per_task}")
     lines += [f"#SBATCH {arg}" for arg in sb.sbatch_args]
     cwd = shlex.quote(str(Path.cwd()))
-    lines += ["", f"cd {cwd}", f"export SCORE_RL_WORKDIR={cwd}"]
+    # tasks share nodes: each driver starts its own private local Ray (a cluster per task would meet its neighbours'
+    # on one port, and one task's `ray stop` would end them all)
+    lines += ["", f"cd {cwd}", f"export SCORE_RL_WORKDIR={cwd}", "export SCORE_RL_LOCAL_RAY=1"]
     if shlex.split(sb.python) != ["python"]:  # e.g. "uv run python": the policy and the driver run through it
         lines.append(f"export SCORE_RL_PYTHON={shlex.quote(sb.python)}")
     # the setup lines first: environment activation scripts are often not safe under `set -u` or `set -e`
