@@ -34,6 +34,10 @@ _RESULT = r"(?:\$\s*|\*\*)?(" + _NUMBER + r")(?:\*\*)?([ \t]*[-+*/×])?"
 _STATED = [re.compile(p) for p in (r"\\boxed\{\s*(" + _NUMBER + r")\s*\}", r"####\s*(" + _NUMBER + ")",
                                    r"(?i:answer)\s+(?i:is)\s*(?::\s*)?" + _RESULT, r"=\s*" + _RESULT)]
 _ANY_NUMBER = re.compile(_NUMBER)
+# Responses longer than this (characters) are not read: reward 0, "too long" (generations here are a few tokens).
+# Every pattern above is matched in linear time on any text; the cap bounds the constant.
+MAX_RESPONSE_CHARS = 200_000
+_MAX_DIGITS = 40  # no sum is that long (and int() refuses over 4,300 digits)
 
 
 def final_number(text: str):
@@ -51,7 +55,7 @@ def final_number(text: str):
 
 def _as_number(token: str):
     token = token.replace(",", "")
-    if len(token) > 40:  # no sum is that long (and int() refuses over 4,300 digits)
+    if len(token) > _MAX_DIGITS:
         return None
     value = float(token)
     return int(token.split(".")[0]) if value.is_integer() else value
@@ -134,11 +138,13 @@ class ArithmeticEnv(Env):
         return [Problem(id=f"{split}/{a}+{b}", text=f"{a} + {b}", reference=a + b) for a, b in self._splits[split]]
 
     def verify(self, response: str, reference: Any) -> Verdict:
+        if len(response) > MAX_RESPONSE_CHARS:
+            return Verdict(0.0, "too long", {"extracted": None, "chars": len(response)})
         if self.params.answer == "final":
             value = final_number(response)
         else:
             match = _INT.search(response)
-            value = int(match.group()) if match else None
+            value = _as_number(match.group()) if match else None
         if value is None:
             return Verdict(0.0, "no answer extracted", {"extracted": None})
         if value == int(reference):

@@ -15,9 +15,10 @@ Datasets (``env.params.dataset``):
   Models*) lists three asserts; ours does not.
 
 Verification (reward 1 only when every test passes): the program is extracted from the response
-(``envs/code_extraction.py``), then run with the tests in ``score_rl.sandbox`` (a subprocess with namespaces, a
-dedicated uid, rlimits and a timeout; pass requires exit 0 and a per-run nonce printed after the tests). The
-function under test is guarded: its return value must be plain data (no objects whose ``__eq__`` always holds).
+(``envs/code_extraction.py``) and run in ``score_rl.sandbox`` (a subprocess with namespaces, a dedicated uid,
+rlimits and a timeout); the tests run in a separate trusted process (the judge) where the tested functions are
+proxies: each call's arguments go to the candidate's process and its return value comes back as plain data (no
+objects whose ``__eq__`` always holds). The candidate never shares an interpreter with the tests.
 Verdict reasons: "passed", "failed test", "syntax error", "runtime error", "memory limit", "timeout",
 "output limit", "exited early", "killed", "crashed", "cpu limit", "forbidden return value", "no code extracted",
 "sandbox error"; ``info`` holds the exit code, signal, exception line, stderr tail, duration and isolation state.
@@ -37,8 +38,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from score_rl.errors import ConfigError
 from score_rl.envs.base import PooledEnv, Problem, Verdict, check_batch
-from score_rl.envs.code_extraction import extract_code
-from score_rl.sandbox import ExecResult, Sandbox, SandboxConfig
+from score_rl.envs.code_extraction import MAX_RESPONSE_CHARS, extract_code
+from score_rl.sandbox import ExecResult, Job, Sandbox, SandboxConfig
 
 HUMANEVAL = "humaneval"
 
@@ -110,17 +111,20 @@ def load_mbpp(path: str, test_fraction: float, seed: int) -> Dict[str, List[Prob
             "test": [p for i, p in enumerate(problems) if i in test_idx]}
 
 
-def build_job(response: str, reference: Dict[str, Any], guard_returns: bool = True
-              ) -> Optional[Tuple[str, str, List[str]]]:
-    """(solution, tests, guarded names) for the sandbox, or None when the response has no code."""
+def build_job(response: str, reference: Dict[str, Any]) -> Optional[Job]:
+    """The sandbox job (untrusted solution, trusted tests), or None when the response has no code.
+
+    HumanEval: the judge runs the prompt (its helpers, e.g. ``poly``) and the tests' ``check(entry_point)``. MBPP: the
+    setup code runs in both processes and the asserts in the judge. The functions the tests call are proxies.
+    """
     if reference["format"] == "humaneval":
         entry = reference["entry_point"]
         solution = extract_code(response, entry, reference["prompt"])
-        target = f"__score_rl_guard__({entry})" if guard_returns else entry
-        return None if solution is None else (solution, f"{reference['test']}\n\ncheck({target})\n", [])
+        return None if solution is None else Job(solution, f"{reference['test']}\n\ncheck({entry})\n", (entry,),
+                                                 prelude=reference["prompt"])
     solution = extract_code(response, reference.get("entry_point"))
-    tests = (reference["setup"] + "\n" if reference["setup"] else "") + "\n".join(reference["tests"]) + "\n"
-    return None if solution is None else (solution, tests, reference["functions"] if guard_returns else [])
+    return None if solution is None else Job(solution, "\n".join(reference["tests"]) + "\n",
+                                             tuple(reference["functions"]), setup=reference["setup"])
 
 
 class CodeEnv(PooledEnv):
@@ -136,7 +140,9 @@ class CodeEnv(PooledEnv):
         workers: int = 2  # concurrent sandboxed executions in verify_batch
         test_fraction: float = 0.2  # MBPP file: share of problems in the test split
         split_seed: int = 0  # MBPP file: seed of the train/test split
-        guard_returns: bool = True  # the tested function must return plain data (blocks always-equal objects)
+        # kept so that old configs load: return values always cross processes as plain data, so the guard is always
+        # on; false (the guard off) cannot be honoured and is refused
+        guard_returns: bool = True
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -145,6 +151,9 @@ class CodeEnv(PooledEnv):
             raise ConfigError("env.params: timeout_s must be > 0, workers >= 1 and memory_mb >= 64")
         if not 0.0 < p.test_fraction < 1.0:
             raise ConfigError("config key 'env.params.test_fraction' must be in (0, 1)")
+        if not p.guard_returns:
+            raise ConfigError("config key 'env.params.guard_returns': false is no longer possible: the tests run in "
+                              "another process than the candidate, so its return values are always plain data")
         if p.dataset == HUMANEVAL:
             self._splits = {"test": load_humaneval()}
             self.split_names = ("test",)
@@ -179,7 +188,10 @@ class CodeEnv(PooledEnv):
         verdicts: List[Optional[Verdict]] = [None] * len(responses)
         pending, jobs = [], []
         for i, (response, reference) in enumerate(zip(responses, references)):
-            job = build_job(response, reference, self.params.guard_returns)
+            if len(response) > MAX_RESPONSE_CHARS:  # not read (envs/code_extraction.py)
+                verdicts[i] = Verdict(0.0, "too long", {"chars": len(response)})
+                continue
+            job = build_job(response, reference)
             if job is None:
                 verdicts[i] = Verdict(0.0, "no code extracted", {})
             else:

@@ -22,20 +22,45 @@ import re
 import textwrap
 from typing import List, Optional, Tuple
 
-_FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)
-_OPEN_FENCE = re.compile(r"^[ \t]*```[ \t]*(python3?|py)?[ \t]*\n", re.M)
+# Every pattern is applied to one line at a time or is anchored: a long line, a long run of whitespace or many
+# unclosed fences are read in linear time (fences are paired by one pass over the lines, see _fenced_blocks).
+_FENCE_OPEN = re.compile(r"[ \t]*```[ \t]*([\w+#.-]*+)")  # on one line: the tag of an opening fence
+_FENCE_CLOSE = re.compile(r"[ \t]*```[ \t]*")  # fullmatch of one line: a closing fence
+_OPEN_FENCE = re.compile(r"^[ \t]*```[ \t]*+(python3?|py)?[ \t]*\n", re.M)
 _PYTHON_TAGS = {"", "python", "py", "python3"}
+# [^\S\n]: leading whitespace stays on its line (a blank line is not rescanned from every line above it); possessive
+# runs never give back characters that could not start the next part anyway
 _CODE_LINE = re.compile(
-    r"^\s*(def |class |import |from \S+ import |return\b|if .*:|for .*:|while .*:|try:|with .*:|@\w|print\(|"
-    r"[A-Za-z_][\w.\[\], ]*\s*[-+*/%|&^]?=[^=])", re.M)
+    r"^[^\S\n]*+(def |class |import |from \S+ import |return\b|if .*:|for .*:|while .*:|try:|with .*:|@\w|print\(|"
+    r"[A-Za-z_][\w.\[\], ]*+\s*+[-+*/%|&^]?=[^=])", re.M)
+# Responses longer than this (characters) are not read at all: no code extracted. A generation budget of a few
+# thousand tokens stays far below it.
+MAX_RESPONSE_CHARS = 200_000
 
 
 def _fenced_blocks(response: str) -> List[Tuple[str, str]]:
-    return [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(response)]
+    """(tag, body) of every complete fenced block: an opening line (```tag ...), then the text up to the next line
+    that is a bare closing fence. One pass over the lines; a fence never closed ends the search."""
+    blocks, tag, body_start, pos = [], None, 0, 0
+    n = len(response)
+    while pos < n:
+        end = response.find("\n", pos)
+        line_end = n if end < 0 else end
+        if tag is None:
+            opened = _FENCE_OPEN.match(response, pos, line_end)
+            if opened and end >= 0:
+                tag, body_start = opened.group(1).lower(), end + 1
+        elif _FENCE_CLOSE.fullmatch(response, pos, line_end):
+            blocks.append((tag, response[body_start:pos]))
+            tag = None
+        if end < 0:
+            break
+        pos = end + 1
+    return blocks
 
 
 def defines(code: str, name: str) -> bool:
-    return re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M) is not None
+    return re.search(rf"^[^\S\n]*+(?:async\s+)?def\s+{re.escape(name)}\s*\(", code, re.M) is not None
 
 
 def _select(response: str, entry_point: Optional[str]) -> Optional[str]:
@@ -62,7 +87,10 @@ def _as_body(code: str) -> str:
 
 
 def extract_code(response: str, entry_point: Optional[str] = None, prompt: Optional[str] = None) -> Optional[str]:
-    """The program to run for ``response``, or None when it contains no code (see module docstring)."""
+    """The program to run for ``response``, or None when it contains no code or is longer than
+    ``MAX_RESPONSE_CHARS`` (see module docstring). Linear time in the response's length."""
+    if len(response) > MAX_RESPONSE_CHARS:
+        return None
     code = _select(response, entry_point)
     if code is None or not code.strip():
         return None

@@ -28,6 +28,9 @@ Answer extraction (from a model's attempt)
    answer is 8." however the prompt asks; tests/envs/fixtures/smollm2_math.jsonl holds SmolLM2-135M's own);
 4. else nothing: reward 0, reason ``"no answer extracted"``.
 
+A response longer than ``MAX_RESPONSE_CHARS`` is not read: reward 0, reason ``"too long"``. Extraction and the string
+normalisation run in linear time on any text (docs/envs.md, "Bounds on a response").
+
 Verification (reward 1 = equivalent to the reference, else 0)
 -------------------------------------------------------------
 * A MATH-style string normalisation first (in the calling process, cheap): ``\\left``/``\\right``, spacing
@@ -78,9 +81,11 @@ from score_rl.envs.math_verifier import VerifierPool
 
 SAMPLE_PATH = Path(__file__).resolve().parent / "data" / "math_sample.jsonl"
 MAX_ANSWER_CHARS = 2000  # longer extracted answers never reach sympy (string comparison only)
+MAX_RESPONSE_CHARS = 200_000  # longer responses are not read: "too long" (1024 generated tokens stay far below)
 
 CORRECT, WRONG, NO_ANSWER, TIMEOUT, ERROR = ("correct", "wrong answer", "no answer extracted", "timeout",
                                              "verifier error")
+TOO_LONG = "too long"
 EQUAL, UNEQUAL = "equal", "unequal"  # the pool's statuses of a judged pair (besides TIMEOUT and "error")
 
 
@@ -246,6 +251,9 @@ class MathEnv(PooledEnv):
         verdicts: List[Optional[Verdict]] = [None] * len(responses)
         pairs, pair_index = [], []
         for i, (response, reference) in enumerate(zip(responses, references)):
+            if len(response or "") > MAX_RESPONSE_CHARS:
+                verdicts[i] = Verdict(0.0, TOO_LONG, {"extracted": None, "source": None, "chars": len(response)})
+                continue
             answer, source = extract_answer_with_source(response or "")
             info: Dict[str, Any] = {"extracted": answer, "source": source}
             if answer is None:

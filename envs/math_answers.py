@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 # ================================================================================================================
 # Answer extraction
@@ -16,6 +16,8 @@ _WINDOW = 2000  # characters read after an answer phrase (longer answers never r
 # how real small models state an answer outside the paper's format ("So, the answer is $4$.", "The answer is 8.")
 _ANSWER_IS = re.compile(r"\banswer is\b", re.IGNORECASE)
 _VERDICTS = frozenset({"correct", "incorrect", "wrong", "right", "not correct", "not right", "correct!"})
+_BRACE_TOKEN = re.compile(r"\\[\s\S]?|[{}]")  # an escape (backslash and the next character) or a brace
+_BARE_TOKEN = re.compile(r"[^\s$]+")
 
 
 def _braced(text: str, open_pos: int) -> Optional[Tuple[str, int]]:
@@ -52,18 +54,39 @@ def _balanced(text: str) -> bool:
     return depth == 0
 
 
+def _closing_braces(text: str, start: int) -> Dict[int, int]:
+    """Index of the matching ``}`` of every ``{`` from ``start`` on that has one, as ``_braced`` pairs them (escaped
+    braces are literal): one pass, however many groups are left open."""
+    closing: Dict[int, int] = {}
+    opened = []
+    for token in _BRACE_TOKEN.finditer(text, start):
+        ch = text[token.start()]
+        if ch == "{":
+            opened.append(token.start())
+        elif ch == "}" and opened:
+            closing[opened.pop()] = token.start()
+    return closing
+
+
 def last_boxed(text: str) -> Optional[str]:
-    """Content of the last well-formed ``\\boxed{...}`` / ``\\fbox{...}`` (or ``\\boxed X``) in text, else None."""
-    for match in reversed(list(_BOX_COMMAND.finditer(text))):
+    """Content of the last well-formed ``\\boxed{...}`` / ``\\fbox{...}`` (or ``\\boxed X``) in text, else None.
+
+    Linear time: the braces are paired once, not rescanned from every unclosed ``\\boxed{``."""
+    candidates = []  # (command end, first non-space after it)
+    for match in _BOX_COMMAND.finditer(text):
         i = match.end()
         while i < len(text) and text[i] == " ":
             i += 1
+        candidates.append((match.end(), i))
+    closing: Optional[Dict[int, int]] = None
+    for end, i in reversed(candidates):
         if i < len(text) and text[i] == "{":
-            group = _braced(text, i)
-            if group is not None:
-                return group[0].strip()
-        elif i > match.end():  # "\boxed 5": one token
-            token = re.match(r"[^\s$]+", text[i:])
+            if closing is None:  # from the first brace that follows a command: every later one is read in step
+                closing = _closing_braces(text, next(j for _, j in candidates if j < len(text) and text[j] == "{"))
+            if i in closing:
+                return text[i + 1:closing[i]].strip()
+        elif i > end:  # "\boxed 5": one token
+            token = _BARE_TOKEN.match(text, i)
             if token:
                 return token.group().rstrip(".,;")
     return None
@@ -173,17 +196,19 @@ _BARE_UNITS = [
 _BARE_ALT = "|".join(sorted((re.escape(u) for u in _BARE_UNITS), key=len, reverse=True))
 _POWER = r"(?:\s*\^\s*(?:\{\s*[23]\s*\}|[23]))?"
 _TEXT_CMD = r"\\(?:text|textrm|textnormal|textit|mbox|mathrm|rm)"
+# The end-anchored patterns below start at a literal, never at whitespace: re.search would rescan a long run of
+# whitespace from each of its characters (quadratic). The whitespace before a match is stripped by their callers.
 # a trailing \text{...} group of a few words: a unit or a counted noun ("5 \text{ cm}^2", "12 \text{ students}")
-_TEXT_TAIL = re.compile(rf"\s*{_TEXT_CMD}\s*\{{(?:[\s~]|\\[ ,;])*([A-Za-z][A-Za-z.\-/ ]{{0,40}}?)"
+_TEXT_TAIL = re.compile(rf"{_TEXT_CMD}\s*\{{(?:[\s~]|\\[ ,;])*([A-Za-z][A-Za-z.\-/ ]{{0,40}}?)"
                         rf"(?:[\s~]|\\[ ,;])*\}}{_POWER}\s*$")
-_BARE_TAIL = re.compile(rf"(?<=[\d}}\s])\s*(?:(?:square|cubic)\s+)?(?:{_BARE_ALT})(?:e?s)?\.?{_POWER}\s*$")
+_BARE_TAIL = re.compile(rf"(?<=[\d}}\s])(?:(?:square|cubic)\s+)?(?:{_BARE_ALT})(?:e?s)?\.?{_POWER}\s*$")
 # Words that turn a trailing text into a statement about the answer ("4 \text{ or 3}", "4 \text{ is wrong}"): such
 # a text is not stripped (math-verify's own unit rule would drop any trailing \text{...}; it is switched off).
 _HEDGE_WORDS = frozenset(
     "or and not nor no yes either neither maybe perhaps possibly probably approximately approx about roughly nearly "
     "almost wrong incorrect false true correct except but unless if otherwise else than is are was be".split()
 )
-_PERCENT_WORD = re.compile(rf"\s*(?:{_TEXT_CMD}\s*\{{\s*percent\s*\}}|\bpercent)\s*$")
+_PERCENT_WORD = re.compile(rf"(?:{_TEXT_CMD}\s*\{{\s*percent\s*\}}|\bpercent)\s*$")
 _DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree(?![a-zA-Z])")
 
 
@@ -198,7 +223,9 @@ def strip_units(answer: str) -> str:
     """Remove trailing units and counted nouns (``5 \\text{ cm}^2``, ``12 \\text{ students}``, ``5 cm``,
     ``30^\\circ``); a trailing "percent" becomes ``\\%``. Never returns an empty string."""
     s = _DEGREES.sub("", answer).strip()
-    s = _PERCENT_WORD.sub(r"\\%", s)
+    percent = _PERCENT_WORD.search(s)
+    if percent:
+        s = s[:percent.start()].rstrip() + "\\%"
     for _ in range(2):
         new = _strip_tail_once(s)
         if not new or new == s:

@@ -1,9 +1,9 @@
-"""The in-sandbox half of ``score_rl.sandbox``: isolate, drop privileges, run the job, print the nonce.
+"""The in-sandbox half of ``score_rl.sandbox``: isolate, drop privileges, run the candidate's program, serve calls.
 
 This file is executed as a script (``python -I -S -B child.py CONFIG_JSON``) by the scoring process; it
 never runs inside the scoring process. It imports only the standard library. Steps:
 
-1. Read the job file (solution, trusted tests, nonce) and unlink it, so the untrusted code cannot read it from disk.
+1. Read the job file (solution, trusted setup code) and unlink it. The tests never enter this process.
 2. Namespaces (if enabled and permitted): ``unshare`` new mount, network, PID, IPC and UTS namespaces (plus a user
    namespace when not root). The new network namespace has no interfaces up, not even loopback.
 3. Fork. The parent ("supervisor") stays outside the new PID namespace, waits for the child and reports its exit
@@ -16,16 +16,17 @@ never runs inside the scoring process. It imports only the standard library. Ste
 5. rlimits (CPU, address space, file size, open files, core; processes when a dedicated uid is used), then drop to
    the dedicated per-execution uid/gid (root) or drop all capabilities (user namespace), set no_new_privs and the
    parent-death signal, cd into the working directory.
-6. Report what was achieved on the status pipe, close every inherited descriptor above stderr, and run the job:
-   the untrusted solution, then (builtins restored, optional return-value guards installed) the trusted tests, and
-   only if both return normally, the nonce on stdout. Early ``sys.exit(0)`` / ``os._exit(0)`` never prints it.
+6. Report what was achieved on the status pipe, close every inherited descriptor above stderr but the two pipes to
+   the judge (``judge.py``, a separate trusted process), and run the job: the untrusted solution, the trusted setup
+   code, a "ready" frame, then one call per request frame: decode the arguments, call the named function, send the
+   result back encoded (``wire.py``; anything but plain data raises ForbiddenReturnValue). End of file on the
+   request pipe ends the process with status 0. An exception ends it with status 1 and a traceback on stderr.
 """
 
 from __future__ import annotations
 
-import builtins
-import collections
 import ctypes
+import importlib.util
 import json
 import os
 import resource
@@ -257,50 +258,16 @@ def _setup_child(cfg: dict, report: dict) -> str:
 
 
 # --- step 6: the job -----------------------------------------------------------------------------------------------
-class ForbiddenReturnValue(Exception):
-    """A guarded function returned something other than plain data (e.g. an object whose __eq__ always holds)."""
+def _load_wire():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wire.py")
+    spec = importlib.util.spec_from_file_location("score_rl_sandbox_wire", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-_PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset,
-                    range, collections.Counter, collections.OrderedDict, collections.defaultdict, collections.deque})
-_CONTAINERS = frozenset({list, tuple, set, frozenset, collections.deque})
-_MAPPINGS = frozenset({dict, collections.Counter, collections.OrderedDict, collections.defaultdict})
-
-
-def _check_plain(value, _type=type, _id=id, _iter=iter, _items=dict.items) -> None:
-    stack, seen = [value], set()
-    while stack:
-        v = stack.pop()
-        t = _type(v)
-        if t not in _PLAIN:
-            raise ForbiddenReturnValue(f"return value of type {t.__qualname__!r} is not plain data")
-        if t in _CONTAINERS or t in _MAPPINGS:
-            if _id(v) in seen:
-                continue
-            seen.add(_id(v))
-            if t in _MAPPINGS:
-                for key, item in _items(v):
-                    stack.append(key)
-                    stack.append(item)
-            else:
-                stack.extend(_iter(v))
-
-
-def _guard(fn):
-    """Wrap ``fn``: the outermost call's return value must be plain data (recursive calls pass through)."""
-    depth = [0]
-
-    def guarded(*args, **kwargs):
-        depth[0] += 1
-        try:
-            result = fn(*args, **kwargs)
-        finally:
-            depth[0] -= 1
-        if depth[0] == 0:
-            _check_plain(result)
-        return result
-
-    return guarded
+wire = _load_wire()  # loaded before the mounts hide the project directory
 
 
 def _exit_status(exc: SystemExit) -> int:
@@ -321,39 +288,47 @@ def _flush() -> None:
             pass
 
 
-def _run_job(job: dict) -> None:
-    """Run solution then tests in one fresh module; print the nonce only if both finished. Never returns."""
-    pristine_builtins = dict(builtins.__dict__)
+def _serve(scope: dict, req: int, resp: int) -> None:
+    """Answer the judge's calls until it closes the request pipe: decode the arguments, call, encode the result."""
+    wire.send(resp, {"ready": True})
+    while True:
+        message = wire.recv(req, 1 << 40)  # the judge is trusted
+        if message is None:
+            return
+        name = message["call"]
+        fn = scope.get(name)
+        if not callable(fn):
+            raise NameError(f"name {name!r} is not defined by the solution")
+        result = fn(*wire.decode(message["args"]), **wire.decode(message["kwargs"]))
+        wire.send(resp, {"value": wire.encode(result)})
+
+
+def _run_job(job: dict, rpc: tuple) -> None:
+    """Run the solution (then the trusted setup code) in one fresh module and serve the judge. Never returns."""
     module = types.ModuleType("solution")  # not "__main__": demo blocks under `if __name__ == ...` stay skipped
     sys.modules["__main__"] = sys.modules["solution"] = module
     scope = module.__dict__
-    status = 0
     try:
         exec(compile(job["solution"], "<solution>", "exec"), scope)
-        if job["tests"]:
-            builtins.__dict__.clear()  # the tests see the real builtins even if the solution patched them
-            builtins.__dict__.update(pristine_builtins)
-            scope["__builtins__"] = builtins
-            scope["__score_rl_guard__"] = _guard
-            for name in job["guard"]:
-                if callable(scope.get(name)):
-                    scope[name] = _guard(scope[name])
-            exec(compile(job["tests"], "<tests>", "exec"), scope)
+        if job.get("setup"):
+            exec(compile(job["setup"], "<setup>", "exec"), scope)
+        _serve(scope, *rpc)
     except SystemExit as exc:
         status = _exit_status(exc)
         _flush()
-        os._exit(status if status else 0)  # an early exit 0 still lacks the nonce
+        os._exit(status)
     except BaseException:
         traceback.print_exc()
         _flush()
         os._exit(1)
     _flush()
-    os.write(1, ("\n" + job["nonce"] + "\n").encode())
     os._exit(0)
 
 
 # --- supervisor ----------------------------------------------------------------------------------------------------
-def _supervise(pid: int, status_fd: int) -> None:
+def _supervise(pid: int, status_fd: int, rpc: tuple) -> None:
+    for fd in rpc:  # the judge sees end of file as soon as the sandboxed processes are gone
+        os.close(fd)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):  # only the sandboxed processes hold the output pipes
         os.dup2(devnull, fd)
@@ -375,6 +350,7 @@ def _supervise(pid: int, status_fd: int) -> None:
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     status_fd = cfg["status_fd"]
+    rpc = (cfg["req_fd"], cfg["resp_fd"])
     job = _take_job(cfg["job"])
     report = {"namespaces": False, "user_namespace": False, "network_isolated": False, "pid_namespace": False,
               "private_proc": False, "readonly_root": False, "private_tmp": False, "python_remapped": False,
@@ -383,7 +359,7 @@ def main() -> None:
         _unshare(report, cfg["user_namespace"])
     pid = os.fork()
     if pid:
-        _supervise(pid, status_fd)
+        _supervise(pid, status_fd, rpc)
     try:
         _setup_child(cfg, report)
         report["ready"] = True
@@ -393,8 +369,11 @@ def main() -> None:
         report["errors"].append(f"setup failed: {err!r}")
         os.write(status_fd, (json.dumps(report) + "\n").encode())
         os._exit(SETUP_FAILED_EXIT)
-    os.closerange(3, 1 << 16)  # the status pipe included: the untrusted code cannot forge a report
-    _run_job(job)
+    low, high = sorted(rpc)  # all but the judge's pipes; the status pipe included: no forged report
+    os.closerange(3, low)
+    os.closerange(low + 1, high)
+    os.closerange(high + 1, 1 << 16)
+    _run_job(job, rpc)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,19 @@
 """Run untrusted Python (model-written code) against trusted tests, isolated from the scoring process.
 
 This module is the project's security boundary: an RL policy is rewarded by what happens here and will exploit any
-hole. Each execution is one subprocess (``score_rl/sandbox/child.py``) in its own session, driven by a thread of a
-pool, and it passes only with *positive proof*: exit status 0 **and** a random per-execution nonce on stdout, which
-the harness prints only after the tests returned. An early ``sys.exit(0)`` / ``os._exit(0)`` therefore fails.
+hole. Each execution is two processes, driven by a thread of a pool:
+
+- the candidate's process (``score_rl/sandbox/child.py``, isolated as below) runs the untrusted solution, then
+  answers calls: it reads a function name and arguments, calls the function, writes the return value back. It
+  never receives the tests, their expected values or anything that would prove a pass.
+- the judge (``score_rl/sandbox/judge.py``), a fresh trusted interpreter the candidate never ran in, runs the trusted
+  prelude and tests; the names of the tested functions are proxies that send each call's arguments over a pipe and
+  return the decoded reply. Arguments and replies are plain data (``score_rl/sandbox/wire.py``: exact builtin
+  types and a few collections, decoded without eval or pickle); anything else is "forbidden return value".
+
+A run passes only on the judge's outcome "passed", written on a pipe only the judge holds after the tests returned.
+An early ``sys.exit(0)`` / ``os._exit(0)`` of the candidate ends its process: the judge sees end of file ("exited
+early"). The timeout covers both processes; a judge still waiting for its reply at the deadline is killed.
 
 What is isolated (as root, on Linux with namespaces; ``ExecResult.isolation`` records what was actually active):
 
@@ -25,16 +35,20 @@ What is isolated (as root, on Linux with namespaces; ``ExecResult.isolation`` re
 - resources: RLIMIT_AS (memory_mb), RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE, no core files, captured output
   capped (``capture_bytes`` kept per stream) and the run killed once it wrote ``max_output_bytes``.
 - environment: only PATH, LANG/LC_ALL, HOME, TMPDIR and the marker; stdin is /dev/null; ``python -I -S``.
-- the job: solution and tests are compiled separately (an unterminated string cannot swallow the tests) and run as
-  module ``solution`` (``if __name__ == "__main__":`` demo blocks are skipped, as in HumanEval's harness); the
-  builtins are restored before the tests run; guarded functions must return plain data (an object whose ``__eq__``
-  always holds raises ``ForbiddenReturnValue``). The job file is unlinked before the solution runs.
+- the job: the solution runs as module ``solution`` (``if __name__ == "__main__":`` demo blocks are skipped, as
+  in HumanEval's harness), then the trusted setup code; the job file (solution and setup only) is unlinked before
+  the solution runs. The tests are compiled separately, in the judge (an unterminated string cannot swallow them).
+- the judge runs as the scoring user with rlimits (address space, CPU), no sandbox: it runs trusted code only and
+  handles the candidate's replies as data (frames over ``max_message_mb`` are refused, "output limit"). The
+  candidate cannot signal, ptrace or see it: another uid (root) or another user and PID namespace (non-root).
 
 What is NOT isolated (or only partly):
 
-- the tests run in the same interpreter as the solution, so a *deliberate* in-process attack can still fake a pass:
-  patching a module the tests import (``math.isclose``), frame / gc introspection to find the nonce or the tests,
-  a thread racing the tests. Only the common hacks above are closed.
+- the candidate controls its own process, including its side of the wire: each call may return any plain data,
+  keep state between calls and see every argument the tests pass (the test inputs); it cannot see expected
+  values, the comparisons, the judge's modules or its outcome. A test that passes a non-plain argument, or
+  calls something other than the named functions of the solution (classes, mutation of an argument), cannot be
+  graded this way ("sandbox error" for arguments that cannot be sent).
 - no seccomp filter: the whole syscall surface of the kernel is reachable (a kernel exploit escapes everything).
 - the read-only host filesystem outside the hidden paths stays readable (e.g. /etc, /usr, /sys); CPU time is shared
   with the scoring process, bounded by the timeout and the worker count; RLIMIT_AS bounds address space, not RSS,
@@ -47,7 +61,9 @@ What is NOT isolated (or only partly):
 - with no namespaces at all (``namespaces=False`` or refused by the OS): only the session, rlimits, the dedicated
   uid (root only), the scrubbed environment, the private working directory and the sweep remain; files can be
   written wherever that uid may write, the network is reachable, and as root with a dedicated uid the standard
-  library must be world-readable for lazy imports to work. ``ExecResult.isolation`` always says what was active.
+  library must be world-readable for lazy imports to work. Without namespaces *and* without a dedicated uid the
+  candidate runs as the judge's user and could ptrace it: that mode protects nothing against a deliberate attack.
+  ``ExecResult.isolation`` always says what was active.
 """
 
 from __future__ import annotations
@@ -68,11 +84,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from score_rl.sandbox import procs
 
 CHILD_SCRIPT = str(Path(__file__).resolve().with_name("child.py"))
+JUDGE_SCRIPT = str(Path(__file__).resolve().with_name("judge.py"))
 PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 _UID_BASE, _UID_SPAN = 1 << 30, 1 << 29  # dedicated uids: far above any real account
 
@@ -91,6 +108,7 @@ class SandboxConfig:
     drop_privileges: bool = True  # as root: run as a dedicated per-execution uid
     user_namespace: bool = False  # as root too, isolate the way non-root scoring does (a user namespace); tests
     hide_paths: Tuple[str, ...] = ()  # extra directories to hide (default ones: see default_hide_paths)
+    max_message_mb: int = 16  # largest reply (one encoded return value) the judge accepts; more is "output limit"
     python: str = sys.executable
     sweep_timeout_s: float = 2.0
 
@@ -115,13 +133,16 @@ class ExecResult:
     survivors: List[int] = field(default_factory=list)  # tagged pids still alive after the sweep (should be empty)
     isolation: Dict[str, Any] = field(default_factory=dict)
     marker: str = ""  # SCORE_RL_SANDBOX=<marker> was in the environment of every process of this execution
+    judged: Dict[str, Any] = field(default_factory=dict)  # the judge's outcome record ({} if it gave none)
+    tests_output: str = ""  # the judge's stdout and stderr (tail): the tests' prints and tracebacks
 
     def info(self, stderr_chars: int = 600) -> Dict[str, Any]:
         """A compact, JSON-friendly summary for ``Verdict.info``."""
         return {"exit_code": self.exit_code, "signal": self.signal, "timed_out": self.timed_out,
                 "duration_s": round(self.duration_s, 3), "exception": self.exception,
                 "stderr_tail": self.stderr[-stderr_chars:], "output_bytes": self.output_bytes, "swept": self.swept,
-                "network_isolated": self.isolation.get("network_isolated"), "uid": self.isolation.get("uid")}
+                "network_isolated": self.isolation.get("network_isolated"), "uid": self.isolation.get("uid"),
+                "judge": self.judged.get("outcome"), "judge_detail": self.judged.get("detail")}
 
 
 def default_hide_paths() -> Tuple[str, ...]:
@@ -178,10 +199,11 @@ def _exception_line(stderr: str) -> Optional[str]:
 
 
 def classify(exit_code: Optional[int], sig: Optional[int], timed_out: bool, output_limited: bool,
-             nonce_seen: bool, exception: Optional[str], ready: bool = True) -> str:
+             judged: Optional[Dict[str, Any]], exception: Optional[str], ready: bool = True) -> str:
     """The verdict reason of one execution (the only reason that passes is "passed").
 
-    ``ready``: the sandbox reported its setup complete (the job started); otherwise "sandbox error".
+    ``judged``: the judge's outcome record (None if it gave none); ``exit_code`` / ``sig`` / ``exception``: the
+    candidate's process. ``ready``: the sandbox reported its setup complete; otherwise "sandbox error".
     """
     if output_limited:
         return "output limit"
@@ -189,10 +211,24 @@ def classify(exit_code: Optional[int], sig: Optional[int], timed_out: bool, outp
         return "timeout"
     if not ready:
         return "sandbox error"
+    outcome = (judged or {}).get("outcome")
+    if outcome == "passed":
+        return "passed"
+    if outcome == "failed":
+        name = str(judged.get("exception") or "").split(":")[0]
+        return "failed test" if name == "AssertionError" else "runtime error"
+    if outcome == "exited":
+        return "exited early" if judged.get("code") == 0 else "runtime error"
+    if outcome == "too large":
+        return "output limit"
+    if outcome == "malformed":
+        return "forbidden return value"
+    if outcome != "candidate gone":  # the judge gave no outcome, or could not run the tests
+        return "sandbox error"
     if sig is not None:
         return _SIGNAL_REASONS.get(sig, "killed")
     if exit_code == 0:
-        return "passed" if nonce_seen else "exited early"
+        return "exited early"
     name = (exception or "").split(":")[0].rsplit(".", 1)[-1]
     if name in ("SyntaxError", "IndentationError", "TabError"):
         return "syntax error"
@@ -203,6 +239,25 @@ def classify(exit_code: Optional[int], sig: Optional[int], timed_out: bool, outp
     if name == "ForbiddenReturnValue":
         return "forbidden return value"
     return "runtime error"
+
+
+def _read_outcome(fd: int) -> Optional[Dict[str, Any]]:
+    """The judge's outcome record from its (finished) result pipe, or None."""
+    os.set_blocking(fd, False)
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    try:
+        record = json.loads(data.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 class _UidAllocator:
@@ -229,14 +284,24 @@ class _UidAllocator:
 _UIDS = _UidAllocator()
 
 
-class _Execution:
-    """One run: spawn, pump output until exit / timeout / output limit, kill and sweep, classify."""
+@dataclass(frozen=True)
+class Job:
+    """One execution: the untrusted program and the trusted code that grades it."""
 
-    def __init__(self, config: SandboxConfig, hide: Tuple[str, ...], solution: str, tests: str,
-                 guard: Sequence[str]):
+    solution: str  # untrusted: runs in the sandboxed candidate process only
+    tests: str = ""  # trusted: runs in the judge; raises (AssertionError...) to fail
+    functions: Tuple[str, ...] = ()  # names the tests call that the solution defines: proxies in the judge
+    prelude: str = ""  # trusted, run in the judge before the tests (HumanEval's prompt with its helpers)
+    setup: str = ""  # trusted, run in both processes: after the solution, and in the judge after the prelude
+
+
+class _Execution:
+    """One run: spawn candidate and judge, pump output until exit / timeout / output limit, kill and sweep."""
+
+    def __init__(self, config: SandboxConfig, hide: Tuple[str, ...], job: Job):
         self.cfg = config
         self.hide = hide
-        self.job = {"solution": solution, "tests": tests, "guard": list(guard), "nonce": secrets.token_hex(16)}
+        self.job = job
         self.marker = secrets.token_hex(16)
         self.uid = _UIDS.acquire() if (config.drop_privileges and os.geteuid() == 0) else None
         self.out = _Capture(config.capture_bytes)
@@ -244,30 +309,46 @@ class _Execution:
         self.status = bytearray()
 
     # --- spawning ------------------------------------------------------------------------------------------------
-    def _prepare_dir(self) -> Tuple[str, str, str]:
+    def _prepare_dir(self) -> Tuple[str, str, str, str]:
         private = tempfile.mkdtemp(prefix="score_rl_sandbox_")
         workdir = os.path.join(private, "work")
         os.mkdir(workdir, 0o700)
-        if self.uid is not None:  # used only without namespaces; the job file itself stays root-only
+        if self.uid is not None:  # used only without namespaces; the job files themselves stay root-only
             os.chmod(private, 0o711)
             os.chown(workdir, self.uid, self.uid)
-        job_path = os.path.join(private, "job.json")
-        fd = os.open(job_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.job, f)
-        return private, workdir, job_path
+        paths = []
+        for name, content in (("job.json", {"solution": self.job.solution, "setup": self.job.setup}),
+                              ("judge.json", {"tests": self.job.tests, "functions": list(self.job.functions),
+                                              "prelude": self.job.prelude + "\n" + self.job.setup})):
+            path = os.path.join(private, name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(content, f)
+            paths.append(path)
+        return private, workdir, paths[0], paths[1]
 
-    def _spawn(self, workdir: str, job_path: str, status_w: int) -> subprocess.Popen:
+    def _spawn(self, workdir: str, job_path: str, status_w: int, rpc: Tuple[int, int]) -> subprocess.Popen:
         cfg = self.cfg
-        child_cfg = {"job": job_path, "status_fd": status_w, "workdir": workdir, "uid": self.uid,
-                     "namespaces": cfg.namespaces, "user_namespace": cfg.user_namespace, "hide": list(self.hide),
-                     "tmpfs_mb": cfg.tmpfs_mb, "memory_bytes": cfg.memory_mb << 20, "cpu_s": int(cfg.timeout_s) + 1,
-                     "file_bytes": cfg.max_file_mb << 20, "max_processes": cfg.max_processes}
+        child_cfg = {"job": job_path, "status_fd": status_w, "req_fd": rpc[0], "resp_fd": rpc[1], "workdir": workdir,
+                     "uid": self.uid, "namespaces": cfg.namespaces, "user_namespace": cfg.user_namespace,
+                     "hide": list(self.hide), "tmpfs_mb": cfg.tmpfs_mb, "memory_bytes": cfg.memory_mb << 20,
+                     "cpu_s": int(cfg.timeout_s) + 1, "file_bytes": cfg.max_file_mb << 20,
+                     "max_processes": cfg.max_processes}
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": workdir,
                "TMPDIR": workdir, procs.MARKER_VAR: self.marker}
         return subprocess.Popen([cfg.python, "-I", "-S", "-B", CHILD_SCRIPT, json.dumps(child_cfg)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                                cwd=workdir, start_new_session=True, pass_fds=(status_w,), close_fds=True)
+                                cwd=workdir, start_new_session=True, pass_fds=(status_w, *rpc), close_fds=True)
+
+    def _spawn_judge(self, private: str, judge_path: str, fds: Tuple[int, int, int], log) -> subprocess.Popen:
+        cfg = self.cfg
+        judge_cfg = {"job": judge_path, "req": fds[0], "resp": fds[1], "result": fds[2],
+                     "memory_bytes": cfg.memory_mb << 20, "cpu_s": int(cfg.timeout_s) + 1,
+                     "max_message_bytes": cfg.max_message_mb << 20}
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        return subprocess.Popen([cfg.python, "-I", "-S", "-B", JUDGE_SCRIPT, json.dumps(judge_cfg)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=private,
+                                start_new_session=True, pass_fds=fds, close_fds=True)
 
     # --- reading -------------------------------------------------------------------------------------------------
     def _read_into(self, fd: int, sink) -> bool:
@@ -346,14 +427,22 @@ class _Execution:
     # --- the whole run -------------------------------------------------------------------------------------------
     def run(self) -> ExecResult:
         start = time.monotonic()
-        private, workdir, job_path = self._prepare_dir()
+        deadline = start + self.cfg.timeout_s
+        private, workdir, job_path, judge_path = self._prepare_dir()
         status_r, status_w = os.pipe()
-        proc = None
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        result_r, result_w = os.pipe()
+        handed = [status_w, req_r, resp_w, req_w, resp_r, result_w]  # closed here once both processes hold them
+        proc = judge = None
+        log = open(os.path.join(private, "judge.log"), "w+b")
         try:
-            proc = self._spawn(workdir, job_path, status_w)
-            os.close(status_w)
-            status_w = -1
-            outcome = self._pump(proc, status_r, start + self.cfg.timeout_s)
+            proc = self._spawn(workdir, job_path, status_w, (req_r, resp_w))
+            judge = self._spawn_judge(private, judge_path, (req_w, resp_r, result_w), log)
+            for fd in handed:
+                os.close(fd)
+            handed = []
+            outcome = self._pump(proc, status_r, deadline)
             # the group first, while the unreaped leader still pins the group id; then every tagged process
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -368,10 +457,21 @@ class _Execution:
             swept, survivors = procs.sweep(tags, self.cfg.sweep_timeout_s)
             proc.wait()
             self._drain(proc, status_r, 0.5)
+            if outcome == "exited":  # the judge sees end of file once every sandboxed process is gone
+                try:
+                    judge.wait(max(deadline - time.monotonic(), 0.0) + 0.5)
+                except subprocess.TimeoutExpired:
+                    outcome = "timeout"
+            judged = _read_outcome(result_r) if judge.poll() is not None else None
         finally:
-            if status_w >= 0:
-                os.close(status_w)
-            os.close(status_r)
+            for fd in handed + [status_r, result_r]:
+                os.close(fd)
+            if judge is not None and judge.poll() is None:
+                judge.kill()
+                judge.wait()
+            log.seek(0)
+            judge_output = log.read()[-self.cfg.capture_bytes:].decode("utf-8", "replace")
+            log.close()
             if proc is not None:
                 for stream in (proc.stdout, proc.stderr):
                     stream.close()
@@ -381,7 +481,7 @@ class _Execution:
             shutil.rmtree(private, ignore_errors=True)
             if self.uid is not None:
                 _UIDS.release(self.uid)
-        return self._result(proc, outcome, time.monotonic() - start, swept, survivors)
+        return self._result(proc, outcome, judged, judge_output, time.monotonic() - start, swept, survivors)
 
     def _drain_status(self, status_r: int) -> None:
         """Non-blocking: whatever the sandbox reported so far (its setup report names the PID namespace)."""
@@ -394,8 +494,8 @@ class _Execution:
                 return
             self.status.extend(chunk)
 
-    def _result(self, proc: subprocess.Popen, outcome: str, duration: float, swept: int,
-                survivors: List[int]) -> ExecResult:
+    def _result(self, proc: subprocess.Popen, outcome: str, judged: Optional[Dict[str, Any]], judge_output: str,
+                duration: float, swept: int, survivors: List[int]) -> ExecResult:
         setup, exit_info = self._report()
         timed_out, limited = outcome == "timeout", outcome == "output limit"
         if exit_info:
@@ -406,8 +506,9 @@ class _Execution:
             exit_code, sig = proc.returncode, None
         stdout, stderr = self.out.text(), self.err.text()
         exception = _exception_line(stderr) if exit_code not in (0, None) else None
-        nonce_seen = self.out.contains_line(self.job["nonce"].encode())
-        reason = classify(exit_code, sig, timed_out, limited, nonce_seen, exception, bool(setup.get("ready")))
+        reason = classify(exit_code, sig, timed_out, limited, judged, exception, bool(setup.get("ready")))
+        if judged and judged.get("outcome") == "failed":
+            exception = judged.get("exception")
         if reason == "sandbox error":
             stderr += "\n[sandbox] " + "; ".join(setup.get("errors", []))
         isolation = {k: setup.get(k) for k in ("namespaces", "user_namespace", "network_isolated", "pid_namespace",
@@ -416,7 +517,7 @@ class _Execution:
         return ExecResult(passed=reason == "passed", reason=reason, exit_code=exit_code, signal=sig,
                           timed_out=timed_out, duration_s=duration, stdout=stdout, stderr=stderr, exception=exception,
                           output_bytes=self.out.total + self.err.total, swept=swept, survivors=survivors,
-                          isolation=isolation, marker=self.marker)
+                          isolation=isolation, marker=self.marker, judged=judged or {}, tests_output=judge_output)
 
 
 class Sandbox:
@@ -429,22 +530,22 @@ class Sandbox:
         self._pool: Optional[ThreadPoolExecutor] = None
         self._lock = threading.Lock()
 
-    def run(self, solution: str, tests: str = "", guard: Sequence[str] = ()) -> ExecResult:
-        """Execute ``solution`` (untrusted), then ``tests`` (trusted) in the same globals; see module docstring.
+    def run(self, solution: Union[str, Job], tests: str = "", functions: Sequence[str] = ()) -> ExecResult:
+        """Run ``solution`` (untrusted) in the sandbox and ``tests`` (trusted) in the judge; see module docstring.
 
-        ``guard`` names functions whose outermost calls must return plain data; the tests may also wrap a function
-        themselves with ``__score_rl_guard__(fn)``.
+        ``functions`` names the solution's functions the tests call (proxies in the judge). A ``Job`` says more.
         """
-        return _Execution(self.config, self._hide, solution, tests, guard).run()
+        job = solution if isinstance(solution, Job) else Job(solution, tests, tuple(functions))
+        return _Execution(self.config, self._hide, job).run()
 
-    def run_many(self, jobs: Sequence[Tuple[str, str, Sequence[str]]]) -> List[ExecResult]:
-        """Run ``(solution, tests, guard)`` jobs on the worker pool; results in input order."""
+    def run_many(self, jobs: Sequence[Union[Job, Tuple[str, str, Sequence[str]]]]) -> List[ExecResult]:
+        """Run ``Job``s or ``(solution, tests, functions)`` tuples on the worker pool; results in input order."""
         if not jobs:
             return []
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="sandbox")
-        return list(self._pool.map(lambda job: self.run(*job), jobs))
+        return list(self._pool.map(lambda job: self.run(job) if isinstance(job, Job) else self.run(*job), jobs))
 
     def close(self) -> None:
         with self._lock:

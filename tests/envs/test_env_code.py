@@ -56,6 +56,8 @@ def test_registered_and_params_validated():
         CodeEnv({"dataset": "/nonexistent/mbpp.jsonl"})
     with pytest.raises(ConfigError):
         CodeEnv({"workers": 0})
+    with pytest.raises(ConfigError, match="guard_returns"):  # the guard cannot be switched off: never silently
+        CodeEnv({"guard_returns": False})
 
 
 MBPP_ROWS = [
@@ -202,9 +204,18 @@ def test_reward_hacks_score_zero(humaneval):
                   "def has_close_elements(numbers, threshold):\n    return False\n```")
     early_exit = "```python\ndef has_close_elements(numbers, threshold):\n    return False\nimport os\nos._exit(0)\n```"
     swallow = "    return False\n'''\n"
+    # in-process attacks on the tests: they run in another process, so each only fails
+    settrace = ("```python\nimport sys\ndef has_close_elements(numbers, threshold):\n    return False\n"
+                "def _noop(*args):\n    return None\ndef _tracer(frame, event, arg):\n    g = frame.f_globals\n"
+                "    if callable(g.get('check')) and g['check'] is not _noop:\n        g['check'] = _noop\n"
+                "    return _tracer\nsys.settrace(_tracer)\n```")
+    frame_nonce = ("```python\nimport os, sys\ndef has_close_elements(numbers, threshold):\n    return False\n"
+                   "job = sys._getframe(1).f_locals['job']\nprint(job.get('nonce'), flush=True)\nos._exit(0)\n```")
+    patched_fabs = "```python\nimport math\nmath.fabs = lambda x: 0.0\ndef find_zero(xs):\n    return 0.0\n```"
     cases = [(always_equal, close, "forbidden return value"), (patched_abs, truncate, "failed test"),
              (read_tests, close, "runtime error"), (early_exit, close, "exited early"),
-             (swallow, close, "syntax error")]
+             (swallow, close, "syntax error"), (settrace, close, "failed test"), (frame_nonce, close, "exited early"),
+             (patched_fabs, humaneval.get_problem("HumanEval/32"), "failed test")]
     verdicts = humaneval.verify_batch([c[0] for c in cases], [c[1].reference for c in cases])
     for (_, _, reason), verdict in zip(cases, verdicts):
         assert verdict.reward == 0.0 and verdict.reason == reason, (reason, verdict.reason, verdict.info)
@@ -226,6 +237,7 @@ def test_timeout_and_info(humaneval):
 
 def test_build_job_never_ships_the_reference_solution(humaneval, canonical):
     problem = humaneval.get_problem("HumanEval/0")
-    solution, tests, guard = build_job("    return True\n", problem.reference)
-    assert canonical["HumanEval/0"]["canonical_solution"].strip() not in solution + tests
-    assert tests.rstrip().endswith("check(__score_rl_guard__(has_close_elements))")
+    job = build_job("    return True\n", problem.reference)
+    assert canonical["HumanEval/0"]["canonical_solution"].strip() not in job.solution + job.tests + job.prelude
+    assert job.tests.rstrip().endswith("check(has_close_elements)") and job.functions == ("has_close_elements",)
+    assert job.prelude == problem.reference["prompt"] and "def check" not in job.solution

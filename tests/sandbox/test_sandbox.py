@@ -1,4 +1,4 @@
-"""The sandbox that runs model-written code: positive proof of passing, reasons, and hostile programs.
+"""The sandbox that runs model-written code: the judge's verdict, reasons, in-process hacks and hostile programs.
 
 Hostile programs run concurrently on the pool (one fixture); each must fail with a specific reason within
 timeout + 2 s, leave no process and no file behind, and leave the scoring process (and a canary process) alive.
@@ -6,7 +6,9 @@ timeout + 2 s, leave no process and no file behind, and leave the scoring proces
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from score_rl.sandbox import procs
-from score_rl.sandbox.runner import ExecResult, Sandbox, SandboxConfig, _Capture
+from score_rl.sandbox import procs, wire
+from score_rl.sandbox.runner import ExecResult, Job, Sandbox, SandboxConfig, _Capture, _Execution
 
 TIMEOUT = 2.0
 IS_ROOT = os.geteuid() == 0
@@ -71,15 +73,15 @@ def sandbox():
         yield box
 
 
-# --- positive proof ------------------------------------------------------------------------------------------------
-def test_pass_needs_exit_zero_and_the_nonce(sandbox):
+# --- the judge's verdict -------------------------------------------------------------------------------------------
+def test_pass_needs_the_judges_verdict(sandbox):
     jobs = [
-        ("def f(x):\n    return x + 1\n", "assert f(1) == 2\n", []),
-        ("def f(x):\n    return x + 1\nimport sys\nsys.exit(0)\n", "assert f(1) == 2\n", []),
-        ("def f(x):\n    return x + 1\nimport os\nos._exit(0)\n", "assert f(1) == 2\n", []),
-        ("def f(x):\n    return x + 1\nraise SystemExit\n", "assert f(1) == 2\n", []),
-        ("def f(x):\n    return 0\n", "assert f(1) == 2\n", []),
-        ("def f(x):\n    return 0\nprint('0' * 32)\n", "import sys\nsys.exit(0)\n", []),  # tests exiting early
+        ("def f(x):\n    return x + 1\n", "assert f(1) == 2\n", ["f"]),
+        ("def f(x):\n    return x + 1\nimport sys\nsys.exit(0)\n", "assert f(1) == 2\n", ["f"]),
+        ("def f(x):\n    return x + 1\nimport os\nos._exit(0)\n", "assert f(1) == 2\n", ["f"]),
+        ("def f(x):\n    return x + 1\nraise SystemExit\n", "assert f(1) == 2\n", ["f"]),
+        ("def f(x):\n    return 0\n", "assert f(1) == 2\n", ["f"]),
+        ("def f(x):\n    return 0\nprint('0' * 32)\n", "import sys\nsys.exit(0)\n", ["f"]),  # tests exiting early
     ]
     ok, sys_exit, os_exit, raise_exit, wrong, tests_exit = sandbox.run_many(jobs)
     assert ok.passed and ok.reason == "passed" and ok.exit_code == 0
@@ -93,7 +95,7 @@ def test_reasons_are_specific(sandbox):
         ("def f(x) return x\n", "assert f(1) == 1\n", []),
         ("def f(x):\n  return x\n   y = 1\n", "", []),
         ("def f(x):\n    return 1\nx = '''\n", "assert f(1) == 2\n'''\n", []),  # may not swallow the tests
-        ("def f(x):\n    return x[5]\n", "assert f([]) == 1\n", []),
+        ("def f(x):\n    return x[5]\n", "assert f([]) == 1\n", ["f"]),
         ("import sys\nsys.exit(3)\n", "", []),
         ("import ctypes\nctypes.string_at(0)\n", "", []),  # a real segmentation fault
     ]
@@ -104,7 +106,7 @@ def test_reasons_are_specific(sandbox):
     assert segv.reason in ("crashed", "killed") and not segv.passed
 
 
-def test_return_guard_and_builtins_restored(sandbox):
+def test_only_plain_data_comes_back_and_builtins_stay_trusted(sandbox):
     always_equal = "class A:\n    def __eq__(self, other):\n        return True\ndef f(x):\n    return A()\n"
     int_subclass = "class I(int):\n    def __eq__(self, other):\n        return True\ndef f(x):\n    return I(0)\n"
     nested = "class A:\n    __eq__ = lambda s, o: True\ndef f(x):\n    return [1, {'k': (A(),)}]\n"
@@ -116,7 +118,7 @@ def test_return_guard_and_builtins_restored(sandbox):
         (nested, "assert f(1) == [1, {'k': (2,)}]\n", ["f"]),
         (patched, "assert abs(f(1) - 0.5) < 1e-6\n", ["f"]),
         (plain, "assert f(1) == [{'a': 1, 'b': 1}, {1: (2.0, None, 'x', b'y')}]\n", ["f"]),
-        (always_equal, "def check(c):\n    assert c(1) == 2\ncheck(__score_rl_guard__(f))\n", []),
+        (always_equal, "def check(c):\n    assert c(1) == 2\ncheck(f)\n", ["f"]),
     ])
     for r in (guarded, subclass, deep, explicit):
         assert r.reason == "forbidden return value", r.stderr
@@ -124,10 +126,100 @@ def test_return_guard_and_builtins_restored(sandbox):
     assert fine.passed, fine.stderr
 
 
-def test_recursion_through_a_guarded_name_is_not_rechecked(sandbox):
+def test_recursive_calls_stay_inside_the_candidate(sandbox):
     solution = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
-    result = sandbox.run(solution, "assert fib(20) == 6765\n", guard=["fib"])
+    result = sandbox.run(solution, "assert fib(20) == 6765\n", ["fib"])
     assert result.passed, result.stderr
+
+
+# --- in-process attacks: the tests and their comparisons never run in the candidate's interpreter ----------------
+CHECK = "def check(candidate):\n    assert math.fabs(candidate(3) - 9) < 1e-9\n"
+SETTRACE = ("import sys\ndef f(x):\n    return 0\ndef _noop(*args):\n    return None\n"
+            "def _tracer(frame, event, arg):\n    g = frame.f_globals\n"
+            "    if callable(g.get('check')) and g['check'] is not _noop:\n        g['check'] = _noop\n"
+            "    return _tracer\nsys.settrace(_tracer)\n")
+FRAME_NONCE = ("import os, sys\ndef f(x):\n    return 0\n"
+               "print(sys._getframe(1).f_locals['job'].get('nonce'), flush=True)\nos._exit(0)\n")
+PATCH_MODULE = "import math\nmath.fabs = lambda x: 0.0\ndef f(x):\n    return 0\n"
+
+
+def test_in_process_attacks_cannot_reach_the_tests(sandbox):
+    """Replacing `check` from a trace hook, reading the harness's frames, patching a module the tests import."""
+    job = lambda solution: Job(solution, "import math\n" + CHECK + "check(f)\n", ("f",))  # noqa: E731
+    honest, settrace, frame, patched = sandbox.run_many([job("def f(x):\n    return x * x\n"), job(SETTRACE),
+                                                         job(FRAME_NONCE), job(PATCH_MODULE)])
+    assert honest.passed, (honest.reason, honest.stderr, honest.tests_output)
+    assert settrace.reason == "failed test" and settrace.exception == "AssertionError", settrace.tests_output
+    assert frame.reason == "exited early" and frame.exit_code == 0
+    assert patched.reason == "failed test"
+
+
+def test_the_candidates_process_never_holds_the_tests():
+    job = Job("x = 1\n", "assert f(1) == 2\n", ("f",), prelude="P = 1\n")
+    execution = _Execution(SandboxConfig(drop_privileges=False), (), job)
+    private, _, job_path, judge_path = execution._prepare_dir()
+    try:
+        assert json.loads(Path(job_path).read_text()) == {"solution": "x = 1\n", "setup": ""}
+        assert "assert f(1)" in Path(judge_path).read_text()
+    finally:
+        shutil.rmtree(private)
+
+
+def test_tests_catching_exceptions_cannot_hide_a_broken_candidate(sandbox):
+    catch_all = "try:\n    f(1)\nexcept BaseException:\n    pass\nfor _ in range(3):\n    try:\n        f(2)\n" \
+                "    except Exception:\n        pass\n"
+    gone, raising, forged = sandbox.run_many([
+        ("import os\ndef f(x):\n    os._exit(0)\n", catch_all, ["f"]),
+        ("def f(x):\n    raise ValueError('no')\n", catch_all, ["f"]),
+        # the candidate owns its side of the wire: it can send anything, and it is decoded as data or refused
+        ("import sys\nsys.modules['score_rl_sandbox_wire'].encode = lambda v: {'x': 1}\ndef f(x):\n    return 1\n",
+         catch_all, ["f"]),
+    ])
+    assert gone.reason == "exited early", (gone.reason, gone.judged)
+    assert raising.reason == "runtime error" and raising.exception.startswith("ValueError")
+    assert forged.reason == "forbidden return value" and forged.judged["outcome"] == "malformed"
+
+
+def test_judge_imports_used_modules_and_refuses_unsendable_arguments(sandbox):
+    uses_math, unsendable = sandbox.run_many([
+        ("import math\ndef f(x):\n    return math.sqrt(x)\n", "assert math.isclose(f(4), 2.0)\n", ["f"]),
+        ("def f(x):\n    return 1\n", "assert f(object()) == 1\n", ["f"]),
+    ])
+    assert uses_math.passed, (uses_math.reason, uses_math.tests_output)
+    assert unsendable.reason == "sandbox error" and unsendable.judged["outcome"] == "error"
+
+
+def test_huge_replies_are_refused(sandbox):
+    box = Sandbox(SandboxConfig(timeout_s=TIMEOUT, max_message_mb=1))
+    result = box.run("def f():\n    return 'x' * (2 << 20)\n", "assert f() == ''\n", ["f"])
+    assert result.reason == "output limit" and result.judged["outcome"] == "too large"
+
+
+def test_wire_round_trip_and_refusals():
+    import collections
+    values = [None, True, 0, -7, 3 ** 200, -(2 ** 64), 1.5, -0.0, float("inf"), 1e300, 2j, "é\ud800", b"\x00b",
+              bytearray(b"z"), (1, (2,)), [1, [2.0]], {1, 2}, frozenset({"a"}), {(1, 2): [None], "k": {"n": 1}},
+              collections.Counter("aab"), collections.OrderedDict(a=1), collections.deque([1], maxlen=3),
+              range(1, 9, 2), collections.defaultdict(list, {"a": [1]}), ()]
+    for value in values:
+        back = wire.decode(json.loads(json.dumps(wire.encode(value))))
+        assert back == value and type(back) is type(value), (value, back)
+        if isinstance(value, (tuple, list)):
+            assert [type(x) for x in back] == [type(x) for x in value]
+    nan = wire.decode(json.loads(json.dumps(wire.encode(float("nan")))))
+    assert nan != nan
+    cyclic = []
+    cyclic.append(cyclic)
+
+    class Sub(int):
+        pass
+
+    for bad in (Sub(1), object(), cyclic, [1, {"k": lambda: 0}], ValueError()):
+        with pytest.raises(wire.ForbiddenReturnValue):
+            wire.encode(bad)
+    for bad in ({"zz": []}, {"t": 1}, {"r": [1.5]}, {"s": [[1]]}, {"d": [[[1], 2]]}, {"a": 1, "b": 2, "c": 3}):
+        with pytest.raises((ValueError, TypeError)):
+            wire.decode(bad)
 
 
 def test_isolation_is_recorded(sandbox):
@@ -226,7 +318,7 @@ def hostile(sandbox):
     }
     names = list(programs)
     started = time.monotonic()
-    results = sandbox.run_many([(programs[n], "assert f() == 1\n", []) for n in names])
+    results = sandbox.run_many([(programs[n], "assert f() == 1\n", ["f"]) for n in names])
     finished = time.monotonic()
     try:
         server.accept()
