@@ -163,7 +163,7 @@ def test_default_kl_is_k1_in_the_reward():
     ("shaping.beta2=-0.1", "shaping.beta2"), ("shaping.alpha=nan", "shaping.alpha"), ("learner.lr=-1", "learner.lr"),
     ("learner.lr=inf", "learner.lr"), ("rollout.cpus_per_worker=0", "rollout.cpus_per_worker"),
     ("learner.cpus_per_rank=-1", "learner.cpus_per_rank"), ("shaping.gamma=2", "shaping.gamma"),
-    ("learner.weight_decay=-1", "learner.weight_decay"),
+    ("learner.weight_decay=-1", "learner.weight_decay"), ("trainer.max_bad_steps=-1", "trainer.max_bad_steps"),
 ])
 def test_out_of_range_and_non_finite_values_are_one_line_errors_naming_the_key(override, key):
     """Values that used to be accepted silently (or crash a step later: alpha=nan trained on a null loss)."""

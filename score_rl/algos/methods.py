@@ -81,8 +81,8 @@ class MethodSpec:
 
 
 METHODS: Dict[str, MethodSpec] = {spec.name: spec for spec in (
-    MethodSpec("score", "SCoRe: two attempts, Stage I then Stage II shaping (the paper's method)",
-               two_attempts=True, policy_gradient=True),
+    MethodSpec("score", "SCoRe, Stage I then II; its ablations are shaping diffs", two_attempts=True,
+               policy_gradient=True),
     MethodSpec("single_turn_rl", "RL on attempt 1 only", two_attempts=False, policy_gradient=True),
     MethodSpec("star", "STaR for self-correction: filtered two-attempt traces, SFT on attempt 2",
                two_attempts=True, policy_gradient=False),
@@ -90,6 +90,11 @@ METHODS: Dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("self_refine", "no training: the base model with the correction instruction", two_attempts=False,
                policy_gradient=False, trains=False),
 )}
+
+
+def methods_help() -> str:
+    """The registered methods, one ``name (description)`` each, for help texts."""
+    return ", ".join(f"{name} ({spec.description})" for name, spec in METHODS.items())
 
 
 def method_names(kind: str = "all") -> Tuple[str, ...]:

@@ -12,8 +12,9 @@ wrong types are errors that name the key and the closest valid one.
 
 from score_rl.config.load import load_config
 from score_rl.config.reference import config_reference
-from score_rl.config.resume import (NOT_THE_RUN, RESUMABLE_KEYS, check_resume_config, config_differences,
-                                    run_config_changes, same_auto_dtype, save_config, saved_config_tree, to_yaml)
+from score_rl.config.resume import (NOT_THE_RUN, RESUMABLE_KEYS, check_checkpoint_config, check_resume_config,
+                                    config_differences, config_tree, run_config_changes, same_auto_dtype, save_config,
+                                    saved_config_tree, to_yaml)
 from score_rl.config.schema import (CHOICES, AlgoConfig, Config, CriticConfig, EnvConfig, EvalConfig, LearnerConfig,
                                     LoggingConfig, LoRAConfig, MethodConfig, ModelConfig, PPOConfig, PromptConfig,
                                     RayConfig, RolloutConfig, ShapingConfig, TinyModelConfig, TrainerConfig,
@@ -25,7 +26,7 @@ __all__ = [
     "AlgoConfig", "CHOICES", "Config", "ConfigError", "CriticConfig", "EnvConfig", "EvalConfig", "LearnerConfig",
     "LoggingConfig", "LoRAConfig", "MethodConfig", "ModelConfig", "NOT_THE_RUN", "PPOConfig", "PromptConfig",
     "RESUMABLE_KEYS", "RayConfig", "RolloutConfig", "ShapingConfig", "TinyModelConfig", "TrainerConfig", "VLLMConfig",
-    "check_resume_config", "config_differences", "config_keys", "config_reference", "doc", "episodes_per_step",
-    "get_key", "load_config", "run_config_changes", "same_auto_dtype", "save_config", "saved_config_tree",
-    "schema_fields", "to_yaml", "validate", "validate_training",
+    "check_checkpoint_config", "check_resume_config", "config_differences", "config_keys", "config_reference",
+    "config_tree", "doc", "episodes_per_step", "get_key", "load_config", "run_config_changes", "same_auto_dtype",
+    "save_config", "saved_config_tree", "schema_fields", "to_yaml", "validate", "validate_training",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
@@ -32,37 +32,48 @@ RESUMABLE_KEYS = NOT_THE_RUN + (
     "model.cache_dir", "learner.micro_batch_size", "learner.share_prompt_prefix", "rollout.generation_batch_size",
     "rollout.kv_cache_reuse", "learner.weight_sync", "learner.weight_sync_bucket_mb",
     "learner.zero3_param_persistence_threshold", "rollout.vllm.gpu_memory_utilization", "rollout.vllm.kv_cache_mb",
-    "rollout.vllm.enforce_eager", "rollout.vllm.enable_prefix_caching")
+    "rollout.vllm.enforce_eager", "rollout.vllm.enable_prefix_caching", "trainer.max_bad_steps")
 
 
 def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Atomically (a reader, e.g. a sweep planning its runs, never sees half a file). trainer.allow_config_change is
-    saved false: it lets one resume through, it is not a property of the run."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+def _run_yaml(cfg: Config) -> str:
+    """The YAML of ``cfg`` as a run saves it: trainer.allow_config_change false (it lets one resume through, it is
+    not a property of the run)."""
     allow = cfg.trainer.allow_config_change
     cfg.trainer.allow_config_change = False
     try:
-        tmp.write_text(to_yaml(cfg))
+        return to_yaml(cfg)
     finally:
         cfg.trainer.allow_config_change = allow
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Atomically (a reader, e.g. a sweep planning its runs, never sees half a file), as ``_run_yaml`` writes it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(_run_yaml(cfg))
     tmp.replace(path)
 
 
-def saved_config_tree(path: Path) -> Dict[str, Any]:
-    """A saved config.yaml as a plain tree, over the current schema's defaults: a key added to the schema after the
-    file was written counts as its default (the value the older code ran with), not as a difference."""
+def config_tree(cfg: Config) -> Dict[str, Any]:
+    """The plain tree save_config writes: what a checkpoint records as the config it was trained with."""
+    return OmegaConf.to_container(OmegaConf.create(_run_yaml(cfg)))
+
+
+def saved_config_tree(path: Path | Dict[str, Any]) -> Dict[str, Any]:
+    """A saved config.yaml (or a tree a checkpoint recorded) as a plain tree, over the current schema's defaults: a key
+    added to the schema after it was written counts as its default (the value the older code ran with), not as a
+    difference."""
     def merge(base, over):
         if isinstance(base, dict) and isinstance(over, dict):
             return {k: merge(base.get(k), over[k]) if k in over else base[k] for k in set(base) | set(over)}
         return over
 
-    defaults = OmegaConf.to_container(OmegaConf.create(to_yaml(Config())))
-    return merge(defaults, OmegaConf.to_container(OmegaConf.load(path)))
+    saved = path if isinstance(path, dict) else OmegaConf.to_container(OmegaConf.load(path))
+    return merge(OmegaConf.to_container(OmegaConf.create(to_yaml(Config()))), saved)
 
 
 def config_differences(a: Any, b: Any, prefix: str = "") -> Iterator[str]:
@@ -82,16 +93,18 @@ def same_auto_dtype(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
     return new
 
 
-def run_config_changes(cfg: Config | Dict[str, Any], saved: Path,
+def run_config_changes(cfg: Config | Dict[str, Any], saved: Path | Dict[str, Any],
                        ignore: Sequence[str] = ()) -> List[Tuple[str, Any, Any]]:
     """(key, saved value, new value) for every key, sorted, where ``cfg`` (a Config or a plain tree) differs from the
-    saved config.yaml ``saved``, ignoring NOT_THE_RUN and ``ignore`` (a key or a section: "eval" covers "eval.*").
+    saved config.yaml ``saved`` (or a tree a checkpoint recorded), ignoring NOT_THE_RUN and ``ignore`` (a key or a
+    section: "eval" covers "eval.*").
 
     A missing file: no changes ([]). model.dtype auto equals the saved dtype (same_auto_dtype); a key missing from
     one side reads None. An unreadable file raises what OmegaConf raised."""
-    saved = Path(saved)
-    if not saved.is_file():
-        return []
+    if not isinstance(saved, dict):
+        saved = Path(saved)
+        if not saved.is_file():
+            return []
     old = saved_config_tree(saved)
     tree = copy.deepcopy(cfg) if isinstance(cfg, dict) else OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))
     new = same_auto_dtype(old, tree)
@@ -124,3 +137,20 @@ def check_resume_config(cfg: Config, saved: Path) -> None:
         raise ConfigError(f"{what} from the run being resumed in {saved.parent} (its config.yaml); "
                           f"resume with the same values, set trainer.allow_config_change=true to resume with the new "
                           f"ones, or choose another trainer.run_dir")
+
+
+def check_checkpoint_config(tree: Dict[str, Any], allow: bool, recorded: Dict[str, Any],
+                            checkpoint: Path) -> Optional[str]:
+    """A checkpoint trained with a config (``recorded``, its trainer_state.json's) that differs from the run's
+    (``tree``, config_tree's) in anything but RESUMABLE_KEYS is a ConfigError naming the first such key and the
+    checkpoint; with ``allow`` (trainer.allow_config_change) the warning line to print instead. None: no difference."""
+    changes = run_config_changes(tree, recorded, RESUMABLE_KEYS)
+    if not changes:
+        return None
+    key, old, new = changes[0]
+    more = f" (and {len(changes) - 1} more key{'s' if len(changes) > 2 else ''})" if len(changes) > 1 else ""
+    what = f"config key '{key}' is {new!r} but checkpoint {checkpoint} was trained with {old!r}{more}"
+    if allow:
+        return f"warning: {what}; resuming with the new values (trainer.allow_config_change)"
+    raise ConfigError(f"{what}; resume with the same values, set trainer.allow_config_change=true to resume with the "
+                      f"new ones, or choose another trainer.run_dir")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from score_rl.algos.methods import method_names
+from score_rl.algos.methods import method_names, methods_help
 
 
 def doc(default: Any, help: str) -> Any:
@@ -202,10 +202,7 @@ class AlgoConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = doc("score", "Training method: score (SCoRe, Stage I then II; its ablations are shaping diffs), "
-                    "single_turn_rl (RL on attempt 1 only), star (STaR for self-correction), pair_sft, or "
-                    "self_refine (no training: the base model with the correction instruction). Presets: "
-                    "docs/ablations.md.")
+    name: str = doc("score", f"Training method: {methods_help()}. Presets: docs/ablations.md.")
     star_keep: str = doc("D+", "STaR's filter of the sampled two-attempt traces: D keeps wrong→right, D+ also "
                          "right→right.")
     pair_sft_problems: int = doc(1024, "Pair-SFT: train problems whose first attempts (rollout.samples_per_problem "
@@ -273,6 +270,9 @@ class TrainerConfig:
     best_mode: str = doc("max", "Whether best_metric is better high (max) or low (min).")
     progress_interval_s: float = doc(60.0, "With the progress bar off (e.g. in a SLURM job), print a one-line progress "
                                      "report at most this often, in seconds (0 = every step).")
+    max_bad_steps: int = doc(0, "An update whose loss or gradient norm is not finite is never applied nor pushed to "
+                             "the rollout workers: 0 stops the run there (one line naming the step, the metric and "
+                             "the last intact checkpoint); N skips up to N such steps in a row, a warning each.")
 
 
 @dataclass

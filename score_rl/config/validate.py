@@ -19,8 +19,8 @@ AT_LEAST_ONE = ("rollout.num_workers", "rollout.problems_per_step", "rollout.sam
                 "trainer.steps", "method.pair_sft_problems", "rollout.corrections_per_attempt")
 NON_NEGATIVE = ("eval.temperature", "eval.scaling_temperature", "trainer.eval_problems", "trainer.checkpoint_every",
                 "trainer.keep_checkpoints", "trainer.eval_every", "trainer.progress_interval_s",
-                "ray.max_worker_restarts", "rollout.torch_threads", "learner.torch_threads", "shaping.alpha",
-                "shaping.beta1", "shaping.beta2", "learner.weight_decay", "rollout.gpus_per_worker",
+                "trainer.max_bad_steps", "ray.max_worker_restarts", "rollout.torch_threads", "learner.torch_threads",
+                "shaping.alpha", "shaping.beta1", "shaping.beta2", "learner.weight_decay", "rollout.gpus_per_worker",
                 "learner.gpus_per_rank")
 POSITIVE_OR_NULL = ("learner.lr", "rollout.cpus_per_worker", "learner.cpus_per_rank", "algo.is_clip")
 

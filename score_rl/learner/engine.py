@@ -65,7 +65,8 @@ def ds_config(cfg: Config, grad_accum: int, world_size: int) -> Dict:
         "zero_optimization": {"stage": learner.zero_stage,
                               "stage3_param_persistence_threshold": learner.zero3_param_persistence_threshold},
         "zero_allow_untested_optimizer": learner.optimizer == "sgd",  # plain SGD is correct under ZeRO 1-3
-        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        # a non-finite gradient norm skips the step (fp32 and fp16 skip it already), see Learner._skip_if_not_finite
+        "bf16": {"enabled": True, "check_grad_overflow": True} if cfg.model.dtype == "bfloat16" else {"enabled": False},
         "fp16": {"enabled": cfg.model.dtype == "float16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -103,3 +104,28 @@ def grad_norm(engine) -> float:
     """Global gradient norm before clipping (ZeRO 0: full, DP-averaged gradients live on the parameters)."""
     grads = [p.grad.detach().float().norm() ** 2 for p in engine.module.parameters() if p.grad is not None]
     return float(torch.stack(grads).sum().sqrt()) if grads else 0.0
+
+
+def set_hyperparameters(engine, lr: float, cfg: Config) -> None:
+    """The configured lr, weight decay and (AdamW) betas on every param group of ``engine``'s optimizer: a restored
+    optimizer state carries the values it was saved with, and a resume with trainer.allow_config_change trains with
+    the new ones."""
+    for group in engine.optimizer.param_groups:  # (DeepSpeed's wrappers share the wrapped optimizer's groups)
+        group["lr"], group["weight_decay"] = lr, cfg.learner.weight_decay
+        if "betas" in group:
+            group["betas"] = tuple(cfg.learner.adam_betas)
+
+
+def skip_next_step(engine) -> None:
+    """ZeRO 0: the coming ``engine.step()`` at the accumulation boundary changes neither the weights nor the optimizer
+    state (the gradients are zeroed, so clipping sees a zero norm, and the optimizer's step is a no-op once), while
+    DeepSpeed still counts the step and clears the gradients."""
+    for param in engine.module.parameters():
+        if param.grad is not None:
+            param.grad.zero_()
+    optimizer = engine.optimizer
+
+    def skipped(*args, **kwargs):
+        del optimizer.step  # the class's step again from the next update on
+
+    optimizer.step = skipped

@@ -16,6 +16,7 @@ The per-algorithm losses are in objectives.py, the engines in engine.py, the wei
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -28,7 +29,7 @@ from score_rl.episode import Episode
 from score_rl.learner.batch import collate, loss_mask, per_turn
 from score_rl.learner.critic import critic_values, load_critic
 from score_rl.learner.engine import (build_engine, build_reference, free_port, grad_norm, import_deepspeed,
-                                     join_process_group, node_address)
+                                     join_process_group, node_address, set_hyperparameters, skip_next_step)
 from score_rl.learner.export import bucket_plan, bucket_weights, gathered_state_dict, save_model, sync_sources
 from score_rl.learner.logprobs import SharedPrefix, first_response_target, probe_shared_prompt, token_logprobs
 from score_rl.learner.lora import AdapterDisabled, with_lora
@@ -225,7 +226,7 @@ class Learner:
         full = self.cfg.algo.kl_estimator == "full"
         stats = objective.new_stats()
         trained = [self.engine, self.critic] if objective.critic else [self.engine]
-        pre_clip_norms = None
+        pre_clip_norms, finite = None, True
         for i, chunk in enumerate(micro):
             mb = self._batch(chunk)
             # the logits before `first` are not computed, nor a shared prompt twice (neither with `full`)
@@ -233,6 +234,7 @@ class Learner:
             ref_logp, ref_logits = self._reference_pass(mb, full)
             passes = Passes(mb.b, logp, ref_logp, loss_mask(mb.b), rank_denominator, logits, ref_logits)
             losses, parts = objective.losses(passes, self._values)
+            finite = finite and all(bool(torch.isfinite(loss.detach()).all()) for loss in losses)
             for engine, engine_loss in zip(trained, losses):
                 engine.backward(engine_loss, scale_wrt_gas=False)
             if i == len(micro) - 1:
@@ -240,6 +242,7 @@ class Learner:
                     raise RuntimeError("learner: the last micro-batch is not DeepSpeed's accumulation boundary")
                 if self.cfg.learner.zero_stage == 0:  # ZeRO 0: the all-reduced gradient sits on the parameters
                     pre_clip_norms = [grad_norm(e) for e in trained]
+                    self._skip_if_not_finite(finite, pre_clip_norms, trained)
             for engine in trained:
                 engine.step()  # applies the update at the boundary (the last micro-batch), else only counts
             with torch.no_grad():
@@ -250,6 +253,20 @@ class Learner:
             norm = engine.get_global_grad_norm() if pre_clip_norms is None else pre_clip_norms[k]
             stats[name] = float(norm) if norm is not None else float("nan")
         return stats
+
+    def _skip_if_not_finite(self, finite: bool, norms: Sequence[float], trained: Sequence[Any]) -> None:
+        """ZeRO 0, before the update's optimizer step: after a non-finite loss (on any rank) or gradient norm the step
+        changes neither weights nor optimizer state (``skip_next_step``); the trainer sees the loss / grad_norm and
+        stops the run or skips the step (trainer.max_bad_steps). ZeRO 1-3 optimizers skip a step whose gradient norm
+        is not finite themselves."""
+        bad = not finite or not all(math.isfinite(norm) for norm in norms)
+        if self.world_size > 1:  # every rank decides the same (the norm is global, a loss is not)
+            flag = torch.tensor([float(bad)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            bad = bool(flag.item())
+        if bad:
+            for engine in trained:
+                skip_next_step(engine)
 
     # ------------------------------------------------------------------------------------------------------------
     def state_dict(self, critic: bool = False, rank0_only: bool = False) -> Dict[str, torch.Tensor] | None:
@@ -300,6 +317,9 @@ class Learner:
             path, _ = engine.load_checkpoint(ckpt_dir, tag=engine_tag)
             if path is None:
                 raise FileNotFoundError(f"no learner checkpoint '{engine_tag}' in {ckpt_dir}")
+            # the configured values, not the saved ones (they differ only with trainer.allow_config_change)
+            set_hyperparameters(engine, self.cfg.algo.critic.lr if engine is self.critic else self.cfg.learner.lr,
+                                self.cfg)
 
     def _tagged_engines(self, tag: str):
         return [(self.engine, tag)] + ([(self.critic, f"{tag}_critic")] if self.critic is not None else [])

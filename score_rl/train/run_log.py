@@ -12,20 +12,27 @@ from typing import Dict, Optional
 from score_rl.utils import dumps_json
 
 
-def _cut_back(path: Path, step: int) -> None:
+def _cut_back(path: Path, step: int, warn=print) -> None:
     """Keep the rows of steps before ``step`` (the resumed checkpoint's): the steps a killed process logged after its
-    last checkpoint are redone and logged again, so each step stays in metrics.jsonl exactly once, in order. A torn
-    last line is dropped too. Atomic: the file is replaced, never left half-written."""
+    last checkpoint are redone and logged again, so each step stays in metrics.jsonl exactly once, in order. A line that
+    is not a JSON row (torn by a kill, invalid UTF-8, damaged) is dropped, with one warning unless it is a torn last
+    line. Atomic: the file is replaced, never left half-written."""
     import os
 
-    kept = []
-    for line in path.read_text().splitlines():
+    kept, unreadable = [], []
+    lines = path.read_bytes().split(b"\n")
+    for number, raw in enumerate(lines, 1):
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+            row = json.loads(raw.decode("utf-8"))
+        except ValueError:  # (UnicodeDecodeError and JSONDecodeError are both ValueErrors)
+            if raw.strip() and number < len(lines):  # the last piece has no newline: a torn line, said nowhere
+                unreadable.append(number)
             continue
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] < step:
-            kept.append(line)
+            kept.append(raw.decode("utf-8"))
+    if unreadable:
+        warn(f"warning: {path}: {len(unreadable)} unreadable line(s) dropped (invalid UTF-8 or JSON; line "
+             f"{unreadable[0]}{' and more' if len(unreadable) > 1 else ''})")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
@@ -39,7 +46,7 @@ class RunLogger:
 
         path = run_dir / "metrics.jsonl"
         if path.is_file():  # steps an earlier process logged from initial_step on are redone (all of them from 0)
-            _cut_back(path, initial_step)
+            _cut_back(path, initial_step, print_fn)
         self.jsonl = open(path, "a")
         # purge_step: TensorBoard drops what an earlier process logged from the resumed step on
         self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=initial_step)

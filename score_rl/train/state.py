@@ -1,5 +1,5 @@
 """The trainer's state in a checkpoint, beside the learner's: step, sampler position, updates, best policy, the dtype
-``model.dtype auto`` chose, and (off-policy) the batch sampled ahead of its step.
+``model.dtype auto`` chose, the config it was trained with, and (off-policy) the batch sampled ahead of its step.
 
 Files in ``checkpoints/step_N/``: ``trainer_state.json`` (readable), ``pending_batch.json`` (compact; only when a batch
 was sampled ahead), the learner ranks' DeepSpeed state, and ``best/`` (hard links to the best policy as of step N).
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from score_rl import rundir
+from score_rl.config import Config, check_checkpoint_config, check_resume_config, config_tree
 from score_rl.episode import Episode, episode_from_dict
 from score_rl.errors import ConfigError
 from score_rl.train.checkpoint import CheckpointError, has_checkpoint, resumable_checkpoints
@@ -54,22 +55,53 @@ class Resumed:
         return self.state.get("updates", self.step)  # older checkpoints: every step counted as an update
 
 
-def load_newest(run_dir: Path, load_learner: Callable[[str], None], log: Callable[[str], None]) -> Optional[Resumed]:
+class RunConfig:
+    """The run's config as its checkpoints record it (``tree``: what config.yaml holds), and the check that a checkpoint
+    being resumed was trained with it: config.yaml's (check_resume_config) and, from the checkpoint's own record,
+    check_checkpoint_config's, so that neither a deleted config.yaml nor a checkpoint copied from another run mixes
+    two runs. Checkpoints written before the record resume with config.yaml's check only."""
+
+    def __init__(self, cfg: Config, run_dir: Path, log: Callable[[str], None]):
+        self.tree, self.allow, self.log = config_tree(cfg), cfg.trainer.allow_config_change, log
+        self.checked: set = set()
+        if has_checkpoint(Path(run_dir) / rundir.CHECKPOINTS):  # a resume: before config.yaml is rewritten
+            check_resume_config(cfg, Path(run_dir) / rundir.CONFIG)
+            newest = newest_checkpoint(run_dir)  # the one load_newest will try first (it checks a fallback itself)
+            try:
+                state = json.loads((newest / STATE_FILE).read_text()) if newest else {}
+            except (OSError, ValueError):  # damage: load_newest says so and falls back
+                state = {}
+            self.check(newest, state)
+
+    def check(self, checkpoint: Path, state: Dict) -> None:
+        """ConfigError when ``checkpoint`` (its trainer state ``state``) was trained with another config."""
+        if checkpoint in self.checked or not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            return
+        self.checked.add(checkpoint)
+        line = check_checkpoint_config(self.tree, self.allow, state["config"], checkpoint)
+        if line:
+            self.log(line)
+
+
+def load_newest(run_dir: Path, load_learner: Callable[[str], None], log: Callable[[str], None],
+                check: Callable[[Path, Dict], None] = lambda *_: None) -> Optional[Resumed]:
     """The newest checkpoint whose trainer state and learner state both load (``load_learner(path)`` loads the ranks');
     a damaged one (missing / truncated files, a learner state that fails to load) is skipped with a warning for the one
-    before it. None for a run without checkpoints; CheckpointError when none loads."""
+    before it. ``check(path, state)`` may refuse a checkpoint (a ConfigError) before its learner state loads. None for a
+    run without checkpoints; CheckpointError when none loads."""
     root = Path(run_dir) / rundir.CHECKPOINTS
     if not has_checkpoint(root):
         return None
     for candidate in resumable_checkpoints(root, warn=log):
         try:
             state = json.loads((candidate / STATE_FILE).read_text())
+            check(candidate, state)
             pending = _read_pending(candidate, state)
             load_learner(str(candidate))
         except Exception as err:  # any failure to load is damage (Ray wraps the learner's error)
             from ray.exceptions import RayActorError
 
-            if isinstance(err, RayActorError):  # a dead learner is not a damaged checkpoint
+            if isinstance(err, (RayActorError, ConfigError)):  # a dead learner, a refusal: not a damaged checkpoint
                 raise
             if "has no critic" in str(err):  # not damage: a run of another algorithm
                 raise ConfigError(str(err).strip().splitlines()[-1]) from None
@@ -120,8 +152,9 @@ def newest_checkpoint(run_dir: Path) -> Optional[Path]:
 
 
 def state_of(step: int, sampler_state: Dict, model_path: str, best: Optional[Dict], updates: int,
-             model_dtype: str) -> Dict:
-    """trainer_state.json's content."""
+             model_dtype: str, config: Optional[Dict] = None) -> Dict:
+    """trainer_state.json's content; ``config``: RunConfig.tree, the config the checkpoint is trained with."""
     return {"step": step, "sampler": sampler_state, "model_path": model_path, "best": best, "updates": updates,
-            "model_dtype": model_dtype}  # what model.dtype auto chose: a resume keeps it
+            "model_dtype": model_dtype,  # what model.dtype auto chose: a resume keeps it
+            "config": config}
 

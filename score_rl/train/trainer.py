@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from score_rl import rundir, seeds
-from score_rl.config import Config, check_resume_config, episodes_per_step, save_config, saved_config_tree
+from score_rl.config import Config, episodes_per_step, save_config, saved_config_tree
 from score_rl.envs import Problem, make_env
 from score_rl.episode import Episode
 from score_rl.eval.evaluation import TRAINED_MARKER, EvalInterrupted, eval_problems, run_eval_episodes
@@ -36,6 +36,7 @@ from score_rl.train import state as trainer_state
 from score_rl.train.algorithms import make_algorithm, reward_kl
 from score_rl.train.best import BestPolicy
 from score_rl.train.checkpoint import save_checkpoint
+from score_rl.train.divergence import BadSteps, raise_if_sampling_diverged
 from score_rl.train.methods import make_method
 from score_rl.train.prefetch import Prefetch
 from score_rl.train.rollout_pool import RolloutPool
@@ -68,8 +69,7 @@ class Trainer:
 
     def _start(self) -> None:
         cfg, tc = self.cfg, self.cfg.trainer
-        if rundir.has_checkpoint(self.run_dir):  # a resume: the saved config before it is rewritten
-            check_resume_config(cfg, self.run_dir / rundir.CONFIG)
+        self.run_config = trainer_state.RunConfig(cfg, self.run_dir, self.log)  # a resume: checks the run's config
         save_config(cfg, self.run_dir / rundir.CONFIG)
         seed_everything(tc.seed)
         self.env = make_env(cfg.env, cfg.prompt)
@@ -94,6 +94,7 @@ class Trainer:
                                  learners_busy=self.pool.learners_busy)
         self.best_policy = BestPolicy(self.run_dir, tc.best_metric, tc.best_mode, self._save_policy, self.log)
         self.method = make_method(self.cfg, self)  # method.name: what a step samples and how it is rewarded
+        self.bad_steps = BadSteps(tc.max_bad_steps, lambda: trainer_state.newest_checkpoint(self.run_dir), self.log)
 
     # --- the algorithm -------------------------------------------------------------------------------------------
     def fit(self) -> Dict[str, Dict[str, float]]:
@@ -106,8 +107,9 @@ class Trainer:
         except RayActorError as err:  # a learner rank died: one line naming it and the checkpoint to resume from
             last = trainer_state.newest_checkpoint(self.run_dir)
             raise aborted_error(err, self.learners, self.workers, self.run_dir, last) from None
-        except BaseException:
+        except BaseException as err:
             self._remove_if_junk()
+            raise_if_sampling_diverged(err, self.done_step, self.cfg.trainer.steps, self.run_dir)  # overflowed policy
             raise
 
     def _fit(self) -> Dict[str, Dict[str, float]]:
@@ -148,8 +150,8 @@ class Trainer:
         if self.prefetch.running:
             with _timed(times, "rollout_wait"):
                 self.prefetch.finish()
-        with _timed(times, "sync"):  # 6. the new policy to the rollout workers
-            if stats:
+        with _timed(times, "sync"):  # 6. the new policy to the rollout workers (a non-finite update: none)
+            if stats and self.bad_steps.applied(step, self.cfg.trainer.steps, stats):
                 self.updates += 1
                 self.push_weights()
         times["step"] = time.perf_counter() - start
@@ -306,7 +308,7 @@ class Trainer:
     # --- persistence ---------------------------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
         state = trainer_state.state_of(step, self.sampler.state(), self.model_path, self.best, self.updates,
-                                       self.cfg.model.dtype)
+                                       self.cfg.model.dtype, self.run_config.tree)
         ready = self.prefetch.ready  # off-policy: the next batch was sampled (the sampler advanced) before it
 
         def save(directory: str, tag: str) -> None:
@@ -321,8 +323,8 @@ class Trainer:
     def resume(self) -> None:
         """Load the newest intact checkpoint (trainer state, learner ranks, pending batch, best policy) and push its
         weights to the rollout workers; a damaged one is skipped with a warning for the one before it."""
-        found = trainer_state.load_newest(
-            self.run_dir, lambda path: self.learners.call("load_checkpoint", None, path, "learner"), self.log)
+        found = trainer_state.load_newest(self.run_dir, lambda path: self.learners.call(
+            "load_checkpoint", None, path, "learner"), self.log, self.run_config.check)
         if found is None:
             return
         self.sampler.load(found.state["sampler"])

@@ -316,3 +316,135 @@ def test_a_best_metric_the_run_does_not_log_is_said(tmp_path, tiny_model_path):
     assert any("'trainer.best_metric' is 'reward_T2', which this run does not log" in line for line in logs), logs
     with pytest.raises(ConfigError, match="trainer.best_metric.*set trainer.eval_every"):
         _cfg(tmp_path, tiny_model_path, "noeval", ["trainer.best_metric=eval/acc_t2"])
+
+
+# --- resumes that cannot mix runs ---------------------------------------------------------------------------------
+def test_a_deleted_config_yaml_does_not_license_a_change(tmp_path, tiny_model_path):
+    from score_rl.config import ConfigError
+
+    Trainer(_cfg(tmp_path, tiny_model_path, "no-yaml", ["trainer.steps=2"]), log=lambda *_: None).fit()
+    (tmp_path / "no-yaml" / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"^config key 'learner.lr' is 0.001 but checkpoint \S*step_0000002 was "
+                                          r"trained with 0.0001 \(and 1 more key\);"):
+        Trainer(_cfg(tmp_path, tiny_model_path, "no-yaml", ["trainer.steps=3", "learner.lr=1e-3",
+                                                             "shaping.alpha=2.0"]), log=lambda *_: None)
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path, tiny_model_path):
+    import shutil
+
+    from score_rl.config import ConfigError
+
+    Trainer(_cfg(tmp_path, tiny_model_path, "mine", ["trainer.steps=1"]), log=lambda *_: None).fit()
+    Trainer(_cfg(tmp_path, tiny_model_path, "other", ["trainer.steps=2", "learner.lr=1e-3", "trainer.seed=5"]),
+            log=lambda *_: None).fit()
+    shutil.rmtree(tmp_path / "mine" / "checkpoints")
+    shutil.copytree(tmp_path / "other" / "checkpoints", tmp_path / "mine" / "checkpoints")
+    with pytest.raises(ConfigError, match=r"^config key 'learner.lr' is 0.0001 but checkpoint \S*step_0000002 was "
+                                          r"trained with 0.001 \(and 1 more key\)"):
+        Trainer(_cfg(tmp_path, tiny_model_path, "mine", ["trainer.steps=3"]), log=lambda *_: None)
+
+
+def test_a_resume_with_allow_config_change_trains_with_the_new_optimizer_settings(tmp_path, tiny_model_path):
+    Trainer(_cfg(tmp_path, tiny_model_path, "new-lr", ["trainer.steps=1"]), log=lambda *_: None).fit()
+    logs = []
+    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "new-lr", [
+        "trainer.steps=2", "learner.lr=1e-3", "learner.weight_decay=0.5", "learner.adam_betas=[0.8,0.9]",
+        "trainer.allow_config_change=true"]), log=logs.append)
+    trainer.resume()
+    groups = trainer.learners.members[0].engine.optimizer.param_groups
+    assert trainer.start_step == 1 and groups
+    assert all(g["lr"] == 1e-3 and g["weight_decay"] == 0.5 and tuple(g["betas"]) == (0.8, 0.9) for g in groups)
+    assert any(line.startswith("warning: config key 'learner.adam_betas'") for line in logs), logs
+    trainer.close()
+
+
+def test_an_unreadable_metrics_line_is_dropped_with_one_warning(tmp_path):
+    from score_rl.train.run_log import RunLogger
+
+    rows = [json.dumps({"step": s, "loss": 0.5}).encode() for s in range(4)]
+    (tmp_path / "metrics.jsonl").write_bytes(b"\n".join([rows[0], rows[1][:9] + b"\xff" + rows[1][9:], b"{not json",
+                                                         rows[2], rows[3][:7]]))  # the last one torn by a kill
+    printed = []
+    RunLogger(tmp_path, 5, 3, progress_bar=False, print_fn=printed.append).close()
+    assert [r["step"] for r in _rows(tmp_path)] == [0, 2]
+    warnings = [line for line in printed if line.startswith("warning:")]
+    assert len(warnings) == 1 and "2 unreadable line(s) dropped" in warnings[0] and "line 2" in warnings[0], printed
+
+
+# --- divergence ---------------------------------------------------------------------------------------------------
+def _nan_loss_at(monkeypatch, steps):
+    """The learner's loss is NaN in the updates of ``steps`` (0-based), as a diverged model gives it."""
+    import score_rl.learner.learner as learner_module
+
+    make_objective, calls = learner_module.make_objective, {"update": -1}
+
+    def objective_with_nan(name, cfg):
+        objective = make_objective(name, cfg)
+        losses = objective.losses
+        calls["update"] += 1
+        bad = calls["update"] in steps
+
+        def nan_losses(passes, values):
+            out, parts = losses(passes, values)
+            return ([loss * float("nan") for loss in out] if bad else out), parts
+        objective.losses = nan_losses
+        return objective
+
+    monkeypatch.setattr(learner_module, "make_objective", objective_with_nan)
+
+
+def _finite(model) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_a_non_finite_update_stops_the_run_naming_the_step_and_the_last_checkpoint(tmp_path, tiny_model_path,
+                                                                                 monkeypatch):
+    from score_rl.launch.faults import TrainingAborted
+
+    _nan_loss_at(monkeypatch, {2})
+    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "nan", ["trainer.checkpoint_every=1"]), log=lambda *_: None)
+    with pytest.raises(TrainingAborted) as diverged:
+        trainer.fit()
+    message = str(diverged.value)
+    assert message.startswith("training diverged at step 3 of 5: loss is nan (not finite)") and "\n" not in message
+    assert "the last intact checkpoint is " in message and message.count("step_0000002") == 1, message
+    learner, worker = trainer.learners.members[0], trainer.workers.members[0]
+    assert trainer.updates == 2 and trainer.pool.version == 2, "the bad update was not pushed"
+    assert _finite(learner.engine.module) and _finite(worker.model), "no NaN weights, on the ranks or the workers"
+    trainer.close()
+
+
+def test_max_bad_steps_skips_a_non_finite_update_with_a_warning(tmp_path, tiny_model_path, monkeypatch):
+    _nan_loss_at(monkeypatch, {1})
+    logs = []
+    trainer = Trainer(_cfg(tmp_path, tiny_model_path, "skip", ["trainer.steps=3", "trainer.max_bad_steps=1"]),
+                      log=logs.append)
+    module, update, changed = trainer.learners.members[0].engine.module, trainer.algorithm.update, []
+
+    def watched_update(*args):
+        before = {k: v.clone() for k, v in module.state_dict().items()}
+        stats = update(*args)
+        changed.append(any(not torch.equal(before[k], v) for k, v in module.state_dict().items()))
+        return stats
+    trainer.algorithm.update = watched_update
+    trainer.fit()
+    trainer.close()
+    assert changed == [True, False, True], "the bad update changed no weight"
+    assert trainer.updates == 2 and trainer.pool.version == 2 and _finite(trainer.workers.members[0].model)
+    assert [line for line in logs if line.startswith("warning: step 2 of 3: loss is nan")], logs
+    assert _rows(trainer.run_dir)[1]["loss"] is None, "the skipped step is logged, its loss null"
+
+
+def test_score_rl_train_stops_a_diverging_run_with_one_line(tmp_path, tiny_model_path):
+    """At learner.lr=1e12 the suite's model makes a finite first update whose weights overflow when sampled."""
+    run = tmp_path / "diverging"
+    cmd = [sys.executable, "-m", "score_rl.cli", "train", str(REPO / "configs" / "quickstart.yaml"), *TINY_OVERRIDES,
+           f"model.path={tiny_model_path}", *BASE, "trainer.steps=8", f"trainer.run_dir={run}", "learner.lr=1e12",
+           "trainer.checkpoint_every=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("score-rl: error: training diverged: sampling after step 1 of 8 failed"), proc.stderr[-3000:]
+    assert "the last intact checkpoint is " in last and last.count("step_0000001") == 1, last
+    assert "Traceback" not in proc.stderr

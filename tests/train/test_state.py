@@ -105,3 +105,62 @@ def test_an_earlier_versions_pending_batch_inside_the_trainer_state_is_read_with
     found = trainer_state.load_newest(tmp_path, lambda path: None, pytest.fail)
     assert found.pending.episodes == batch and found.pending.seconds is None
     assert found.updates == 3, "older checkpoints counted every step as an update"
+
+
+# --- the config a checkpoint was trained with ---------------------------------------------------------------------
+def _config(extra=()):
+    from score_rl.config import load_config
+    from tests.conftest import QUICKSTART
+
+    return load_config(QUICKSTART, list(extra))
+
+
+def _save_trained_with(run_dir, step, cfg):
+    from score_rl.config import config_tree
+
+    _save(run_dir, step, state=trainer_state.state_of(step, {"epoch": 0, "position": 0}, "/models/m", None, step,
+                                                      "float32", config_tree(cfg)))
+
+
+def test_a_checkpoint_trained_with_another_config_is_refused_naming_the_key_and_the_checkpoint(tmp_path):
+    from score_rl.errors import ConfigError
+
+    _save_trained_with(tmp_path, 2, _config(["learner.lr=1e-4", "trainer.seed=1"]))
+    assert not (tmp_path / "config.yaml").exists(), "no config.yaml: the checkpoint's record still holds"
+    with pytest.raises(ConfigError) as refused:
+        trainer_state.RunConfig(_config(["learner.lr=1e-3", "trainer.seed=1", "trainer.steps=9"]), tmp_path,
+                                pytest.fail)
+    message = str(refused.value)
+    assert message.startswith("config key 'learner.lr' is 0.001 but checkpoint ") and "step_0000002" in message
+    assert "trainer.allow_config_change=true" in message and "\n" not in message
+    warnings = []
+    changed = _config(["learner.lr=1e-3", "trainer.seed=2", "trainer.allow_config_change=true"])
+    allowed = trainer_state.RunConfig(changed, tmp_path, warnings.append)
+    assert len(warnings) == 1 and warnings[0].startswith("warning: config key 'learner.lr'"), warnings
+    assert "(and 1 more key)" in warnings[0]
+    found = trainer_state.load_newest(tmp_path, lambda path: None, pytest.fail, allowed.check)
+    assert found.step == 2 and len(warnings) == 1, "the checkpoint checked at start-up is not said twice"
+    trainer_state.RunConfig(_config(["learner.lr=1e-4", "trainer.seed=1", "trainer.steps=9", "logging.wandb=true"]),
+                            tmp_path, pytest.fail)  # what a resume may change
+
+
+def test_load_newest_does_not_take_a_refused_checkpoint_for_damage(tmp_path):
+    from score_rl.errors import ConfigError
+
+    _save(tmp_path, 2)
+    _save_trained_with(tmp_path, 4, _config(["trainer.seed=1"]))
+    run = trainer_state.RunConfig(_config(["trainer.seed=1", "trainer.allow_config_change=true"]), tmp_path,
+                                  pytest.fail)
+
+    def refuse(path, state):
+        raise ConfigError("config key 'trainer.seed' differs")
+
+    with pytest.raises(ConfigError, match="trainer.seed"):
+        trainer_state.load_newest(tmp_path, pytest.fail, pytest.fail, refuse)
+    assert trainer_state.load_newest(tmp_path, lambda path: None, pytest.fail, run.check).step == 4
+
+
+def test_a_checkpoint_written_before_the_record_resumes_as_before(tmp_path):
+    _save(tmp_path, 3)  # no "config" in its trainer state
+    run = trainer_state.RunConfig(_config(["shaping.alpha=7"]), tmp_path, pytest.fail)
+    assert trainer_state.load_newest(tmp_path, lambda path: None, pytest.fail, run.check).step == 3
