@@ -151,6 +151,8 @@ def default_hide_paths() -> Tuple[str, ...]:
     return tuple(p for p in dict.fromkeys(os.path.realpath(p) for p in paths) if p not in ("/", ""))
 
 
+_PRIVATE_ROOT = "/tmp"  # where an execution's files live (see _Execution._prepare_dir)
+
 class _Capture:
     """Keeps the first and the last ``limit // 2`` bytes of a stream, counting the rest."""
 
@@ -310,7 +312,11 @@ class _Execution:
 
     # --- spawning ------------------------------------------------------------------------------------------------
     def _prepare_dir(self) -> Tuple[str, str, str, str]:
-        private = tempfile.mkdtemp(prefix="score_rl_sandbox_")
+        # under /tmp whatever TMPDIR says: the candidate's mount namespace covers /tmp with a fresh tmpfs, so the
+        # judge's files (the tests and what they expect) are out of its sight even where its uid could read them (a
+        # user namespace runs it as the scoring user; a TMPDIR such as a SLURM job's directory stays visible)
+        private = tempfile.mkdtemp(prefix="score_rl_sandbox_", dir=_PRIVATE_ROOT if os.access(_PRIVATE_ROOT, os.W_OK)
+                                   else None)
         workdir = os.path.join(private, "work")
         os.mkdir(workdir, 0o700)
         if self.uid is not None:  # used only without namespaces; the job files themselves stay root-only
@@ -435,7 +441,7 @@ class _Execution:
         result_r, result_w = os.pipe()
         handed = [status_w, req_r, resp_w, req_w, resp_r, result_w]  # closed here once both processes hold them
         proc = judge = None
-        log = open(os.path.join(private, "judge.log"), "w+b")
+        log = os.fdopen(os.open(os.path.join(private, "judge.log"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), "w+b")
         try:
             proc = self._spawn(workdir, job_path, status_w, (req_r, resp_w))
             judge = self._spawn_judge(private, judge_path, (req_w, resp_r, result_w), log)

@@ -165,6 +165,22 @@ def test_the_candidates_process_never_holds_the_tests():
         shutil.rmtree(private)
 
 
+def test_the_judges_files_live_under_tmp_whatever_tmpdir_says(tmp_path, monkeypatch):
+    """The candidate's mount namespace covers /tmp with a fresh tmpfs; a TMPDIR elsewhere (a SLURM job's directory)
+    stays visible to it, and under a user namespace it runs as the scoring user, who can read the judge's files."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "job-tmpdir"))
+    (tmp_path / "job-tmpdir").mkdir()
+    execution = _Execution(SandboxConfig(drop_privileges=False), (), Job("x = 1\n", "assert f(1) == 2\n", ("f",)))
+    private, _, _, judge_path = execution._prepare_dir()
+    try:
+        assert Path(private).parent == Path("/tmp") and Path(judge_path).stat().st_mode & 0o077 == 0
+    finally:
+        shutil.rmtree(private)
+    assert not any((tmp_path / "job-tmpdir").iterdir())
+
+
 def test_tests_catching_exceptions_cannot_hide_a_broken_candidate(sandbox):
     catch_all = "try:\n    f(1)\nexcept BaseException:\n    pass\nfor _ in range(3):\n    try:\n        f(2)\n" \
                 "    except Exception:\n        pass\n"
