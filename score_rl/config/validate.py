@@ -206,6 +206,11 @@ def validate_training(cfg: Config) -> None:
         raise ConfigError(f"config key 'trainer.off_policy_steps': 1 (one-step off-policy overlap) needs "
                           f"algo.name=reinforce and a method that samples its batch with a policy-gradient loss "
                           f"({', '.join(method_names('policy_gradient'))}), got {what}")
+    if cfg.trainer.max_bad_steps and cfg.algo.name == "ppo":
+        # PPO's step is several updates: a bad minibatch after finite ones leaves the learner moved, so such a step
+        # cannot be skipped whole; PPO stops at the first bad minibatch instead
+        raise ConfigError("config key 'trainer.max_bad_steps': skipping bad steps needs algo.name=reinforce (a PPO "
+                          "step is several updates and cannot be skipped whole); PPO stops at the first (0)")
     if cfg.model.dtype == "float16" and cfg.learner.zero_stage == 0:
         # DeepSpeed 0.19 wraps a client optimizer in its fp16 optimizer, which unscales gradients that ZeRO 0 never
         # scaled: the update would be the gradient / 65536, silently

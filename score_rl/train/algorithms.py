@@ -24,6 +24,7 @@ from score_rl.config import Config
 from score_rl.episode import Episode
 from score_rl.launch.distributed import ActorGroup, shard
 from score_rl.learner.batch import collate
+from score_rl.train.divergence import watched
 from score_rl.learner.stats import loss_denominator, policy_metrics, reduce_rank_stats, sum_rank_stats
 
 
@@ -77,11 +78,12 @@ class PPO:
         before = self.old_logprobs_and_values(learners, epochs[0])
         metrics = self.gae(episodes)
         updates = []
-        for minibatches in epochs:
-            for batch in minibatches:
-                stats = _learn(learners, "ppo_update", batch, self.cfg.algo.loss_agg)
-                if stats:
-                    updates.append(stats)
+        for batch in (batch for minibatches in epochs for batch in minibatches):
+            stats = _learn(learners, "ppo_update", batch, self.cfg.algo.loss_agg)
+            if stats:
+                updates.append(stats)
+            if any(not math.isfinite(v) for k, v in stats.items() if k in watched(self.cfg.model.dtype)):
+                break  # a non-finite update: no further minibatch; the step's loss is not finite, the run stops
         if not updates:
             return {}
         metrics.update({k: sum(u[k] for u in updates) / len(updates) for k in updates[0]})

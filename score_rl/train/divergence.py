@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 from score_rl.launch.faults import TrainingAborted
 
@@ -23,18 +23,24 @@ class TrainingDiverged(TrainingAborted):
     """The run stopped at a non-finite update (trainer.max_bad_steps); the message is one line."""
 
 
+def watched(dtype: str):
+    """What makes an update bad: WATCHED; in float16 only the losses (DeepSpeed's loss scaling skips a step whose
+    gradients overflow, an inf norm, and lowers the scale: routine in the first steps, not divergence)."""
+    return WATCHED if dtype != "float16" else ("loss", "value_loss")
+
+
 class BadSteps:
     """Counts the bad steps in a row; ``applied`` says whether a step's update stands (and may be pushed)."""
 
-    def __init__(self, max_bad_steps: int, newest_checkpoint: Callable[[], Optional[Path]],
-                 log: Callable[[str], None]):
-        self.max_bad_steps, self.newest_checkpoint, self.log = max_bad_steps, newest_checkpoint, log
-        self.in_a_row = 0
+    def __init__(self, max_bad_steps: int, run_dir: Path, log: Callable[[str], None], dtype: str = "float32"):
+        self.max_bad_steps, self.run_dir, self.log = max_bad_steps, Path(run_dir), log
+        self.in_a_row = 0  # saved in checkpoints (a resume counts on)
+        self.watched = watched(dtype)
 
     def applied(self, step: int, steps: int, stats: Dict[str, float]) -> bool:
         """True for a finite update; False for a bad one within trainer.max_bad_steps (skipped, with a warning);
         TrainingDiverged past it."""
-        bad = next((k for k in WATCHED if k in stats and not math.isfinite(stats[k])), None)
+        bad = next((k for k in self.watched if k in stats and not math.isfinite(stats[k])), None)
         if bad is None:
             self.in_a_row = 0
             return True
@@ -44,11 +50,13 @@ class BadSteps:
             self.log(f"warning: {what}; its update was skipped ({self.in_a_row} bad step(s) in a row of at most "
                      f"{self.max_bad_steps}, trainer.max_bad_steps)")
             return False
-        last = self.newest_checkpoint()
+        from score_rl.train.state import newest_checkpoint
+
+        last = newest_checkpoint(self.run_dir)
         where = f"the last intact checkpoint is {last}" if last else "no checkpoint was written yet"
         raise TrainingDiverged(f"training diverged at {what}; the update was not applied and the rollout workers "
-                               f"keep the policy before it; {where} (lower learner.lr, or set trainer.max_bad_steps "
-                               f"to skip such steps)")
+                               f"keep the policy before it; {where} (lower learner.lr and resume with "
+                               f"trainer.allow_config_change=true, or set trainer.max_bad_steps to skip such steps)")
 
 
 def raise_if_sampling_diverged(err: BaseException, done: int, steps: int, run_dir: Path) -> None:
@@ -61,4 +69,5 @@ def raise_if_sampling_diverged(err: BaseException, done: int, steps: int, run_di
     last = newest_checkpoint(run_dir)
     where = f"the last intact checkpoint is {last}" if last else "no checkpoint was written yet"
     raise TrainingDiverged(f"training diverged: sampling after step {done} of {steps} failed (the policy's "
-                           f"probabilities are inf or NaN); {where} (lower learner.lr)") from None
+                           f"probabilities are inf or NaN); {where} (lower learner.lr and resume with "
+                           f"trainer.allow_config_change=true)") from None

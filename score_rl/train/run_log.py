@@ -28,11 +28,13 @@ def _cut_back(path: Path, step: int, warn=print) -> None:
             if raw.strip() and number < len(lines):  # the last piece has no newline: a torn line, said nowhere
                 unreadable.append(number)
             continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] < step:
+        if not (isinstance(row, dict) and isinstance(row.get("step"), int)):  # JSON, but not a step's row
+            unreadable.append(number)
+        elif row["step"] < step:
             kept.append(raw.decode("utf-8"))
     if unreadable:
-        warn(f"warning: {path}: {len(unreadable)} unreadable line(s) dropped (invalid UTF-8 or JSON; line "
-             f"{unreadable[0]}{' and more' if len(unreadable) > 1 else ''})")
+        warn(f"warning: {path}: {len(unreadable)} unreadable line(s) dropped (invalid UTF-8 or JSON, or not a step's "
+             f"row; line {unreadable[0]}{' and more' if len(unreadable) > 1 else ''})")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)

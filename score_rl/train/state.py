@@ -62,7 +62,9 @@ class RunConfig:
     two runs. Checkpoints written before the record resume with config.yaml's check only."""
 
     def __init__(self, cfg: Config, run_dir: Path, log: Callable[[str], None]):
-        self.tree, self.allow, self.log = config_tree(cfg), cfg.trainer.allow_config_change, log
+        # as trainer_state.json stores it (strict JSON: a non-finite float in env.params is null on both sides)
+        self.tree = json.loads(dumps_json(config_tree(cfg)))
+        self.allow, self.log = cfg.trainer.allow_config_change, log
         self.checked: set = set()
         if has_checkpoint(Path(run_dir) / rundir.CHECKPOINTS):  # a resume: before config.yaml is rewritten
             check_resume_config(cfg, Path(run_dir) / rundir.CONFIG)
@@ -152,9 +154,9 @@ def newest_checkpoint(run_dir: Path) -> Optional[Path]:
 
 
 def state_of(step: int, sampler_state: Dict, model_path: str, best: Optional[Dict], updates: int,
-             model_dtype: str, config: Optional[Dict] = None) -> Dict:
+             model_dtype: str, config: Optional[Dict] = None, bad_steps_in_a_row: int = 0) -> Dict:
     """trainer_state.json's content; ``config``: RunConfig.tree, the config the checkpoint is trained with."""
     return {"step": step, "sampler": sampler_state, "model_path": model_path, "best": best, "updates": updates,
             "model_dtype": model_dtype,  # what model.dtype auto chose: a resume keeps it
-            "config": config}
+            "config": config, "bad_steps_in_a_row": bad_steps_in_a_row}
 

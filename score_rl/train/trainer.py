@@ -94,7 +94,7 @@ class Trainer:
                                  learners_busy=self.pool.learners_busy)
         self.best_policy = BestPolicy(self.run_dir, tc.best_metric, tc.best_mode, self._save_policy, self.log)
         self.method = make_method(self.cfg, self)  # method.name: what a step samples and how it is rewarded
-        self.bad_steps = BadSteps(tc.max_bad_steps, lambda: trainer_state.newest_checkpoint(self.run_dir), self.log)
+        self.bad_steps = BadSteps(tc.max_bad_steps, self.run_dir, self.log, self.cfg.model.dtype)
 
     # --- the algorithm -------------------------------------------------------------------------------------------
     def fit(self) -> Dict[str, Dict[str, float]]:
@@ -308,7 +308,7 @@ class Trainer:
     # --- persistence ---------------------------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
         state = trainer_state.state_of(step, self.sampler.state(), self.model_path, self.best, self.updates,
-                                       self.cfg.model.dtype, self.run_config.tree)
+                                       self.cfg.model.dtype, self.run_config.tree, self.bad_steps.in_a_row)
         ready = self.prefetch.ready  # off-policy: the next batch was sampled (the sampler advanced) before it
 
         def save(directory: str, tag: str) -> None:
@@ -329,7 +329,7 @@ class Trainer:
             return
         self.sampler.load(found.state["sampler"])
         self.start_step = self.done_step = self.saved_step = found.step
-        self.updates = found.updates
+        self.updates, self.bad_steps.in_a_row = found.updates, found.state.get("bad_steps_in_a_row", 0)
         if found.pending is not None:  # the batch an uninterrupted off-policy run would train next
             self.prefetch.restore(found.pending.step, found.pending.episodes, found.pending.seconds)
         self.best_policy.restore(found.path, found.state)

@@ -20,3 +20,14 @@ def test_a_resumed_logger_keeps_only_the_steps_before_the_checkpoint(tmp_path, i
     logger.close()
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == kept + list(range(initial_step, 6))
+
+
+def test_damaged_lines_are_dropped_with_one_warning_and_rows_kept(tmp_path):
+    from score_rl.train.run_log import _cut_back
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 0}\n\xff\xfe\nnull\n{"step": "x"}\n{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    warnings = []
+    _cut_back(path, 2, warnings.append)
+    assert path.read_text() == '{"step": 0}\n{"step": 1}\n'
+    assert len(warnings) == 1 and "3 unreadable line(s)" in warnings[0] and "line 2" in warnings[0]
