@@ -136,7 +136,10 @@ class CodeEnv(PooledEnv):
     class Params:
         dataset: str = HUMANEVAL  # "humaneval" or a path to an MBPP-format JSONL file
         timeout_s: float = 5.0  # wall clock per execution (tests included)
-        memory_mb: int = 1024  # address-space limit of the sandboxed interpreter
+        memory_mb: int = 1024  # memory of one execution, all its processes together (a cgroup where possible)
+        # where executions' memory cgroups are made: "auto" (the own cgroup v1 memory hierarchy or a delegated v2
+        # subtree; otherwise a per-process bound, said once), "off", or a delegated cgroup directory
+        memory_cgroup: str = "auto"
         workers: int = 2  # concurrent sandboxed executions in verify_batch
         test_fraction: float = 0.2  # MBPP file: share of problems in the test split
         split_seed: int = 0  # MBPP file: seed of the train/test split
@@ -165,7 +168,7 @@ class CodeEnv(PooledEnv):
             raise ConfigError(f"config key 'env.params.dataset' must be 'humaneval' or an MBPP JSONL file, "
                               f"got '{p.dataset}'")
         self._sandbox_config = SandboxConfig(timeout_s=p.timeout_s, memory_mb=p.memory_mb, workers=p.workers,
-                                             hide_paths=(data_dir,))
+                                             hide_paths=(data_dir,), memory_cgroup=p.memory_cgroup)
         self._sandbox: Optional[Sandbox] = None
         self._lock = threading.Lock()
 

@@ -3,7 +3,8 @@
 This file is executed as a script (``python -I -S -B child.py CONFIG_JSON``) by the scoring process; it
 never runs inside the scoring process. It imports only the standard library. Steps:
 
-1. Read the job file (solution, trusted setup code) and unlink it. The tests never enter this process.
+1. Read the job file (solution, trusted setup code) and unlink it. The tests never enter this process. Join the
+   execution's memory cgroup when the scoring process made one (``memcg.py``): every later process is born in it.
 2. Namespaces (if enabled and permitted): ``unshare`` new mount, network, PID, IPC and UTS namespaces (plus a user
    namespace when not root). The new network namespace has no interfaces up, not even loopback.
 3. Fork. The parent ("supervisor") stays outside the new PID namespace, waits for the child and reports its exit
@@ -231,6 +232,8 @@ def _drop_capabilities() -> None:
 
 def _setup_child(cfg: dict, report: dict) -> str:
     """Everything between fork and the untrusted code. Returns the working directory."""
+    if cfg.get("cgroup_procs") and not report["memory_cgroup"]:
+        raise OSError("could not join the execution's memory cgroup")
     if report["namespaces"]:
         _mounts(cfg, report)
     workdir = "/tmp" if report.get("private_tmp") else cfg["workdir"]
@@ -354,7 +357,14 @@ def main() -> None:
     job = _take_job(cfg["job"])
     report = {"namespaces": False, "user_namespace": False, "network_isolated": False, "pid_namespace": False,
               "private_proc": False, "readonly_root": False, "private_tmp": False, "python_remapped": False,
-              "hidden": [], "uid": os.getuid(), "errors": []}
+              "hidden": [], "uid": os.getuid(), "errors": [], "memory_cgroup": False}
+    if cfg.get("cgroup_procs"):  # first: every process of the execution is born inside its memory bound
+        try:
+            with open(cfg["cgroup_procs"], "w") as f:
+                f.write(str(os.getpid()))
+            report["memory_cgroup"] = True
+        except OSError as err:
+            report["errors"].append(f"memory cgroup: {err}")
     if cfg["namespaces"]:
         _unshare(report, cfg["user_namespace"])
     pid = os.fork()

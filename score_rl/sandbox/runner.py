@@ -32,8 +32,13 @@ What is isolated (as root, on Linux with namespaces; ``ExecResult.isolation`` re
   /proc shows only the sandbox's processes; ``hide_paths`` (by default the project directory and the scoring
   user's home; the code env adds its dataset) are covered by empty tmpfs so tests and reference solutions cannot be
   read from disk. The standard library is re-exposed read-only under /run/score_rl_python.
-- resources: RLIMIT_AS (memory_mb), RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE, no core files, captured output
-  capped (``capture_bytes`` kept per stream) and the run killed once it wrote ``max_output_bytes``.
+- memory: one bound for the whole execution, ``memory_mb`` for all its processes together, private tmpfs files
+  included: a memory cgroup per execution (``score_rl.sandbox.memcg``; the kernel's OOM killer acts inside it;
+  "memory limit"). Where no cgroup can be made (no writable memory hierarchy, e.g. non-root without delegation) it
+  says so once and falls back to RLIMIT_AS per process with RLIMIT_NPROC lowered to ``fallback_max_processes``
+  (dedicated uid only): at most that many x ``memory_mb`` (``ExecResult.isolation["memory_cgroup"]`` tells which).
+- resources: RLIMIT_AS (memory_mb, per process), RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE, no core files, captured
+  output capped (``capture_bytes`` kept per stream) and the run killed once it wrote ``max_output_bytes``.
 - environment: only PATH, LANG/LC_ALL, HOME, TMPDIR and the marker; stdin is /dev/null; ``python -I -S``.
 - the job: the solution runs as module ``solution`` (``if __name__ == "__main__":`` demo blocks are skipped, as
   in HumanEval's harness), then the trusted setup code; the job file (solution and setup only) is unlinked before
@@ -51,8 +56,8 @@ What is NOT isolated (or only partly):
   graded this way ("sandbox error" for arguments that cannot be sent).
 - no seccomp filter: the whole syscall surface of the kernel is reachable (a kernel exploit escapes everything).
 - the read-only host filesystem outside the hidden paths stays readable (e.g. /etc, /usr, /sys); CPU time is shared
-  with the scoring process, bounded by the timeout and the worker count; RLIMIT_AS bounds address space, not RSS,
-  and the private tmpfs (3 x ``tmpfs_mb`` at most) is RAM on top of it.
+  with the scoring process, bounded by the timeout and the worker count. Without a memory cgroup, RLIMIT_AS bounds
+  each process's address space, not their sum, and the private tmpfs (3 x ``tmpfs_mb`` at most) is RAM on top.
 - hash randomisation is not pinned (``-I`` ignores PYTHONHASHSEED): set-order-dependent output may vary per run.
 - without root, an unprivileged user namespace is used when the kernel allows it: the same namespaces, but the
   processes keep the scoring user's uid (capabilities are dropped), so RLIMIT_NPROC is not set (it would count the
@@ -71,7 +76,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import secrets
 import selectors
 import shutil
@@ -86,7 +90,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from score_rl.sandbox import procs
+from score_rl.sandbox import memcg, procs
+from score_rl.sandbox.outcome import _Capture, _exception_line, _read_outcome, classify
 
 CHILD_SCRIPT = str(Path(__file__).resolve().with_name("child.py"))
 JUDGE_SCRIPT = str(Path(__file__).resolve().with_name("judge.py"))
@@ -97,9 +102,11 @@ _UID_BASE, _UID_SPAN = 1 << 30, 1 << 29  # dedicated uids: far above any real ac
 @dataclass
 class SandboxConfig:
     timeout_s: float = 5.0  # wall clock, from spawn to the end of the solution's main process
-    memory_mb: int = 1024  # RLIMIT_AS of the sandboxed interpreter
+    memory_mb: int = 1024  # all processes of one execution together (cgroup); RLIMIT_AS of each process
     workers: int = 2  # concurrent executions in run_many
     max_processes: int = 64  # RLIMIT_NPROC (with a dedicated uid only)
+    memory_cgroup: str = "auto"  # "auto" (a cgroup where possible), "off", or a delegated cgroup directory
+    fallback_max_processes: int = 8  # RLIMIT_NPROC when no memory cgroup bounds the sum (dedicated uid only)
     max_file_mb: int = 16  # RLIMIT_FSIZE
     tmpfs_mb: int = 64  # size of the private /tmp (and /var/tmp, /dev/shm)
     max_output_bytes: int = 1 << 20  # stdout + stderr; more kills the run ("output limit")
@@ -113,7 +120,8 @@ class SandboxConfig:
     sweep_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or self.memory_mb < 64 or self.workers < 1 or self.max_processes < 1:
+        if self.timeout_s <= 0 or self.memory_mb < 64 or self.workers < 1 or self.max_processes < 1 or \
+                self.fallback_max_processes < 1:
             raise ValueError(f"invalid sandbox config: {self}")
 
 
@@ -135,6 +143,8 @@ class ExecResult:
     marker: str = ""  # SCORE_RL_SANDBOX=<marker> was in the environment of every process of this execution
     judged: Dict[str, Any] = field(default_factory=dict)  # the judge's outcome record ({} if it gave none)
     tests_output: str = ""  # the judge's stdout and stderr (tail): the tests' prints and tracebacks
+    memory_peak_bytes: Optional[int] = None  # the execution's memory cgroup's high-water mark (None: no cgroup)
+    oom_kills: int = 0  # processes of the execution the kernel killed at its memory cgroup's limit
 
     def info(self, stderr_chars: int = 600) -> Dict[str, Any]:
         """A compact, JSON-friendly summary for ``Verdict.info``."""
@@ -151,116 +161,33 @@ def default_hide_paths() -> Tuple[str, ...]:
     return tuple(p for p in dict.fromkeys(os.path.realpath(p) for p in paths) if p not in ("/", ""))
 
 
-_PRIVATE_ROOT = "/tmp"  # where an execution's files live (see _Execution._prepare_dir)
-
-class _Capture:
-    """Keeps the first and the last ``limit // 2`` bytes of a stream, counting the rest."""
-
-    def __init__(self, limit: int):
-        self.half = max(limit // 2, 64)
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.total = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        room = self.half - len(self.head)
-        if room > 0:
-            self.head += chunk[:room]
-            chunk = chunk[room:]
-        if chunk:
-            self.tail += chunk
-            del self.tail[:-self.half]
-
-    def contains_line(self, token: bytes) -> bool:
-        return token in self.head.splitlines() or token in self.tail.splitlines()
-
-    def text(self) -> str:
-        omitted = self.total - len(self.head) - len(self.tail)
-        gap = f"\n... [{omitted} bytes omitted] ...\n".encode() if omitted else b""
-        return bytes(self.head + gap + self.tail).decode("utf-8", "replace")
+_SAID: set = set()
 
 
-_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::.*)?$")
-_SIGNAL_REASONS = {signal.SIGXCPU: "cpu limit", signal.SIGSEGV: "crashed", signal.SIGBUS: "crashed",
-                   signal.SIGABRT: "crashed", signal.SIGILL: "crashed", signal.SIGFPE: "crashed",
-                   signal.SIGXFSZ: "file size limit"}
+def _say_once(message: str) -> None:
+    """A fallback or degradation, on stderr, once per process (never silent, never every execution)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        print(message, file=sys.stderr, flush=True)
 
 
-_OTHER_EXCEPTIONS = ("StopIteration", "StopAsyncIteration", "GeneratorExit", "ForbiddenReturnValue")
-
-
-def _exception_line(stderr: str) -> Optional[str]:
-    """The "Type: message" line closing a traceback, if one of the last lines of stderr looks like it."""
-    for line in reversed(stderr.strip().splitlines()[-3:]):
-        match = _EXC_LINE.match(line.strip())
-        name = match.group(1).rsplit(".", 1)[-1] if match else ""
-        if name.endswith(("Error", "Exception", "Exit", "Interrupt", "Warning")) or name in _OTHER_EXCEPTIONS:
-            return line.strip()[:300]
-    return None
-
-
-def classify(exit_code: Optional[int], sig: Optional[int], timed_out: bool, output_limited: bool,
-             judged: Optional[Dict[str, Any]], exception: Optional[str], ready: bool = True) -> str:
-    """The verdict reason of one execution (the only reason that passes is "passed").
-
-    ``judged``: the judge's outcome record (None if it gave none); ``exit_code`` / ``sig`` / ``exception``: the
-    candidate's process. ``ready``: the sandbox reported its setup complete; otherwise "sandbox error".
-    """
-    if output_limited:
-        return "output limit"
-    if timed_out:
-        return "timeout"
-    if not ready:
-        return "sandbox error"
-    outcome = (judged or {}).get("outcome")
-    if outcome == "passed":
-        return "passed"
-    if outcome == "failed":
-        name = str(judged.get("exception") or "").split(":")[0]
-        return "failed test" if name == "AssertionError" else "runtime error"
-    if outcome == "exited":
-        return "exited early" if judged.get("code") == 0 else "runtime error"
-    if outcome == "too large":
-        return "output limit"
-    if outcome == "malformed":
-        return "forbidden return value"
-    if outcome != "candidate gone":  # the judge gave no outcome, or could not run the tests
-        return "sandbox error"
-    if sig is not None:
-        return _SIGNAL_REASONS.get(sig, "killed")
-    if exit_code == 0:
-        return "exited early"
-    name = (exception or "").split(":")[0].rsplit(".", 1)[-1]
-    if name in ("SyntaxError", "IndentationError", "TabError"):
-        return "syntax error"
-    if name == "MemoryError" or "Cannot allocate memory" in (exception or ""):
-        return "memory limit"
-    if name == "AssertionError":
-        return "failed test"
-    if name == "ForbiddenReturnValue":
-        return "forbidden return value"
-    return "runtime error"
-
-
-def _read_outcome(fd: int) -> Optional[Dict[str, Any]]:
-    """The judge's outcome record from its (finished) result pipe, or None."""
-    os.set_blocking(fd, False)
-    data = b""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    try:
-        record = json.loads(data.decode().strip().splitlines()[-1])
-    except (ValueError, IndexError):
+def _cgroup_parent(config: SandboxConfig) -> Optional[Tuple[int, str]]:
+    """Where this sandbox makes its executions' memory cgroups; None (said once) where nothing bounds the sum."""
+    if config.memory_cgroup == "off":
         return None
-    return record if isinstance(record, dict) else None
+    if config.memory_cgroup != "auto":
+        return memcg.parent_from_path(config.memory_cgroup)  # named explicitly: an error if unusable
+    parent = memcg.find_parent()
+    if parent is not None:
+        memcg.remove_stale(parent)
+    if parent is None:
+        _say_once(f"score-rl sandbox: no writable memory cgroup (cgroup v1 memory hierarchy, or a delegated v2 "
+                  f"subtree); each execution is bounded process by process: {config.memory_mb} MiB of address space "
+                  f"each, at most {config.fallback_max_processes} processes where a dedicated uid is used")
+    return parent
 
+
+_PRIVATE_ROOT = "/tmp"  # where an execution's files live (see _Execution._prepare_dir)
 
 class _UidAllocator:
     """Random dedicated uids, never two alike among this process's running executions."""
@@ -300,10 +227,13 @@ class Job:
 class _Execution:
     """One run: spawn candidate and judge, pump output until exit / timeout / output limit, kill and sweep."""
 
-    def __init__(self, config: SandboxConfig, hide: Tuple[str, ...], job: Job):
+    def __init__(self, config: SandboxConfig, hide: Tuple[str, ...], job: Job,
+                 cgroup_parent: Optional[Tuple[int, str]] = None):
         self.cfg = config
         self.hide = hide
         self.job = job
+        self.cgroup_parent = cgroup_parent
+        self.cgroup: Optional[memcg.ExecutionCgroup] = None
         self.marker = secrets.token_hex(16)
         self.uid = _UIDS.acquire() if (config.drop_privileges and os.geteuid() == 0) else None
         self.out = _Capture(config.capture_bytes)
@@ -333,13 +263,28 @@ class _Execution:
             paths.append(path)
         return private, workdir, paths[0], paths[1]
 
+    def _make_cgroup(self) -> None:
+        """The execution's memory cgroup (``memory_mb`` for all its processes); None, said once, where it fails."""
+        if self.cgroup_parent is None:
+            return
+        try:
+            self.cgroup = memcg.ExecutionCgroup.create(self.cgroup_parent, f"score_rl_{os.getpid()}_{self.marker[:16]}",
+                                                       self.cfg.memory_mb << 20)
+        except OSError as err:
+            _say_once(f"score-rl sandbox: cannot make a memory cgroup under {self.cgroup_parent[1]} ({err}); "
+                      f"this execution's processes are bounded one by one (RLIMIT_AS), at most "
+                      f"{self.cfg.fallback_max_processes} of them")
+
     def _spawn(self, workdir: str, job_path: str, status_w: int, rpc: Tuple[int, int]) -> subprocess.Popen:
         cfg = self.cfg
+        bounded = self.cgroup is not None  # the cgroup bounds the sum; otherwise fewer processes bound it
         child_cfg = {"job": job_path, "status_fd": status_w, "req_fd": rpc[0], "resp_fd": rpc[1], "workdir": workdir,
                      "uid": self.uid, "namespaces": cfg.namespaces, "user_namespace": cfg.user_namespace,
                      "hide": list(self.hide), "tmpfs_mb": cfg.tmpfs_mb, "memory_bytes": cfg.memory_mb << 20,
                      "cpu_s": int(cfg.timeout_s) + 1, "file_bytes": cfg.max_file_mb << 20,
-                     "max_processes": cfg.max_processes}
+                     "max_processes": cfg.max_processes if bounded else min(cfg.max_processes,
+                                                                            cfg.fallback_max_processes),
+                     "cgroup_procs": self.cgroup.procs if bounded else None}
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": workdir,
                "TMPDIR": workdir, procs.MARKER_VAR: self.marker}
         return subprocess.Popen([cfg.python, "-I", "-S", "-B", CHILD_SCRIPT, json.dumps(child_cfg)],
@@ -435,6 +380,7 @@ class _Execution:
         start = time.monotonic()
         deadline = start + self.cfg.timeout_s
         private, workdir, job_path, judge_path = self._prepare_dir()
+        self._make_cgroup()
         status_r, status_w = os.pipe()
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
@@ -487,7 +433,19 @@ class _Execution:
             shutil.rmtree(private, ignore_errors=True)
             if self.uid is not None:
                 _UIDS.release(self.uid)
-        return self._result(proc, outcome, judged, judge_output, time.monotonic() - start, swept, survivors)
+            memory = self._close_cgroup()
+        return self._result(proc, outcome, judged, judge_output, time.monotonic() - start, swept, survivors,
+                            memory)
+
+    def _close_cgroup(self) -> Tuple[Optional[int], int]:
+        """(peak bytes, OOM kills) of the execution's cgroup, removed now that its processes are gone."""
+        if self.cgroup is None:
+            return None, 0
+        peak, kills = self.cgroup.peak_bytes(), self.cgroup.oom_kills()
+        if not self.cgroup.remove():
+            _say_once(f"score-rl sandbox: could not remove the memory cgroup {self.cgroup.path} (a process of the "
+                      "execution is still in it)")
+        return peak, kills
 
     def _drain_status(self, status_r: int) -> None:
         """Non-blocking: whatever the sandbox reported so far (its setup report names the PID namespace)."""
@@ -501,7 +459,7 @@ class _Execution:
             self.status.extend(chunk)
 
     def _result(self, proc: subprocess.Popen, outcome: str, judged: Optional[Dict[str, Any]], judge_output: str,
-                duration: float, swept: int, survivors: List[int]) -> ExecResult:
+                duration: float, swept: int, survivors: List[int], memory: Tuple[Optional[int], int]) -> ExecResult:
         setup, exit_info = self._report()
         timed_out, limited = outcome == "timeout", outcome == "output limit"
         if exit_info:
@@ -513,17 +471,20 @@ class _Execution:
         stdout, stderr = self.out.text(), self.err.text()
         exception = _exception_line(stderr) if exit_code not in (0, None) else None
         reason = classify(exit_code, sig, timed_out, limited, judged, exception, bool(setup.get("ready")))
+        if memory[1] and reason not in ("passed", "timeout", "output limit"):
+            reason = "memory limit"  # the kernel killed a process at the cgroup's limit: the cause, whatever followed
         if judged and judged.get("outcome") == "failed":
             exception = judged.get("exception")
         if reason == "sandbox error":
             stderr += "\n[sandbox] " + "; ".join(setup.get("errors", []))
         isolation = {k: setup.get(k) for k in ("namespaces", "user_namespace", "network_isolated", "pid_namespace",
                                                "private_proc", "readonly_root", "private_tmp", "hidden", "uid",
-                                               "errors", "workdir")}
+                                               "errors", "workdir", "memory_cgroup")}
         return ExecResult(passed=reason == "passed", reason=reason, exit_code=exit_code, signal=sig,
                           timed_out=timed_out, duration_s=duration, stdout=stdout, stderr=stderr, exception=exception,
                           output_bytes=self.out.total + self.err.total, swept=swept, survivors=survivors,
-                          isolation=isolation, marker=self.marker, judged=judged or {}, tests_output=judge_output)
+                          isolation=isolation, marker=self.marker, judged=judged or {}, tests_output=judge_output,
+                          memory_peak_bytes=memory[0], oom_kills=memory[1])
 
 
 class Sandbox:
@@ -533,6 +494,7 @@ class Sandbox:
         self.config = config or SandboxConfig()
         hide = default_hide_paths() + tuple(os.path.realpath(p) for p in self.config.hide_paths)
         self._hide = tuple(dict.fromkeys(p for p in hide if os.path.isdir(p)))
+        self._cgroup_parent = _cgroup_parent(self.config)
         self._pool: Optional[ThreadPoolExecutor] = None
         self._lock = threading.Lock()
 
@@ -542,7 +504,7 @@ class Sandbox:
         ``functions`` names the solution's functions the tests call (proxies in the judge). A ``Job`` says more.
         """
         job = solution if isinstance(solution, Job) else Job(solution, tests, tuple(functions))
-        return _Execution(self.config, self._hide, job).run()
+        return _Execution(self.config, self._hide, job, self._cgroup_parent).run()
 
     def run_many(self, jobs: Sequence[Union[Job, Tuple[str, str, Sequence[str]]]]) -> List[ExecResult]:
         """Run ``Job``s or ``(solution, tests, functions)`` tuples on the worker pool; results in input order."""
