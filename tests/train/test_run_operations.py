@@ -436,6 +436,30 @@ def test_max_bad_steps_skips_a_non_finite_update_with_a_warning(tmp_path, tiny_m
     assert _rows(trainer.run_dir)[1]["loss"] is None, "the skipped step is logged, its loss null"
 
 
+def test_bad_steps_in_a_row_count_on_across_a_resume(tmp_path, tiny_model_path, monkeypatch):
+    """max_bad_steps=1, non-finite updates at steps 2 and 3: the run stops at step 3 whether it ran whole or was
+    stopped after step 2 (a checkpoint between the two bad steps) and resumed, with the same rows logged."""
+    from score_rl.launch.faults import TrainingAborted
+
+    extra = ["trainer.max_bad_steps=1", "trainer.checkpoint_every=1"]
+    _nan_loss_at(monkeypatch, {1, 2})
+    whole = Trainer(_cfg(tmp_path, tiny_model_path, "whole", [*extra, "trainer.steps=4"]), log=lambda *_: None)
+    with pytest.raises(TrainingAborted, match="^training diverged at step 3 of 4: loss is nan"):
+        whole.fit()
+    whole.close()
+    monkeypatch.undo()
+    _nan_loss_at(monkeypatch, {1, 2})  # counts updates afresh, across both trainers below
+    first = Trainer(_cfg(tmp_path, tiny_model_path, "parts", [*extra, "trainer.steps=2"]), log=lambda *_: None)
+    first.fit()
+    first.close()
+    second = Trainer(_cfg(tmp_path, tiny_model_path, "parts", [*extra, "trainer.steps=4"]), log=lambda *_: None)
+    with pytest.raises(TrainingAborted, match="^training diverged at step 3 of 4: loss is nan"):
+        second.fit()
+    second.close()
+    assert second.start_step == 2, "resumed after step 2"
+    assert _untimed(_rows(tmp_path / "parts")) == _untimed(_rows(tmp_path / "whole"))
+
+
 def test_score_rl_train_stops_a_diverging_run_with_one_line(tmp_path, tiny_model_path):
     """At learner.lr=1e12 the suite's model makes a finite first update whose weights overflow when sampled."""
     run = tmp_path / "diverging"
