@@ -44,6 +44,16 @@ def scaling_samples(seed: int) -> int:
     return seed + 1
 
 
+def test_time_chains(seed: int, length: int) -> int:
+    """The test-time compute study's chains of one length (``score-rl eval`` with ``eval.budgets``)."""
+    return seed * 1_000_003 + 104_729 * length + 3
+
+
+def test_time_difficulty(seed: int) -> int:
+    """The study's separate first attempts that predict each problem's difficulty."""
+    return seed * 1_000_003 + 5
+
+
 def worker(seed: int, index: int) -> int:
     """Rollout worker ``index``'s share of a stream above (its shard of a step; its vLLM engine's own seed)."""
     return seed + index

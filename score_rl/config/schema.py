@@ -305,6 +305,16 @@ class EvalConfig:
     scaling_samples: int = doc(0, "Samples per problem for inference-time scaling curves (0 = off; e.g. 32).")
     scaling_temperature: float = doc(0.7, "Sampling temperature of the inference-time scaling study (paper: 0.7).")
     output_dir: Optional[str] = doc(None, "Where eval writes its outputs (null = print only).")
+    budgets: List[int] = doc([], "Test-time compute study: budgets N (generations per problem), each split every way "
+                             "N = chains x turns (e.g. [2, 4, 8, 16]; [] = off). Sampled at scaling_temperature; "
+                             "writes compute_optimal.* and coverage_fit.* (docs/evaluation.md).")
+    budget_max_turns: int = doc(16, "Test-time compute study: the longest self-correction chain (turns) sampled.")
+    difficulty_samples: int = doc(8, "Test-time compute study: separate first attempts per problem that predict its "
+                                  "difficulty (pass@1).")
+    difficulty_bins: int = doc(5, "Test-time compute study: difficulty bins (equal sizes, easiest first).")
+    scorer: Optional[str] = doc(None, "Test-time compute study: weights of the weighted vote: null (none), 'oracle' "
+                                "(the env's verifier) or a Hugging Face sequence-classification model directory.")
+    coverage_target: float = doc(0.95, "Test-time compute study: the coverage the fitted law is extrapolated to.")
 
 
 @dataclass

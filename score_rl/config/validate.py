@@ -152,6 +152,14 @@ def _validate_eval(cfg: Config) -> None:
         raise ConfigError(f"config key 'eval.num_turns' must be >= 1, got {cfg.eval.num_turns}")
     if cfg.eval.scaling_samples and cfg.eval.scaling_samples < 2:
         raise ConfigError("config key 'eval.scaling_samples' must be 0 (off) or >= 2")
+    ec = cfg.eval
+    if any(not isinstance(n, int) or n < 1 for n in ec.budgets):
+        raise ConfigError(f"config key 'eval.budgets' must be a list of integers >= 1, got {list(ec.budgets)}")
+    for key in ("budget_max_turns", "difficulty_samples", "difficulty_bins"):
+        if getattr(ec, key) < 1:
+            raise ConfigError(f"config key 'eval.{key}' must be >= 1, got {getattr(ec, key)}")
+    if not 0 < ec.coverage_target < 1:
+        raise ConfigError(f"config key 'eval.coverage_target' must be in (0, 1), got {ec.coverage_target}")
 
 
 def _validate_model(cfg: Config) -> None:

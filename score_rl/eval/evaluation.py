@@ -92,6 +92,7 @@ class EvalReport:
     metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
     episodes: Dict[str, List[Episode]] = field(default_factory=dict)
     scaling: Dict[str, Dict[str, list]] = field(default_factory=dict)
+    test_time: Dict[str, object] = field(default_factory=dict)  # model -> test_time.ModelStudy (eval.budgets)
 
     def table(self) -> str:
         num_turns = min(len(eps[0].turns) for eps in self.episodes.values())
@@ -137,6 +138,11 @@ def evaluate_models(cfg: Config, models: Sequence[Tuple[str, str]], log=print) -
     env = make_env(cfg.env, cfg.prompt)  # the problems, and the answer equivalence of the majority votes
     try:
         problems = eval_problems(env.problems(ec.split), ec.num_problems)
+        scorer = None
+        if ec.budgets:  # before any sampling: a bad scorer is one error, not minutes later
+            from score_rl.eval.test_time import make_scorer
+
+            scorer = make_scorer(ec.scorer)
         report = EvalReport()
         for label, path in models:
             name = model_label(label, path)
@@ -152,6 +158,8 @@ def evaluate_models(cfg: Config, models: Sequence[Tuple[str, str]], log=print) -
                     from score_rl.eval.scaling import scaling_tables
 
                     report.scaling[name] = scaling_tables(sampled, env)  # votes pool answers env.same_answer equates
+                if ec.budgets:
+                    report.test_time[name] = _study(cfg, workers, problems, env, path, label, scorer)
             finally:
                 release(workers)
             log(f"evaluated {name}: {path} on {len(problems)} '{ec.split}' problems")
@@ -161,6 +169,19 @@ def evaluate_models(cfg: Config, models: Sequence[Tuple[str, str]], log=print) -
     if ec.output_dir:
         write_eval_outputs(Path(ec.output_dir), report, cfg)
     return report
+
+
+def _study(cfg: Config, workers: ActorGroup, problems: Sequence[Problem], env, path: str, label: str, scorer):
+    """The test-time compute study of one model (eval.budgets; score_rl/eval/test_time.py)."""
+    from score_rl.eval import test_time
+
+    ec = cfg.eval
+    chains, difficulty = test_time.sample_for_study(run_eval_episodes, workers, problems, cfg.trainer.seed,
+                                                    ec.scaling_temperature, ec.budgets, ec.budget_max_turns,
+                                                    ec.difficulty_samples, f"test-time {label}")
+    return test_time.study_model(chains, difficulty, env, ec.budgets, ec.budget_max_turns,
+                                 test_time.count_params(path), scorer,
+                                 {p.id: p for p in problems}, seed=cfg.trainer.seed)
 
 
 def episode_record(model: str, ep: Episode) -> Dict:
@@ -187,6 +208,14 @@ def write_eval_outputs(out_dir: Path, report: EvalReport, cfg: Config) -> None:
                                         f"temperature {cfg.eval.temperature})\n\n{report.table()}\n\n{note}\n")
     if report.scaling:
         _write_scaling(out_dir, report, cfg)
+    if report.test_time:
+        from score_rl.eval.test_time_report import write_study
+
+        ec = cfg.eval
+        greedy = {name: m["acc_t1"] for name, m in report.metrics.items()}
+        write_study(out_dir, report.test_time, greedy, ec.budgets, ec.budget_max_turns, ec.difficulty_bins,
+                    cfg.trainer.seed, ec.coverage_target,
+                    f"{cfg.env.name}, split '{ec.split}', T={ec.scaling_temperature}")
 
 
 def _write_scaling(out_dir: Path, report: EvalReport, cfg: Config) -> None:
