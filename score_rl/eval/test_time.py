@@ -158,18 +158,23 @@ def make_scorer(spec: Optional[str]) -> Optional[Scorer]:
 
 
 def count_params(model_path: str) -> int:
-    """Parameters of a model directory, from its safetensors headers (no weights read); else by loading it."""
+    """Parameters of a model directory, from its safetensors headers (no weights read); else by loading it. A tied
+    output layer counts once, whether or not the file also stores it."""
+    import json
     from pathlib import Path
 
     files = sorted(Path(model_path).glob("*.safetensors"))
     if files:
         from safetensors import safe_open
 
+        config = Path(model_path) / "config.json"
+        tied = json.loads(config.read_text()).get("tie_word_embeddings", False) if config.is_file() else False
         total = 0
         for f in files:
             with safe_open(str(f), "pt") as handle:
                 for key in handle.keys():
-                    total += math.prod(handle.get_slice(key).get_shape())
+                    if not (tied and key == "lm_head.weight"):
+                        total += math.prod(handle.get_slice(key).get_shape())
         return total
     from transformers import AutoModelForCausalLM
 

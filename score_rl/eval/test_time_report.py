@@ -37,13 +37,13 @@ def coverage_rows(name: str, study: ModelStudy, target: float) -> List[Dict[str,
 
 def exchange_rate(studies: Dict[str, ModelStudy], greedy: Dict[str, float], budgets: Sequence[int],
                   policy: Dict[str, Dict[int, float]]) -> List[str]:
-    """For each smaller model and each larger one: the smallest budget at which the smaller model's compute-optimal
-    accuracy reaches the larger one's greedy Acc@t1, with both sides' generation FLOPs per problem."""
+    """For each model and each one at least 1.5x its size: the smallest budget at which the smaller model's
+    compute-optimal accuracy reaches the larger one's greedy Acc@t1."""
     lines = []
     names = sorted(studies, key=lambda n: studies[n].params)
     for i, small in enumerate(names):
         for large in names[i + 1:]:
-            if studies[small].params >= studies[large].params or large not in greedy:
+            if studies[large].params < 1.5 * studies[small].params or large not in greedy:
                 continue
             reach = next((n for n in sorted(budgets) if policy[small].get(n, -1) >= greedy[large]), None)
             if reach is None:

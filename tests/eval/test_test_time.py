@@ -93,3 +93,30 @@ def test_eval_with_budgets_writes_the_study(cfg, tmp_path, tiny_model_path):
     rows = list(csv.DictReader(open(out / "compute_optimal.csv")))
     assert {r["policy"] for r in rows} == {"compute-optimal", "parallel", "sequential"}
     assert "## Coverage law" in (out / "compute_optimal.md").read_text()
+
+
+def test_a_tied_output_layer_counts_once(tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    weights = {"model.embed_tokens.weight": torch.zeros(10, 4), "lm_head.weight": torch.zeros(10, 4),
+               "model.norm.weight": torch.zeros(4)}
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"tie_word_embeddings": True}))
+    assert test_time.count_params(str(tmp_path)) == 44
+    (tmp_path / "config.json").write_text(json.dumps({"tie_word_embeddings": False}))
+    assert test_time.count_params(str(tmp_path)) == 84
+
+
+def test_the_exchange_rate_names_the_budget_where_the_small_model_reaches_the_large_one_greedy():
+    from score_rl.eval.test_time_report import exchange_rate
+
+    studies = {"small": test_time.ModelStudy(params=1000), "large": test_time.ModelStudy(params=4000),
+               "same": test_time.ModelStudy(params=1100)}
+    policy = {"small": {1: 0.4, 2: 0.55, 4: 0.7}, "large": {1: 0.6}, "same": {1: 0.5}}
+    lines = exchange_rate(studies, {"small": 0.4, "large": 0.6, "same": 0.5}, [1, 2, 4], policy)
+    assert len(lines) == 2, "models of about one size are not compared"
+    assert "small (1,000 parameters) reaches large's greedy Acc@t1 0.600 (4,000 parameters) at budget 4" in lines[0]
+    assert "same (1,100 parameters) does not reach large's" in lines[1]
