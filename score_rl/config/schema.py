@@ -313,7 +313,8 @@ class EvalConfig:
                                   "difficulty (pass@1).")
     difficulty_bins: int = doc(5, "Test-time compute study: difficulty bins (equal sizes, easiest first).")
     scorer: Optional[str] = doc(None, "Test-time compute study: weights of the weighted vote: null (none), 'oracle' "
-                                "(the env's verifier) or a Hugging Face sequence-classification model directory.")
+                                "(the env's verifier), 'critic:DIR' (a PPO run's final_critic) or a Hugging Face "
+                                "sequence-classification model directory.")
     coverage_target: float = doc(0.95, "Test-time compute study: the coverage the fitted law is extrapolated to.")
 
 

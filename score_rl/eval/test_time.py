@@ -130,9 +130,10 @@ def sample_for_study(run_eval_episodes, workers, problems: Sequence[Problem], se
 
 
 def make_scorer(spec: Optional[str]) -> Optional[Scorer]:
-    """``eval.scorer``: None; "oracle" (the env's own verdict on the attempt: 1 if correct); or a Hugging Face
-    sequence-classification model directory scoring "problem text + newline + attempt" (one logit: its sigmoid; more:
-    the probability of the last label)."""
+    """``eval.scorer``: None; "oracle" (the env's own verdict on the attempt: 1 if correct); "critic:DIR", a PPO
+    run's value model (``RUN_DIR/final_critic``): V of the state before the attempt's last token, read on the very
+    tokens the policy saw and wrote; or a Hugging Face sequence-classification model directory scoring "problem text
+    + newline + attempt" (one logit: its sigmoid; more: the probability of the last label)."""
     if not spec:
         return None
     if spec == "oracle":
@@ -141,9 +142,22 @@ def make_scorer(spec: Optional[str]) -> Optional[Scorer]:
 
     from score_rl.errors import ConfigError
 
-    if not Path(spec).is_dir():
-        raise ConfigError(f"config key 'eval.scorer' must be null, 'oracle' or a model directory; {spec!r} is none")
+    path = spec[len("critic:"):] if spec.startswith("critic:") else spec
+    if not Path(path).is_dir():
+        raise ConfigError(f"config key 'eval.scorer' must be null, 'oracle', 'critic:DIR' or a model directory; "
+                          f"{path!r} is no directory")
     import torch
+
+    if spec.startswith("critic:"):
+        from score_rl.learner.critic import load_critic
+
+        critic = load_critic(path).eval()
+
+        @torch.no_grad()
+        def value(problem: Problem, turn: Turn) -> float:
+            ids = torch.tensor([list(turn.prompt_ids) + list(turn.response_ids)])
+            return float(critic(input_ids=ids).logits[0, -2, 0])
+        return value
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(spec)

@@ -120,3 +120,20 @@ def test_the_exchange_rate_names_the_budget_where_the_small_model_reaches_the_la
     assert len(lines) == 2, "models of about one size are not compared"
     assert "small (1,000 parameters) reaches large's greedy Acc@t1 0.600 (4,000 parameters) at budget 4" in lines[0]
     assert "same (1,100 parameters) does not reach large's" in lines[1]
+
+
+def test_a_ppo_critic_scores_an_attempt_by_the_value_before_its_last_token(tmp_path, tiny_model_path):
+    import torch
+
+    from score_rl.learner.critic import load_critic
+
+    critic = load_critic(tiny_model_path)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        critic.score.weight.normal_()
+    critic.save_pretrained(tmp_path / "critic")
+    scorer = test_time.make_scorer(f"critic:{tmp_path / 'critic'}")
+    turn = Turn([5, 6, 7], [8, 9], [0.0, 0.0], "x", 1.0)
+    with torch.no_grad():
+        expected = float(critic(input_ids=torch.tensor([[5, 6, 7, 8, 9]])).logits[0, 3, 0])
+    assert scorer(None, turn) == pytest.approx(expected, abs=1e-5) and expected != 0.0
