@@ -164,6 +164,9 @@ def test_default_kl_is_k1_in_the_reward():
     ("learner.lr=inf", "learner.lr"), ("rollout.cpus_per_worker=0", "rollout.cpus_per_worker"),
     ("learner.cpus_per_rank=-1", "learner.cpus_per_rank"), ("shaping.gamma=2", "shaping.gamma"),
     ("learner.weight_decay=-1", "learner.weight_decay"), ("trainer.max_bad_steps=-1", "trainer.max_bad_steps"),
+    ("eval.budgets=[4,4]", "eval.budgets"), ("eval.budgets=[0,2]", "eval.budgets"),
+    ("eval.scorer=oracle", "eval.scorer"), ("eval.budget_max_turns=0", "eval.budget_max_turns"),
+    ("eval.coverage_target=1.0", "eval.coverage_target"),
 ])
 def test_out_of_range_and_non_finite_values_are_one_line_errors_naming_the_key(override, key):
     """Values that used to be accepted silently (or crash a step later: alpha=nan trained on a null loss)."""

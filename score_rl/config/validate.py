@@ -153,8 +153,12 @@ def _validate_eval(cfg: Config) -> None:
     if cfg.eval.scaling_samples and cfg.eval.scaling_samples < 2:
         raise ConfigError("config key 'eval.scaling_samples' must be 0 (off) or >= 2")
     ec = cfg.eval
-    if any(not isinstance(n, int) or n < 1 for n in ec.budgets):
-        raise ConfigError(f"config key 'eval.budgets' must be a list of integers >= 1, got {list(ec.budgets)}")
+    if any(not isinstance(n, int) or n < 1 for n in ec.budgets) or len(set(ec.budgets)) != len(ec.budgets):
+        raise ConfigError(f"config key 'eval.budgets' must be a list of distinct integers >= 1, got "
+                          f"{list(ec.budgets)}")
+    if ec.scorer and not ec.budgets:
+        raise ConfigError("config key 'eval.scorer' is set but eval.budgets is empty: the scorer weighs the votes of "
+                          "the test-time compute study only")
     for key in ("budget_max_turns", "difficulty_samples", "difficulty_bins"):
         if getattr(ec, key) < 1:
             raise ConfigError(f"config key 'eval.{key}' must be >= 1, got {getattr(ec, key)}")

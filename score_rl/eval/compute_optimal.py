@@ -6,9 +6,11 @@ looks at the c chains' last answers (turn t):
 
     majority  the largest class of answers (pooled by ``Env.same_answer``); a tie is split evenly among the tied
               classes (the expectation under a uniformly random tie-break, so the estimate does not depend on the
-              order the chains were sampled in)
-    weighted  the class with the largest summed score w(problem, answer) of its members (``majority`` with w = 1)
-    oracle    whether any of the c * t generations is correct: coverage, the upper bound of any selection
+              order the chains were sampled in). The elected class is right by the verdicts of its members *in the
+              vote*: their mean settled reward (0 if none is settled), never an attempt outside the cell
+    weighted  the class with the largest summed weight w(problem, answer) >= 0 of its members, the larger class
+              on equal weight (so constant or all-zero weights give ``majority``)
+    oracle    whether any of the c * t generations is correct: coverage, the upper bound of both votes
 
 Estimates reuse one set of sampled chains for every cell. The chains of a problem are i.i.d. (same policy, prompt
 and temperature, independent seeds) and a chain's first t turns are distributed exactly as a t-turn chain, so for a
@@ -34,7 +36,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 Cell = Tuple[int, int]  # (chains, turns per chain)
 
@@ -45,9 +47,10 @@ class ProblemChains:
 
     problem_id: str
     labels: List[List[int]]  # answer class of each attempt (classes pooled by the env's equivalence)
-    class_reward: Dict[int, float]  # the verdict a class's elected answer carries (its first settled member's)
-    correct: List[List[bool]]  # the attempt's own verdict (reward >= 0.5)
-    weights: List[List[float]]  # the scorer's w(problem, answer) of each attempt (1.0 without a scorer)
+    reward: List[List[float]]  # the attempt's own verdict (the verifier's reward)
+    settled: List[List[bool]]  # whether that verdict says something (not a verifier timeout / sandbox error)
+    correct: List[List[bool]]  # reward >= 0.5
+    weights: List[List[float]]  # the scorer's w(problem, answer) >= 0 of each attempt (1.0 without a scorer)
     generated: List[List[int]] = field(default_factory=list)  # response tokens of each attempt
     prompt: List[List[int]] = field(default_factory=list)  # the whole context each attempt was sampled from
 
@@ -69,14 +72,20 @@ def _subsets(pool: Sequence[int], size: int, max_subsets: int, rng: random.Rando
 
 
 def _vote_value(problem: ProblemChains, chosen: Sequence[int], turn: int, weighted: bool) -> float:
-    """Reward of the (weighted) vote among the chosen chains' answers at ``turn`` (0-based); ties split evenly."""
-    score: Dict[int, float] = {}
+    """Reward of the (weighted) vote among the chosen chains' answers at ``turn`` (0-based); ties split evenly. The
+    elected class's reward: the mean of its members' settled verdicts in this vote (0 if none is settled)."""
+    score: Dict[int, List[float]] = {}  # label -> [summed weight, members]
+    verdicts: Dict[int, List[float]] = {}
     for i in chosen:
         label = problem.labels[i][turn]
-        score[label] = score.get(label, 0.0) + (problem.weights[i][turn] if weighted else 1.0)
-    best = max(score.values())
-    tied = [label for label, s in score.items() if s >= best - 1e-12 * max(1.0, abs(best))]
-    return sum(problem.class_reward[label] for label in tied) / len(tied)
+        entry = score.setdefault(label, [0.0, 0])
+        entry[0] += problem.weights[i][turn] if weighted else 0.0
+        entry[1] += 1
+        if problem.settled[i][turn]:
+            verdicts.setdefault(label, []).append(problem.reward[i][turn])
+    best = max((w, n) for w, n in score.values())
+    tied = [label for label, (w, n) in score.items() if n == best[1] and w >= best[0] - 1e-12 * max(1.0, best[0])]
+    return sum(sum(verdicts.get(label, [0.0])) / len(verdicts.get(label, [0.0])) for label in tied) / len(tied)
 
 
 def cell_value(problem: ProblemChains, cell: Cell, selection: str, max_subsets: int = 2000,
@@ -141,7 +150,7 @@ def compute_optimal(values: Dict[str, Dict[Cell, float]], candidates: Sequence[C
     """Per problem, the value of the split chosen for its bin on the *other* half; and the choices ((bin, half
     scored) -> cell). A bin with no problem in the selecting half falls back to the selecting half's overall best."""
     def best(pids: List[str]) -> Cell:
-        return max(candidates, key=lambda cell: (sum(values[p][cell] for p in pids) / len(pids), -cell[1]))
+        return candidates[_choose([sum(values[p][c] for p in pids) / len(pids) for c in candidates], candidates)]
 
     scored: Dict[str, float] = {}
     choices: Dict[Tuple[int, int], Cell] = {}
@@ -149,11 +158,56 @@ def compute_optimal(values: Dict[str, Dict[Cell, float]], candidates: Sequence[C
         for h in (0, 1):
             selecting = [p for p in values if half[p] != h and bins[p] == b] or \
                         [p for p in values if half[p] != h]
+            if not selecting:
+                raise ValueError("the compute-optimal choice needs problems in both halves (at least 2 problems)")
             choice = choices[(b, h)] = best(selecting)
             for p in values:
                 if half[p] == h and bins[p] == b:
                     scored[p] = values[p][choice]
     return scored, choices
+
+
+def _choose(means: Sequence[float], candidates: Sequence[Cell]) -> int:
+    """The best split by mean accuracy; on a tie the one with fewest turns (the most parallel)."""
+    return max(range(len(candidates)), key=lambda j: (means[j], -candidates[j][1]))
+
+
+def bootstrap_compute_optimal(values: Dict[str, Dict[Cell, float]], candidates: Sequence[Cell],
+                              bins: Dict[str, int], reps: int = 1000, seed: int = 0,
+                              against: Optional[Cell] = None, level: float = 0.95) -> Dict[Any, Tuple[float, float]]:
+    """Percentile intervals of compute-optimal accuracy with the *whole procedure* resampled: each replicate draws
+    problems with replacement, splits the drawn problems into new random halves (copies of one problem share a
+    half, so none selects for itself) and chooses again per bin. Keys: each bin, "all", and "minus" (compute-optimal
+    minus the ``against`` split on the same replicate: the paired difference), each (low, high)."""
+    import numpy as np
+
+    pids = sorted(values)
+    table = np.array([[values[p][c] for c in candidates] for p in pids])
+    bin_of = np.array([bins[p] for p in pids])
+    rng = np.random.default_rng(seed)
+    base = candidates.index(against) if against in candidates else None
+    draws: Dict[Any, List[float]] = {}
+    for _ in range(reps):
+        idx = rng.integers(0, len(pids), len(pids))
+        v, b = table[idx], bin_of[idx]
+        half = (rng.permutation(len(pids)) % 2)[idx]
+        scored = np.empty(len(idx))
+        for bb in np.unique(b):
+            for h in (0, 1):
+                target = (b == bb) & (half == h)
+                if not target.any():
+                    continue
+                pool = ((b == bb) & (half != h)) if ((b == bb) & (half != h)).any() else (half != h)
+                if not pool.any():
+                    pool = ~target  # one half empty (a replicate of very few problems): the rest chooses
+                scored[target] = v[target, _choose(v[pool].mean(0), candidates) if pool.any() else 0]
+        draws.setdefault("all", []).append(float(scored.mean()))
+        for bb in np.unique(b):
+            draws.setdefault(int(bb), []).append(float(scored[b == bb].mean()))
+        if base is not None:
+            draws.setdefault("minus", []).append(float(scored.mean() - v[:, base].mean()))
+    lo_q, hi_q = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {k: (float(np.percentile(x, lo_q)), float(np.percentile(x, hi_q))) for k, x in draws.items()}
 
 
 def bootstrap_ci(per_problem: Sequence[float], reps: int = 1000, seed: int = 0,
@@ -180,10 +234,11 @@ class CoverageFit:
         return math.exp(-self.a * k ** (-self.b))
 
     def k_for(self, target: float) -> float:
-        """Samples needed for coverage ``target`` (inf if the law never reaches it)."""
+        """Samples needed for coverage ``target`` (inf if the law never reaches it, or past 1e300)."""
         if not 0 < target < 1 or self.b <= 0:
             return math.inf
-        return (self.a / -math.log(target)) ** (1 / self.b)
+        log_k = (math.log(self.a) - math.log(-math.log(target))) / self.b
+        return math.exp(log_k) if log_k < 690 else math.inf
 
 
 def fit_coverage_law(ks: Sequence[float], coverage: Sequence[float]) -> Optional[CoverageFit]:

@@ -142,6 +142,9 @@ def evaluate_models(cfg: Config, models: Sequence[Tuple[str, str]], log=print) -
         if ec.budgets:  # before any sampling: a bad scorer is one error, not minutes later
             from score_rl.eval.test_time import make_scorer
 
+            if len(problems) < 2:
+                raise ConfigError("config key 'eval.budgets': the test-time compute study needs at least 2 problems "
+                                  "(the compute-optimal choice is made on one half and scored on the other)")
             scorer = make_scorer(ec.scorer)
         report = EvalReport()
         for label, path in models:

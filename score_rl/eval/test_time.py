@@ -45,24 +45,25 @@ def grid(budgets: Sequence[int], max_turns: int) -> Dict[int, List[co.Cell]]:
 def problem_chains(pid: str, chains: Sequence[Episode], env: Any, scorer: Optional[Scorer],
                    problem: Optional[Problem] = None) -> co.ProblemChains:
     """One problem's chains as the estimators see them: answer classes pooled over every attempt of every chain
-    (``Env.same_answer``), each class's verdict that of its first settled member (as ``majority_vote_correct``)."""
+    (``Env.same_answer``), each attempt's own verdict and whether it is settled, the scorer's weights (>= 0)."""
     turns = [t for ep in chains for t in ep.turns]
     flags = settled(turns, env)
     flat = answer_classes([vote_key(t) for t in turns], env, flags)
-    class_reward: Dict[int, float] = {}
-    for turn, label, ok in zip(turns, flat, flags):
-        if ok and label not in class_reward:
-            class_reward[label] = turn.reward
-    for label in flat:
-        class_reward.setdefault(label, 0.0)
-    labels, at = [], 0
-    for ep in chains:
-        labels.append(flat[at:at + len(ep.turns)])
-        at += len(ep.turns)
+
+    def per_chain(values: Sequence) -> List[list]:
+        out, at = [], 0
+        for ep in chains:
+            out.append(list(values[at:at + len(ep.turns)]))
+            at += len(ep.turns)
+        return out
+
+    weights = [float(scorer(problem, t)) if scorer else 1.0 for t in turns]
+    if any(not w >= 0 for w in weights):  # (NaN too)
+        raise ValueError(f"eval.scorer gave a weight that is negative or NaN ({min(weights)}) on problem {pid}: "
+                         "the weighted vote needs weights >= 0")
     return co.ProblemChains(
-        pid, labels=labels, class_reward=class_reward,
-        correct=[[t.reward >= 0.5 for t in ep.turns] for ep in chains],
-        weights=[[float(scorer(problem, t)) if scorer else 1.0 for t in ep.turns] for ep in chains],
+        pid, labels=per_chain(flat), reward=per_chain([t.reward for t in turns]), settled=per_chain(flags),
+        correct=[[t.reward >= 0.5 for t in ep.turns] for ep in chains], weights=per_chain(weights),
         generated=[[len(t.response_ids) for t in ep.turns] for ep in chains],
         prompt=[[len(t.prompt_ids) for t in ep.turns] for ep in chains])
 
@@ -104,7 +105,8 @@ def study_model(chains_by_problem: Dict[str, List[Episode]], difficulty: Dict[st
     n = min(len(ch) for ch in chains_by_problem.values())
     counts = [sum(ep.turns[0].reward >= 0.5 for ep in ch[:n]) for ch in chains_by_problem.values()]
     study.pass_at_k = pass_at_k_curve(counts, n)
-    study.turn_coverage = co.sequential_coverage(reduced, max_turns)
+    longest = max(len(ep.turns) for ch in chains_by_problem.values() for ep in ch)
+    study.turn_coverage = co.sequential_coverage(reduced, min(max_turns, longest))
     largest = max(budgets)
     study.generations = {"generated": sum(len(ep.turns) for ch in chains_by_problem.values() for ep in ch)
                          + sum(len(d) for d in difficulty.values()),
@@ -118,10 +120,20 @@ def sample_for_study(run_eval_episodes, workers, problems: Sequence[Problem], se
                      budgets: Sequence[int], max_turns: int, difficulty_samples: int, label: str):
     """(chains by problem, difficulty attempts by problem): every chain group and the difficulty samples, sampled
     by ``run_eval_episodes`` (score_rl/eval/evaluation.py's, passed in: this module does not import it)."""
+    from score_rl.errors import ConfigError
+
     chains: Dict[str, List[Episode]] = {p.id: [] for p in problems}
     for length, count in chain_plan(budgets, max_turns):
-        eps = run_eval_episodes(workers, problems, seeds.test_time_chains(seed, length), length, temperature,
-                                samples_per_problem=count, progress=f"{label}: {count} chain(s) of {length} turn(s)")
+        try:
+            eps = run_eval_episodes(workers, problems, seeds.test_time_chains(seed, length), length, temperature,
+                                    samples_per_problem=count,
+                                    progress=f"{label}: {count} chain(s) of {length} turn(s)")
+        except Exception as err:
+            if "max_prompt_tokens" not in str(err):
+                raise
+            raise ConfigError(f"the test-time study's chains of {length} turns outgrow rollout.max_prompt_tokens: "
+                              f"lower eval.budget_max_turns (or raise rollout.max_prompt_tokens) "
+                              f"[{str(err).strip().splitlines()[-1]}]") from None
         for pid, group in group_by_problem(eps).items():
             chains[pid] += group
     eps = run_eval_episodes(workers, problems, seeds.test_time_difficulty(seed), 1, temperature,
@@ -151,12 +163,15 @@ def make_scorer(spec: Optional[str]) -> Optional[Scorer]:
     if spec.startswith("critic:"):
         from score_rl.learner.critic import load_critic
 
+        if not _has_value_head(Path(path)):
+            raise ConfigError(f"config key 'eval.scorer': {path} has no trained value head (score.weight): it is not "
+                              "a PPO run's final_critic")
         critic = load_critic(path).eval()
 
         @torch.no_grad()
-        def value(problem: Problem, turn: Turn) -> float:
+        def value(problem: Problem, turn: Turn) -> float:  # V estimates the turn's reward: clipped to [0, 1]
             ids = torch.tensor([list(turn.prompt_ids) + list(turn.response_ids)])
-            return float(critic(input_ids=ids).logits[0, -2, 0])
+            return min(max(float(critic(input_ids=ids).logits[0, -2, 0]), 0.0), 1.0)
         return value
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -171,9 +186,21 @@ def make_scorer(spec: Optional[str]) -> Optional[Scorer]:
     return score
 
 
+def _has_value_head(path) -> bool:
+    from safetensors import safe_open
+
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as handle:
+            if "score.weight" in handle.keys():
+                return True
+    return False
+
+
 def count_params(model_path: str) -> int:
-    """Parameters of a model directory, from its safetensors headers (no weights read); else by loading it. A tied
-    output layer counts once, whether or not the file also stores it."""
+    """The parameters a token's forward pass multiplies by, from the safetensors headers (no weights read); else by
+    loading the model: every weight but the input embedding (a lookup), the output layer once — a tied one is the
+    embedding matrix, counted once whether or not the file also stores lm_head.weight (tie_word_embeddings
+    defaults to true, as in transformers)."""
     import json
     from pathlib import Path
 
@@ -182,17 +209,21 @@ def count_params(model_path: str) -> int:
         from safetensors import safe_open
 
         config = Path(model_path) / "config.json"
-        tied = json.loads(config.read_text()).get("tie_word_embeddings", False) if config.is_file() else False
+        tied = json.loads(config.read_text()).get("tie_word_embeddings", True) if config.is_file() else True
         total = 0
         for f in files:
             with safe_open(str(f), "pt") as handle:
                 for key in handle.keys():
-                    if not (tied and key == "lm_head.weight"):
+                    skip = key == "lm_head.weight" if tied else key.endswith("embed_tokens.weight")
+                    if not skip:
                         total += math.prod(handle.get_slice(key).get_shape())
         return total
     from transformers import AutoModelForCausalLM
 
-    return sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_path).parameters())
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    embedding = model.get_input_embeddings().weight
+    tied = embedding is model.get_output_embeddings().weight
+    return sum(p.numel() for p in model.parameters()) - (0 if tied else embedding.numel())
 
 
 # --- the report ----------------------------------------------------------------------------------------------------
@@ -201,8 +232,10 @@ POLICIES = ("compute-optimal", "parallel", "sequential")
 
 def policy_rows(study: ModelStudy, budgets: Sequence[int], max_turns: int, bins: int = 5, seed: int = 0,
                 selection: str = "majority", reps: int = 1000) -> List[Dict[str, Any]]:
-    """Per difficulty kind, budget, bin ("all" too) and policy: mean accuracy and its bootstrap interval over the
-    problems. Parallel is N chains of 1 turn, sequential 1 chain of N turns (where sampled), both by ``selection``."""
+    """Per difficulty kind, budget, bin ("all" too) and policy: mean accuracy and a 95 % bootstrap interval over the
+    problems. Parallel is N chains of 1 turn, sequential 1 chain of N turns (where sampled), both by ``selection``.
+    Compute-optimal's interval resamples the whole procedure (problems, halves, choices); its row "all" also gives
+    the paired difference to parallel ("vs_parallel_low/high") and the FLOPs per problem of the splits it chose."""
     values = study.values[selection]
     half = co.halves(list(values), seed)
     rows = []
@@ -210,6 +243,10 @@ def policy_rows(study: ModelStudy, budgets: Sequence[int], max_turns: int, bins:
         binned = co.difficulty_bins(difficulty, bins, seed)
         for n, cells in grid(budgets, max_turns).items():
             optimal, choices = co.compute_optimal(values, cells, binned, half)
+            spread = co.bootstrap_compute_optimal(values, cells, binned, reps, seed,
+                                                  against=(n, 1) if (n, 1) in cells else None)
+            flops = [co.flops(study.params, study.tokens[choices[(binned[p], half[p])]])["flops_reused"]
+                     for p in values]
             per_policy = {"compute-optimal": optimal,
                           "parallel": {p: v[(n, 1)] for p, v in values.items()} if (n, 1) in cells else None,
                           "sequential": {p: v[(1, n)] for p, v in values.items()} if (1, n) in cells else None}
@@ -220,10 +257,16 @@ def policy_rows(study: ModelStudy, budgets: Sequence[int], max_turns: int, bins:
                     if scores is None or not members:
                         continue
                     mean, lo, hi = co.bootstrap_ci([scores[p] for p in members], reps, seed)
-                    chosen = sorted({f"{c}x{t}" for (bb, _), (c, t) in choices.items() if b in ("all", bb)}) \
-                        if policy == "compute-optimal" else []
-                    rows.append({"difficulty": kind, "budget": n, "bin": b, "policy": policy, "accuracy": mean,
-                                 "low": lo, "high": hi, "problems": len(members), "chosen": " ".join(chosen)})
+                    row = {"difficulty": kind, "budget": n, "bin": b, "policy": policy, "accuracy": mean,
+                           "low": lo, "high": hi, "problems": len(members), "chosen": ""}
+                    if policy == "compute-optimal":
+                        row["low"], row["high"] = spread.get(b, (math.nan, math.nan))
+                        row["chosen"] = " ".join(sorted({f"{c}x{t}" for (bb, _), (c, t) in choices.items()
+                                                         if b in ("all", bb)}))
+                        if b == "all":
+                            row["vs_parallel_low"], row["vs_parallel_high"] = spread.get("minus", (None, None))
+                            row["flops_reused"] = sum(flops) / len(flops)
+                    rows.append(row)
     return rows
 
 

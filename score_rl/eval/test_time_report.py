@@ -17,9 +17,9 @@ from score_rl.eval.test_time import ModelStudy, grid_rows, policy_rows
 def _write_csv(path: Path, rows: List[Dict[str, Any]], first: Sequence[str] = ("model",)) -> None:
     if not rows:
         return
-    keys = list(first) + [k for k in rows[0] if k not in first]
+    keys = list(first) + [k for k in dict.fromkeys(k for r in rows for k in r) if k not in first]
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, keys)
+        writer = csv.DictWriter(f, keys, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -36,24 +36,29 @@ def coverage_rows(name: str, study: ModelStudy, target: float) -> List[Dict[str,
 
 
 def exchange_rate(studies: Dict[str, ModelStudy], greedy: Dict[str, float], budgets: Sequence[int],
-                  policy: Dict[str, Dict[int, float]]) -> List[str]:
-    """For each model and each one at least 1.5x its size: the smallest budget at which the smaller model's
-    compute-optimal accuracy reaches the larger one's greedy Acc@t1."""
+                  policy: Dict[str, Dict[int, Dict[str, Any]]]) -> List[str]:
+    """For each model and each one at least 1.5x its size: the smallest budget at which the *lower* end of the
+    smaller model's compute-optimal interval reaches the larger one's Acc@t1 at eval.temperature (greedy by
+    default), with the FLOPs per problem of both (prefix reuse; the larger model's single first attempt)."""
     lines = []
     names = sorted(studies, key=lambda n: studies[n].params)
     for i, small in enumerate(names):
         for large in names[i + 1:]:
             if studies[large].params < 1.5 * studies[small].params or large not in greedy:
                 continue
-            reach = next((n for n in sorted(budgets) if policy[small].get(n, -1) >= greedy[large]), None)
-            if reach is None:
-                lines.append(f"- {small} ({studies[small].params:,} parameters) does not reach {large}'s greedy "
-                             f"Acc@t1 {greedy[large]:.3f} ({studies[large].params:,} parameters) at any budget up "
-                             f"to {max(budgets)}.")
+            s, big = studies[small], studies[large]
+            what = (f"{small} ({s.params:,} parameters) vs {large}'s Acc@t1 {greedy[large]:.3f} "
+                    f"({big.params:,} parameters")
+            if (1, 1) in big.tokens:
+                what += f", {co.flops(big.params, big.tokens[(1, 1)])['flops_reused']:.3g} FLOPs a problem"
+            row = next((policy[small][n] for n in sorted(budgets)
+                        if n in policy[small] and policy[small][n]["low"] >= greedy[large]), None)
+            if row is None:
+                lines.append(f"- {what}): not reached at any budget up to {max(budgets)} (interval's lower end).")
             else:
-                lines.append(f"- {small} ({studies[small].params:,} parameters) reaches {large}'s greedy Acc@t1 "
-                             f"{greedy[large]:.3f} ({studies[large].params:,} parameters) at budget {reach} "
-                             f"(compute-optimal {policy[small][reach]:.3f}).")
+                lines.append(f"- {what}): reached at budget {row['budget']} (compute-optimal {row['accuracy']:.3f} "
+                             f"[{row['low']:.3f}, {row['high']:.3f}], {row.get('flops_reused', math.nan):.3g} FLOPs "
+                             f"a problem).")
     return lines
 
 
@@ -83,18 +88,25 @@ def _cell(r: Dict[str, Any]) -> str:
 
 def _markdown(studies, policy_all, grid_all, coverage_all, greedy, budgets, bins, title) -> str:
     lines = [f"# Test-time compute: {title}", "",
-             "Accuracy per problem at budget N generations; [95% bootstrap interval over problems]. Compute-optimal: "
-             "the best split per difficulty bin chosen on the other half of the problems (predicted difficulty: "
-             "pass@1 on separate samples). Parallel: N chains of 1 turn; sequential: 1 chain of N turns; both "
-             "by majority vote. Formulas: docs/evaluation.md.", ""]
+             "Accuracy per problem at budget N generations; [95% bootstrap interval over problems; for compute-optimal "
+             "the whole procedure resampled: problems, halves, choices]. Compute-optimal: the best split per "
+             "difficulty bin chosen on the other half of the problems (predicted difficulty: pass@1 on separate "
+             "samples), by majority vote; minus parallel: the paired difference on the same resamples. Parallel: N "
+             "chains of 1 turn; sequential: 1 chain of N turns. FLOPs per problem of the splits compute-optimal "
+             "chose, with prefix reuse. Formulas: docs/evaluation.md.", ""]
     for name in studies:
-        lines += [f"## {name}", "", "| N | compute-optimal (chosen) | parallel | sequential |", "|---|---|---|---|"]
+        lines += [f"## {name}", "", "| N | compute-optimal (chosen) | minus parallel (paired) | parallel | sequential "
+                  "| FLOPs (compute-optimal) |", "|---|---|---|---|---|---|"]
         for n in budgets:
             get = {r["policy"]: r for r in policy_all if r["model"] == name and r["budget"] == n
                    and r["bin"] == "all" and r["difficulty"] == "predicted"}
             opt = get.get("compute-optimal")
-            lines.append(f"| {n} | {_cell(opt)} ({opt['chosen']}) | "
-                         + " | ".join(_cell(get[p]) if p in get else "-" for p in ("parallel", "sequential")) + " |")
+            paired = "-" if opt.get("vs_parallel_low") is None or "parallel" not in get else \
+                f"{opt['accuracy'] - get['parallel']['accuracy']:+.3f} [{opt['vs_parallel_low']:+.3f}, " \
+                f"{opt['vs_parallel_high']:+.3f}]"
+            lines.append(f"| {n} | {_cell(opt)} ({opt['chosen']}) | {paired} | "
+                         + " | ".join(_cell(get[p]) if p in get else "-" for p in ("parallel", "sequential"))
+                         + f" | {opt.get('flops_reused', math.nan):.3g} |")
         top = max(budgets)
         lines += ["", f"Per difficulty bin at N = {top} (bin 0 easiest):", "",
                   "| difficulty | bin | problems | compute-optimal (chosen) | parallel | sequential |",
@@ -128,7 +140,7 @@ def _markdown(studies, policy_all, grid_all, coverage_all, greedy, budgets, bins
         lines.append(f"| {r['model']} | {r['curve']} | {r['points']} | {r['last']:.3f} | "
                      + (f"{r['a']:.3f} | {r['b']:.3f} | {r['rmse']:.4f} | {r['k_for_target']:.3g} (coverage "
                         f"{r['target']}) |" if fitted else "- | - | - | - (nothing to fit) |"))
-    rate = exchange_rate(studies, greedy, budgets, {n: {r["budget"]: r["accuracy"] for r in policy_all
+    rate = exchange_rate(studies, greedy, budgets, {n: {r["budget"]: r for r in policy_all
                                                         if r["model"] == n and r["bin"] == "all"
                                                         and r["difficulty"] == "predicted"
                                                         and r["policy"] == "compute-optimal"} for n in studies})

@@ -18,7 +18,9 @@ CLASS_REWARD = {0: 1.0, 1: 0.0, 2: 0.0}
 
 
 def problem_of(types, pid="p", weights=None):
-    return ProblemChains(pid, labels=[list(TYPES[t]) for t in types], class_reward=CLASS_REWARD,
+    return ProblemChains(pid, labels=[list(TYPES[t]) for t in types],
+                         reward=[[CLASS_REWARD[label] for label in TYPES[t]] for t in types],
+                         settled=[[True] * 3 for _ in types],
                          correct=[[label == 0 for label in TYPES[t]] for t in types],
                          weights=weights or [[1.0] * 3 for _ in types])
 
@@ -147,3 +149,57 @@ def test_sequential_coverage_and_bootstrap():
     assert sequential_coverage(probs, 2) == [0.25, 0.5]
     mean, lo, hi = bootstrap_ci([0.0, 1.0] * 50, reps=500)
     assert mean == 0.5 and lo < 0.5 < hi and hi - lo < 0.3
+
+
+def _chains(labels, rewards, settled=None, weights=None):
+    return ProblemChains("p", labels=labels, reward=rewards, settled=settled or [[True] * len(c) for c in labels],
+                         correct=[[r >= 0.5 for r in c] for c in rewards],
+                         weights=weights or [[1.0] * len(c) for c in labels])
+
+
+def test_a_vote_is_judged_by_its_own_members_never_by_an_attempt_outside_it():
+    """A non-transitive equivalence (math-verify: 10% = 10 and 0.1 = 10%, not 0.1 = 10) pools a right 10% and a wrong
+    0.1 into one class: a vote of two wrong 0.1 must not borrow the verdict of the 10% outside it."""
+    prob = _chains([[0, 0], [0], [0]], [[1.0, 1.0], [0.0], [0.0]])
+    assert cell_value(prob, (2, 1), "majority") == pytest.approx((0.5 + 0.5 + 0.0) / 3)
+    assert cell_value(prob, (2, 1), "majority") <= cell_value(prob, (2, 1), "oracle")
+
+
+def test_unsettled_verdicts_do_not_decide_a_vote():
+    prob = _chains([[0], [0], [1]], [[1.0], [0.0], [0.0]], settled=[[True], [False], [True]])
+    # {0, 1}: class 0, only chain 0 settled -> 1; {0, 2}: a tie of 1 and 0 -> 0.5; {1, 2}: unsettled 0 vs 0 -> 0
+    assert cell_value(prob, (2, 1), "majority") == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+    none = _chains([[0], [0]], [[1.0], [1.0]], settled=[[False], [False]])
+    assert cell_value(none, (2, 1), "majority") == 0.0
+
+
+def test_zero_weights_give_the_plain_vote_and_weights_outrank_size():
+    prob = _chains([[0], [0], [1]], [[1.0], [1.0], [0.0]], weights=[[0.0], [0.0], [0.0]])
+    assert cell_value(prob, (3, 1), "weighted") == cell_value(prob, (3, 1), "majority") == 1.0
+    heavy = _chains([[0], [0], [1]], [[1.0], [1.0], [0.0]], weights=[[0.1], [0.1], [0.5]])
+    assert cell_value(heavy, (3, 1), "weighted") == 0.0
+
+
+def test_an_almost_flat_coverage_law_extrapolates_to_infinity_without_crashing():
+    from score_rl.eval.compute_optimal import CoverageFit
+
+    assert CoverageFit(0.6, 0.002, 0.0, 16).k_for(0.95) == math.inf
+    assert CoverageFit(0.6, 0.0, 0.0, 16).k_for(0.95) == math.inf
+    assert fit_coverage_law([1, 2, 3], [1.0, 1.0, 1.0]) is None
+
+
+def test_the_whole_procedure_bootstrap_brackets_the_estimate_and_pairs_the_difference():
+    from score_rl.eval.compute_optimal import bootstrap_compute_optimal
+
+    rng = random.Random(0)
+    pids = [f"p{i}" for i in range(60)]
+    values = {p: {(2, 1): float(rng.random() < 0.5), (1, 2): float(rng.random() < 0.8)} for p in pids}
+    bins = {p: i % 3 for i, p in enumerate(pids)}
+    scored, _ = compute_optimal(values, [(2, 1), (1, 2)], bins, halves(pids))
+    estimate = sum(scored.values()) / len(scored)
+    spread = bootstrap_compute_optimal(values, [(2, 1), (1, 2)], bins, reps=300, against=(2, 1))
+    assert spread["all"][0] <= estimate <= spread["all"][1]
+    assert 0 < spread["minus"][0] < spread["minus"][1], "(1, 2) is far better than (2, 1): the paired gap is > 0"
+    assert set(spread) == {"all", "minus", 0, 1, 2}
+    with pytest.raises(ValueError, match="at least 2 problems"):
+        compute_optimal({"p": {(1, 1): 1.0}}, [(1, 1)], {"p": 0}, {"p": 0})

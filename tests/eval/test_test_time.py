@@ -38,7 +38,7 @@ def test_episodes_become_chains_with_classes_pooled_over_every_attempt():
     chains = _episodes("p", [[5, 7, 7], [7], [6]], truth=7)
     prob = test_time.problem_chains("p", chains, None, None)
     assert prob.labels == [[0, 1, 1], [1], [2]]
-    assert prob.class_reward == {0: 0.0, 1: 1.0, 2: 0.0}
+    assert prob.reward == [[0.0, 1.0, 1.0], [1.0], [0.0]] and prob.settled == [[True] * 3, [True], [True]]
     assert prob.correct == [[False, True, True], [True], [False]]
     assert prob.generated == [[3, 3, 3], [3], [3]] and prob.prompt == [[10, 30, 50], [10], [10]]
     oracle = test_time.problem_chains("p", chains, None, test_time.make_scorer("oracle"))
@@ -95,7 +95,7 @@ def test_eval_with_budgets_writes_the_study(cfg, tmp_path, tiny_model_path):
     assert "## Coverage law" in (out / "compute_optimal.md").read_text()
 
 
-def test_a_tied_output_layer_counts_once(tmp_path):
+def test_flops_parameters_count_the_output_layer_once_and_not_the_input_embedding(tmp_path):
     import json
 
     import torch
@@ -107,7 +107,7 @@ def test_a_tied_output_layer_counts_once(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"tie_word_embeddings": True}))
     assert test_time.count_params(str(tmp_path)) == 44
     (tmp_path / "config.json").write_text(json.dumps({"tie_word_embeddings": False}))
-    assert test_time.count_params(str(tmp_path)) == 84
+    assert test_time.count_params(str(tmp_path)) == 44, "untied: the input embedding is a lookup, not a matmul"
 
 
 def test_the_exchange_rate_names_the_budget_where_the_small_model_reaches_the_large_one_greedy():
@@ -115,11 +115,17 @@ def test_the_exchange_rate_names_the_budget_where_the_small_model_reaches_the_la
 
     studies = {"small": test_time.ModelStudy(params=1000), "large": test_time.ModelStudy(params=4000),
                "same": test_time.ModelStudy(params=1100)}
-    policy = {"small": {1: 0.4, 2: 0.55, 4: 0.7}, "large": {1: 0.6}, "same": {1: 0.5}}
+    studies["large"].tokens[(1, 1)] = {"generated": 5, "prefill": 10, "prefill_reused": 10}
+
+    def row(n, acc, low):
+        return {"budget": n, "accuracy": acc, "low": low, "high": acc + 0.05, "flops_reused": 1000.0 * n}
+    policy = {"small": {1: row(1, 0.4, 0.35), 2: row(2, 0.65, 0.55), 4: row(4, 0.7, 0.62)},
+              "large": {1: row(1, 0.6, 0.55)}, "same": {1: row(1, 0.5, 0.45)}}
     lines = exchange_rate(studies, {"small": 0.4, "large": 0.6, "same": 0.5}, [1, 2, 4], policy)
     assert len(lines) == 2, "models of about one size are not compared"
-    assert "small (1,000 parameters) reaches large's greedy Acc@t1 0.600 (4,000 parameters) at budget 4" in lines[0]
-    assert "same (1,100 parameters) does not reach large's" in lines[1]
+    assert lines[0].startswith("- small (1,000 parameters) vs large's Acc@t1 0.600 (4,000 parameters, 1.2e+05 FLOPs")
+    assert "reached at budget 4" in lines[0], "budget 2's point estimate passes, its interval does not"
+    assert "same (1,100 parameters)" in lines[1] and "not reached" in lines[1]
 
 
 def test_a_ppo_critic_scores_an_attempt_by_the_value_before_its_last_token(tmp_path, tiny_model_path):
