@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import subprocess
+import sys
+import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 
 def init_ray(address: Optional[str], num_cpus_needed: float, num_gpus_needed: float = 0.0,
@@ -23,14 +27,141 @@ def init_ray(address: Optional[str], num_cpus_needed: float, num_gpus_needed: fl
         print(f"score-rl: RAY_ADDRESS={os.environ['RAY_ADDRESS']} is set but ray.address is null: starting a local "
               f"Ray cluster of this run's own; set ray.address=auto to join {os.environ['RAY_ADDRESS']}", flush=True)
     cpus = num_cpus if num_cpus is not None else max(os.cpu_count() or 1, math.ceil(num_cpus_needed))
+    # The actors' environment (actor_env_vars) and this cluster's mark (OWNER_ENV) go into the environment the Ray
+    # processes start with, which the raylet hands on to every worker it starts, instead of a runtime_env: no
+    # runtime-env work per actor (prestarted workers can host the actors). Ray 2.60's raylet starts its dashboard and
+    # runtime-env agents whatever ray.init says (it refuses an empty agent command), and when the raylet is SIGKILLed
+    # (as it is, PR_SET_PDEATHSIG, when this process is) each agent spends 60 s trying to tell the dead GCS before it
+    # exits: the watchdog SIGKILLs every process carrying the mark the moment this process is gone.
+    owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    watchdog = start_orphan_watchdog(owner)  # first: a driver killed during ray.init leaves nothing behind either
     # address="local": always a new cluster of this process's own. Without it ray.init joins any cluster a `ray start`
     # left on this machine (/tmp/ray/ray_current_cluster) or RAY_ADDRESS names, and then refuses num_cpus.
-    ray.init(address="local", num_cpus=cpus, num_gpus=int(math.ceil(num_gpus_needed)) or None, include_dashboard=False,
-             log_to_driver=True, logging_level="ERROR", runtime_env={"env_vars": actor_env_vars(num_gpus_needed)})
+    with _environ({**actor_env_vars(num_gpus_needed), OWNER_ENV: owner}):
+        ray.init(address="local", num_cpus=cpus, num_gpus=int(math.ceil(num_gpus_needed)) or None,
+                 include_dashboard=False, log_to_driver=True, logging_level="ERROR")
+    if watchdog is not None:
+        watchdog.watch_gcs()
+
+
+OWNER_ENV = "SCORE_RL_RAY_OWNER"
+
+# The orphan watchdog (stdlib only, started as ``python -c``): its stdin is a pipe from the driver, so it reads EOF the
+# moment the driver is gone, however it died; a line "gcs PID" names the cluster's GCS, whose end (ray.shutdown, or
+# its fate-shared death with the driver) ends the watch too. Then it SIGKILLs every process whose environment holds
+# OWNER_ENV=<this cluster's mark> (all a local cluster's processes: GCS, raylet, agents, workers) and their
+# descendants (what a worker started with an environment of its own), three sweeps 0.2 s apart, and exits.
+_WATCHDOG = r'''
+import os, select, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+mark = sys.argv[1].encode()
+
+def marked():
+    found, children = set(), {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        try:
+            with open("/proc/%d/stat" % pid, "rb") as f:
+                stat = f.read()
+            children.setdefault(int(stat[stat.rindex(b")") + 2:].split()[1]), []).append(pid)
+            with open("/proc/%d/environ" % pid, "rb") as f:
+                if mark in f.read().split(b"\0"):
+                    found.add(pid)
+        except (OSError, ValueError, IndexError):
+            pass
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found - {os.getpid(), os.getppid(), 1}
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2:].split()[0] not in (b"Z", b"X")
+
+gcs, fd, buf = None, sys.stdin.fileno(), b""
+while True:
+    ready, _, _ = select.select([fd], [], [], 0.5)
+    if ready:
+        data = os.read(fd, 4096)
+        if not data:
+            break
+        buf += data
+        for line in buf.split(b"\n")[:-1]:
+            if line.startswith(b"gcs "):
+                gcs = int(line.split()[1])
+        buf = buf.rsplit(b"\n", 1)[-1]
+    elif gcs is not None and not alive(gcs):
+        break
+for _ in range(3):
+    for pid in marked():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(0.2)
+'''
+
+_watchdogs: List["OrphanWatchdog"] = []  # referenced for the driver's lifetime: a collected Popen closes the pipe
+
+
+class OrphanWatchdog:
+    """The watchdog process of one local Ray cluster (see _WATCHDOG)."""
+
+    def __init__(self, owner: str):
+        # its own session: a Ctrl-C or a kill of the driver's process group does not take it along
+        self.proc = subprocess.Popen([sys.executable, "-S", "-c", _WATCHDOG, f"{OWNER_ENV}={owner}"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def watch_gcs(self) -> None:
+        """Tell the watchdog the GCS of the cluster ray.init started: its end ends the watch."""
+        try:
+            import ray
+
+            node = ray._private.worker._global_node
+            pid = node.all_processes["gcs_server"][0].process.pid
+            self.proc.stdin.write(f"gcs {pid}\n".encode())
+            self.proc.stdin.flush()
+        except Exception:  # a private API of Ray's: without it the watchdog still ends with this process
+            pass
+
+
+def start_orphan_watchdog(owner: str) -> Optional[OrphanWatchdog]:
+    """Start the watchdog of a local cluster marked ``owner`` (Linux: it reads /proc), or None elsewhere."""
+    if not sys.platform.startswith("linux") or not os.path.isdir("/proc"):
+        return None
+    watchdog = OrphanWatchdog(owner)
+    _watchdogs.append(watchdog)
+    return watchdog
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set, as it was again afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def actor_env_vars(num_gpus_needed: float = 0.0) -> dict:
-    """Environment variables of the actors of a local Ray cluster (its ``runtime_env``).
+    """Environment variables of the actors of a local Ray cluster: in the environment ``ray.init`` starts the Ray
+    processes with, from which the raylet starts every worker.
 
     glibc malloc (measured): with glibc's defaults an actor hands the memory a step freed back to the kernel
     (blocks above the mmap threshold are unmapped, and the top of the heap is trimmed once more than the trim threshold
@@ -49,8 +180,8 @@ def actor_env_vars(num_gpus_needed: float = 0.0) -> dict:
 def malloc_env(environ: Mapping[str, str]) -> Dict[str, str]:
     """The glibc malloc settings of the actors (see actor_env_vars); empty when ENVIRON already holds malloc settings
     of the user's own. glibc reads them when a process starts, so they must be in its environment from the start:
-    a local cluster passes them in its runtime_env, slurm/score_rl.sbatch exports them before it starts the Ray nodes
-    (``python -m score_rl.launch.slurm plan``), whose raylets pass them on to the actors."""
+    a local cluster's raylet starts with them (init_ray), slurm/score_rl.sbatch exports them before it starts the Ray
+    nodes (``python -m score_rl.launch.slurm plan``); either way the raylets pass them on to the actors."""
     user_malloc = any(key in environ for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
                                                  "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"))
     if user_malloc or "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""):

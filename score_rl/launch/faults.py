@@ -14,6 +14,16 @@ from typing import Any, Callable, List, Optional, Sequence
 from score_rl.launch.distributed import ActorGroup
 
 
+def actor_died_types() -> tuple:
+    """``(RayActorError,)`` for ``except`` / ``isinstance``, or ``()`` (which matches nothing) where Ray cannot be
+    imported: a ray.enabled=false run must not need Ray installed, and has no actor to die."""
+    try:
+        from ray.exceptions import RayActorError
+    except ImportError:
+        return ()
+    return (RayActorError,)
+
+
 class StaleWeights(RuntimeError):
     """A rollout worker was asked to sample with a policy version it does not hold (it was restarted)."""
 

@@ -78,9 +78,9 @@ class Prefetch:
         try:
             yield
         except Exception as err:
-            from ray.exceptions import RayActorError
+            from score_rl.launch.faults import actor_died_types
 
-            if self._running is not None and not isinstance(err, RayActorError):
+            if self._running is not None and not isinstance(err, actor_died_types()):
                 self.learners_busy.clear()
                 self._running[1].wait()
             raise

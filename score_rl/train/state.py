@@ -101,9 +101,9 @@ def load_newest(run_dir: Path, load_learner: Callable[[str], None], log: Callabl
             pending = _read_pending(candidate, state)
             load_learner(str(candidate))
         except Exception as err:  # any failure to load is damage (Ray wraps the learner's error)
-            from ray.exceptions import RayActorError
+            from score_rl.launch.faults import actor_died_types
 
-            if isinstance(err, (RayActorError, ConfigError)):  # a dead learner, a refusal: not a damaged checkpoint
+            if isinstance(err, (*actor_died_types(), ConfigError)):  # a dead learner, a refusal: not damage
                 raise
             if "has no critic" in str(err):  # not damage: a run of another algorithm
                 raise ConfigError(str(err).strip().splitlines()[-1]) from None

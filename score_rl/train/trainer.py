@@ -100,11 +100,11 @@ class Trainer:
     def fit(self) -> Dict[str, Dict[str, float]]:
         """Train (resuming from the run's newest intact checkpoint), then evaluate. TrainingStopped on a stop signal
         (a checkpoint of the steps done is written first), TrainingAborted when a learner rank dies."""
-        from ray.exceptions import RayActorError
+        from score_rl.launch.faults import actor_died_types
 
         try:
             return self._fit()
-        except RayActorError as err:  # a learner rank died: one line naming it and the checkpoint to resume from
+        except actor_died_types() as err:  # a learner rank died: one line naming it and the checkpoint to resume from
             last = trainer_state.newest_checkpoint(self.run_dir)
             raise aborted_error(err, self.learners, self.workers, self.run_dir, last) from None
         except BaseException as err:
