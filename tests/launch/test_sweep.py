@@ -293,7 +293,8 @@ def test_interrupted_sweep_reruns_only_what_is_unfinished(tmp_path, tiny_model_p
     assert "stopped b" in first and "start  c" not in first
     assert not (runs["b"] / sw.COMPLETE).is_file() and not runs["c"].exists()
     done_a = (runs["a"] / sw.COMPLETE).stat().st_mtime_ns
-    again = subprocess.run(_sweep_cmd(path), cwd=REPO, capture_output=True, text=True, timeout=400)
+    # the two unfinished runs side by side (--parallel 2: what is run is the sweep's choice, whatever the parallelism)
+    again = subprocess.run(_sweep_cmd(path, "--parallel", "2"), cwd=REPO, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "3 runs, 1 finished, 2 to run" in again.stdout
     assert "start  a" not in again.stdout and "start  b" in again.stdout and "start  c" in again.stdout
@@ -304,14 +305,23 @@ def test_interrupted_sweep_reruns_only_what_is_unfinished(tmp_path, tiny_model_p
     assert "| a | 1 |" in again.stdout and (tmp_path / "out" / "report" / "summary.csv").is_file()
 
 
-def test_a_failed_run_is_reported_and_does_not_stop_the_others(tmp_path, tiny_model_path):
+@pytest.fixture(scope="module")
+def ok_and_broken(tmp_path_factory, tiny_model_path):
+    """A local sweep of a run that trains (ok) and one that fails when it runs (broken): its directory and log. Its ok
+    run is also the local counterpart of the Ray backend's runs (test_ray_backend_runs_each_run_as_a_job_on_a_running_
+    cluster): _tiny_sweep's runs, variant {}, seed 0, all have the same config but for their run directory."""
+    tmp_path = tmp_path_factory.mktemp("failed_sweep")
     path = _tiny_sweep(tmp_path, tiny_model_path, ["ok"])
     spec = yaml.safe_load(path.read_text())
     spec["variants"]["broken"] = {"overrides": [f"model.path={tmp_path / 'no-such-model'}"]}  # fails when it runs
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     out = []
     sw.run_sweep(path, log=out.append)
-    text = "\n".join(out)
+    return tmp_path, "\n".join(out)
+
+
+def test_a_failed_run_is_reported_and_does_not_stop_the_others(ok_and_broken):
+    tmp_path, text = ok_and_broken
     assert "FAILED broken__seed0" in text and "done   ok__seed0" in text
     failed = json.loads((tmp_path / "out" / "runs" / "broken__seed0" / sw.FAILED).read_text())
     assert failed["returncode"] == 2 and "no-such-model" in failed["log_tail"]
@@ -343,7 +353,7 @@ def ray_head(tmp_path):
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
 
 
-def test_ray_backend_runs_each_run_as_a_job_on_a_running_cluster(tmp_path, tiny_model_path, ray_head):
+def test_ray_backend_runs_each_run_as_a_job_on_a_running_cluster(tmp_path, tiny_model_path, ok_and_broken, ray_head):
     path = _tiny_sweep(tmp_path, tiny_model_path, ["a", "b"],
                        backend={"name": "ray", "parallel": 2, "ray": {"address": ray_head, "poll_s": 0.5}})
     out = []
@@ -359,18 +369,15 @@ def test_ray_backend_runs_each_run_as_a_job_on_a_running_cluster(tmp_path, tiny_
         assert (Path(run.run_dir) / sw.COMPLETE).is_file()
         assert "final policy saved" in (Path(run.run_dir) / "train.log").read_text()
     assert "| a | 1 |" in text
-    # the backend changes where a run runs, not what it computes: the same sweep run locally gives the same numbers
-    local = tmp_path / "local"
-    local.mkdir()
-    spec = yaml.safe_load(path.read_text())
-    spec.update(out_dir=str(local / "out"), backend={"name": "local", "parallel": 2})
-    (local / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    sw.run_sweep(local / "sweep.yaml", log=lambda *_: None)
-    for name in ("a__seed0", "b__seed0"):
-        on_ray, here = (json.loads((d / "runs" / name / "eval_before_after.json").read_text())
-                        for d in (tmp_path / "out", local / "out"))
-        assert on_ray == here, name
+    # the backend changes where a run runs, not what it computes: the same run on the local backend gives the same
+    # numbers (ok_and_broken's ok run: a and b's config but for the run directory, trained by `score-rl sweep` locally)
+    local = ok_and_broken[0] / "out" / "runs" / "ok__seed0"
+    own = [o for o in sw.load_sweep(ok_and_broken[0] / "sweep.yaml").runs[0].overrides
+           if not o.startswith("trainer.run_dir=")]
+    for run in sw.load_sweep(path).runs:
+        assert [o for o in run.overrides if not o.startswith("trainer.run_dir=")] == own, run.run_id
+        on_ray, here = (json.loads((d / "eval_before_after.json").read_text()) for d in (Path(run.run_dir), local))
+        assert on_ray == here, run.run_id
         rows = [[{k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
-                 for line in (d / "runs" / name / "metrics.jsonl").read_text().splitlines()]
-                for d in (tmp_path / "out", local / "out")]
-        assert rows[0] == rows[1], f"{name}: training metrics differ between the Ray and the local backend"
+                 for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (Path(run.run_dir), local)]
+        assert rows[0] == rows[1], f"{run.run_id}: training metrics differ between the Ray and the local backend"

@@ -88,7 +88,24 @@ def steps(cfg, tiny_model_path):
 
 
 @pytest.fixture(scope="module")
-def one_rank(cfg, tiny_model_path, steps):
+def ranks_started(cfg, tiny_model_path, steps):
+    """The two spawned ranks of two_ranks, started before one_rank's work: each runs one torch thread (as one_rank
+    does in this process), so they import and run on the cores one_rank leaves idle. two_ranks collects them."""
+    ctx = mp.get_context("spawn")
+    queue, port = ctx.Queue(), _port()
+    procs = [ctx.Process(target=dp.spawned, args=(queue, cfg, tiny_model_path, r, 2, port, _combos(2), steps))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    yield queue, procs
+    for p in procs:  # two_ranks joined them; if it never ran (a -k selection), they are not left behind
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+@pytest.fixture(scope="module")
+def one_rank(cfg, tiny_model_path, steps, ranks_started):
     reference = [{"zero_stage": 0, "micro_batch_size": N_EPISODES, "loss_agg": agg, "k": 1, "reference": True}
                  for agg in LOSS_AGGS]
     reference += [{"zero_stage": 0, "micro_batch_size": N_EPISODES, "kl_estimator": "k1", "k": 1, "reference": True}]
@@ -102,13 +119,8 @@ def one_rank(cfg, tiny_model_path, steps):
 
 
 @pytest.fixture(scope="module")
-def two_ranks(cfg, tiny_model_path, steps):
-    ctx = mp.get_context("spawn")
-    queue, port = ctx.Queue(), _port()
-    procs = [ctx.Process(target=dp.spawned, args=(queue, cfg, tiny_model_path, r, 2, port, _combos(2), steps))
-             for r in range(2)]
-    for p in procs:
-        p.start()
+def two_ranks(ranks_started):
+    queue, procs = ranks_started
     results = dict(queue.get(timeout=600) for _ in procs)
     for p in procs:
         p.join(timeout=60)

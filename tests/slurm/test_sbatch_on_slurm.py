@@ -74,7 +74,9 @@ def reference(tmp_path_factory, tiny_model_path) -> List[dict]:
 
 # --- helpers -----------------------------------------------------------------------------------------------------
 def _submit(run_dir: Path, model: str, extra: tuple = (), output: Path = None) -> str:
-    env = {**os.environ, "SCORE_RL_VENV": str(VENV), "SCORE_RL_RUN_DIR": str(run_dir)}
+    # `ray status` polled every second while the job's Ray starts (default 5 s: a job start here waits up to 5 s
+    # more for its cluster, twice per requeued job)
+    env = {**os.environ, "SCORE_RL_VENV": str(VENV), "SCORE_RL_RUN_DIR": str(run_dir), "SCORE_RL_POLL_INTERVAL": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("RAY_")}
     opts = ["--parsable", "--job-name=score-rl-test"] + ([f"--output={output}"] if output else [])
     result = subprocess.run(["sbatch", *opts, "slurm/score_rl.sbatch", "configs/quickstart.yaml", *RUN_ARGS,

@@ -17,27 +17,40 @@ RAY = ["ray.enabled=true", "ray.num_cpus=2", "trainer.steps=4", "trainer.eval_be
        "rollout.cpus_per_worker=0.5", "learner.cpus_per_rank=0.5"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_cluster():
+    """One local Ray cluster for the module's runs (one start-up instead of three), started as a run starts its own
+    (score-rl's init_ray with RAY's ray.num_cpus: the same actor environment). Each run hands back its placement
+    group (_run), with its actors, the killed ones' restarts included."""
     import ray
 
-    yield
-    ray.shutdown()
+    from score_rl.launch.distributed import init_ray
+
+    init_ray(None, 1.0, num_cpus=2)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def _run(tmp_path, tiny_model_path, name, hook=None, extra=()):
-    import ray
+    from ray.util import remove_placement_group
+
+    from score_rl.train import startup
 
     cfg = tiny_config(tmp_path / name, [f"model.path={tiny_model_path}", *RAY, *extra])
-    logs = []
-    trainer = Trainer(cfg, log=logs.append)
+    logs, made, make = [], [], startup.make_placement_group
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(startup, "make_placement_group", lambda bundles: made.append(make(bundles)) or made[-1])
+        trainer = Trainer(cfg, log=logs.append)
     if hook:
         hook(trainer)
     try:
         trainer.fit()
     finally:
         trainer.close()
-        ray.shutdown()
+        for pg in made:  # the run's actors end with it: the next run finds the cluster's CPUs free
+            remove_placement_group(pg)
     rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows], logs
 

@@ -11,12 +11,35 @@ from score_rl.train.trainer import Trainer
 from tests.conftest import tiny_config
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_cluster():
+    """One local Ray cluster for the module's three runs (one start-up instead of three), started as a run starts its
+    own (score-rl's init_ray, the run's ray.num_cpus: the same actor environment); each test hands back what its run
+    reserved (ray_run)."""
     import ray
 
+    from score_rl.launch.distributed import init_ray
+
+    init_ray(None, 2.0, num_cpus=4)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_run(ray_cluster, monkeypatch):
+    """The placement groups the test's trainer reserves are removed after the test (Ray ends the actors in them), so
+    the next test's run finds the cluster's CPUs free."""
+    from ray.util import remove_placement_group
+
+    from score_rl.train import startup
+
+    made, make = [], startup.make_placement_group
+    monkeypatch.setattr(startup, "make_placement_group", lambda bundles: made.append(make(bundles)) or made[-1])
     yield
-    ray.shutdown()
+    for pg in made:
+        remove_placement_group(pg)
 
 
 @pytest.mark.parametrize("zero_stage, algo", [
@@ -24,7 +47,7 @@ def ray_cluster():
     # ZeRO 3 with 10 KB buckets: the weight sync gathers the sharded policy bucket by bucket on both ranks
     (3, ["algo.name=ppo", "algo.ppo.minibatches=2", "learner.weight_sync_bucket_mb=0.01"])],
                          ids=["reinforce", "ppo", "ppo-zero3"])
-def test_two_steps_two_workers_two_ranks(tmp_path, tiny_model_path, ray_cluster, zero_stage, algo):
+def test_two_steps_two_workers_two_ranks(tmp_path, tiny_model_path, ray_run, zero_stage, algo):
     cfg = tiny_config(tmp_path, [
         f"model.path={tiny_model_path}", "ray.enabled=true", "ray.num_cpus=4", "rollout.num_workers=2",
         "learner.num_ranks=2", f"learner.zero_stage={zero_stage}", "trainer.steps=2", "trainer.checkpoint_every=2",

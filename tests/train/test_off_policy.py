@@ -59,11 +59,24 @@ def _stop_after_step_2(trainer):
     trainer.close()
 
 
-@pytest.mark.parametrize("off", [0, 1])
-def test_each_batch_is_sampled_by_the_policy_the_setting_says(tmp_path, tiny_model_path, off):
-    trainer = _trainer(tmp_path, tiny_model_path, f"v{off}", [f"trainer.off_policy_steps={off}"])
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, tiny_model_path):
+    """An uninterrupted off-policy run (4 steps, in-process): its metrics and the policy version behind each rollout,
+    run once for the module: the off=1 case of test_each_batch_is_sampled_by_the_policy_the_setting_says and the
+    reference of the resume tests (the same config but for the run directory)."""
+    trainer = _trainer(tmp_path_factory.mktemp("straight"), tiny_model_path, "straight", OFF)
     versions = _sampled_versions(trainer)
-    rows = _fit(trainer)
+    return _fit(trainer), versions
+
+
+@pytest.mark.parametrize("off", [0, 1])
+def test_each_batch_is_sampled_by_the_policy_the_setting_says(tmp_path, tiny_model_path, request, off):
+    if off:
+        rows, versions = request.getfixturevalue("straight")
+    else:
+        trainer = _trainer(tmp_path, tiny_model_path, f"v{off}", [f"trainer.off_policy_steps={off}"])
+        versions = _sampled_versions(trainer)
+        rows = _fit(trainer)
     if off:  # step t+1's batch is sampled before step t's update reaches the workers
         assert versions == [(0, 0), (1, 0), (2, 1), (3, 2)]
         assert all("is_weight" in r and "is_clip_frac" in r for r in rows)
@@ -79,10 +92,11 @@ def test_each_batch_is_sampled_by_the_policy_the_setting_says(tmp_path, tiny_mod
         assert all(r["logprob_mismatch"] < 1e-3 for r in rows)
 
 
-def test_an_off_policy_run_stopped_and_resumed_logs_what_an_uninterrupted_run_logs(tmp_path, tiny_model_path):
+def test_an_off_policy_run_stopped_and_resumed_logs_what_an_uninterrupted_run_logs(tmp_path, tiny_model_path,
+                                                                                   straight):
     """A stop signal after step 2 of 4: the checkpoint keeps the batch already sampled for step 3 (and the sampler
     past it), so the resumed run trains on the very batch the uninterrupted one did, sampled one update earlier."""
-    straight = _fit(_trainer(tmp_path, tiny_model_path, "straight", OFF))
+    straight = straight[0]
     run = [f"trainer.run_dir={tmp_path / 'resumed'}", *OFF]
     _stop_after_step_2(_trainer(tmp_path, tiny_model_path, "first", run))
     ckpt = tmp_path / "resumed" / "checkpoints" / "step_0000002"
@@ -174,10 +188,10 @@ def test_a_failed_update_waits_for_the_rollout_thread(tmp_path, tiny_model_path,
     trainer.close()
 
 
-def test_a_damaged_pending_batch_falls_back_to_the_checkpoint_before(tmp_path, tiny_model_path):
+def test_a_damaged_pending_batch_falls_back_to_the_checkpoint_before(tmp_path, tiny_model_path, straight):
     """pending_batch.json zero-filled at its own size (the manifest's size check passes): the resume treats the
     checkpoint as damaged and resumes from the one before, with that one's pending batch: the same run."""
-    straight = _fit(_trainer(tmp_path, tiny_model_path, "straight", OFF))
+    straight = straight[0]
     run = [f"trainer.run_dir={tmp_path / 'damaged'}", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=0", *OFF]
     _stop_after_step_2(_trainer(tmp_path, tiny_model_path, "first", run))
     damaged = tmp_path / "damaged" / "checkpoints" / "step_0000002" / PENDING_FILE
