@@ -153,11 +153,20 @@ def _mounts(cfg: dict, report: dict) -> None:
         if not report.get("python_remapped") and (prefix + "/").startswith(path.rstrip("/") + "/"):
             report["errors"].append(f"not hiding {path}: it holds the Python standard library")
             continue
-        try:
-            _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555")
+        # a directory inside the interpreter's prefix is visible twice: where it is, and in the re-exposed copy
+        copies = [path] + ([PYTHON_MOUNT + path[len(prefix):]] if report.get("python_remapped")
+                           and path.startswith(prefix + "/") else [])
+        hidden = True
+        for target in copies:
+            if not os.path.exists(target):
+                continue  # already out of sight: inside a directory hidden before it
+            try:
+                _mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555")
+            except OSError as err:
+                report["errors"].append(str(err))
+                hidden = False
+        if hidden:
             report["hidden"].append(path)
-        except OSError as err:
-            report["errors"].append(str(err))
 
     attr = _MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
     ret = _libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr))

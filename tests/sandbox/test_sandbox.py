@@ -266,6 +266,28 @@ def test_hidden_paths_and_scrubbed_environment(sandbox, monkeypatch):
         assert "False" in result.stdout
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="writes a directory into the interpreter's install prefix")
+def test_a_hidden_directory_inside_the_interpreter_prefix_is_hidden_in_its_re_exposed_copy_too():
+    """The standard library's prefix is bind-mounted whole at /run/score_rl_python (child.py); a dataset installed
+    into that prefix (a non-venv install) and hidden must not be readable through the copy."""
+    prefix = os.path.realpath(sys.base_prefix)
+    secret_dir = Path(prefix) / "lib" / f"score_rl_hidden_{uuid.uuid4().hex[:8]}"
+    secret_dir.mkdir()
+    try:
+        (secret_dir / "tests.txt").write_text("expected answers")
+        os.chmod(secret_dir, 0o755)
+        os.chmod(secret_dir / "tests.txt", 0o644)
+        copy = "/run/score_rl_python" + str(secret_dir)[len(prefix):]
+        probe = (f"import os\nfor p in ({str(secret_dir)!r}, {copy!r}):\n"
+                 "    print(p, os.path.isfile(os.path.join(p, 'tests.txt')))\n")
+        result = Sandbox(SandboxConfig(timeout_s=TIMEOUT, hide_paths=(str(secret_dir),))).run(probe)
+        assert result.passed, result.stderr
+        if result.isolation["namespaces"]:
+            assert result.stdout.split() == [str(secret_dir), "False", copy, "False"], result.stdout
+    finally:
+        shutil.rmtree(secret_dir)
+
+
 def test_output_capture_keeps_head_and_tail():
     cap = _Capture(100)
     for i in range(1000):
