@@ -139,6 +139,7 @@ def start_orphan_watchdog(owner: str) -> Optional[OrphanWatchdog]:
     """Start the watchdog of a local cluster marked ``owner`` (Linux: it reads /proc), or None elsewhere."""
     if not sys.platform.startswith("linux") or not os.path.isdir("/proc"):
         return None
+    _watchdogs[:] = [w for w in _watchdogs if w.proc.poll() is None]  # (poll reaps the finished ones: no zombies)
     watchdog = OrphanWatchdog(owner)
     _watchdogs.append(watchdog)
     return watchdog

@@ -156,16 +156,13 @@ def _mounts(cfg: dict, report: dict) -> None:
         # a directory inside the interpreter's prefix is visible twice: where it is, and in the re-exposed copy
         copies = [path] + ([PYTHON_MOUNT + path[len(prefix):]] if report.get("python_remapped")
                            and path.startswith(prefix + "/") else [])
-        hidden = True
-        for target in copies:
-            if not os.path.exists(target):
-                continue  # already out of sight: inside a directory hidden before it
+        errors = len(report["errors"])
+        for target in (t for t in copies if os.path.exists(t)):  # (not: inside a directory hidden before it)
             try:
                 _mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555")
             except OSError as err:
                 report["errors"].append(str(err))
-                hidden = False
-        if hidden:
+        if len(report["errors"]) == errors:
             report["hidden"].append(path)
 
     attr = _MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
@@ -360,6 +357,9 @@ def _supervise(pid: int, status_fd: int, rpc: tuple) -> None:
 
 
 def main() -> None:
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the scoring process (the candidate and its namespace follow)
+    if os.getppid() == 1:  # it died before the line above
+        os._exit(SETUP_FAILED_EXIT)
     cfg = json.loads(sys.argv[1])
     status_fd = cfg["status_fd"]
     rpc = (cfg["req_fd"], cfg["resp_fd"])

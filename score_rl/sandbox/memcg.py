@@ -11,9 +11,10 @@ Where a cgroup is made:
   memory cgroup, so the host's or the container's limit still applies above it. Needs write access to that
   directory (root, or a delegated hierarchy).
 - cgroup v2 (unified): under the scoring process's own cgroup when its ``cgroup.subtree_control`` already enables
-  ``memory`` for its children and the directory is writable (a delegated subtree); the kernel forbids enabling it on
-  a cgroup that holds processes, so this module never tries. ``SandboxConfig.memory_cgroup`` may name such a
-  directory explicitly (e.g. one prepared by ``systemd-run -p Delegate=yes`` or a batch system).
+  ``memory`` for its children and the directory is writable; the kernel forbids that for a non-root cgroup holding
+  processes, so "auto" finds one only in a root cgroup (e.g. a container's own namespace root). Elsewhere
+  ``SandboxConfig.memory_cgroup`` must name a directory the scoring user may write, with ``memory`` in its
+  ``cgroup.subtree_control``, that the scoring process is not itself in (a subtree delegated for the purpose).
 
 The candidate's supervisor joins its cgroup first thing (``child.py``), before it unshares or forks, so every
 process of the execution is inside it. ``find_parent`` returns None where no cgroup can be made: the runner then
@@ -109,19 +110,21 @@ class ExecutionCgroup:
 
     version: int
     path: str
+    limit: int = 0  # bytes
 
     @classmethod
     def create(cls, parent: Tuple[int, str], name: str, limit_bytes: int) -> "ExecutionCgroup":
         version, directory = parent
         path = os.path.join(directory, name)
         os.mkdir(path, 0o755)
-        group = cls(version, path)
+        group = cls(version, path, limit_bytes)
         files = group.files
         try:
             _write(os.path.join(path, files["limit"]), str(limit_bytes))
             if version == 2:
                 _write(os.path.join(path, "memory.oom.group"), "1")  # an OOM kills the whole execution
-                _write(os.path.join(path, files["swap_limit"]), "0")
+                if os.path.exists(os.path.join(path, files["swap_limit"])):  # (no swap accounting: no file)
+                    _write(os.path.join(path, files["swap_limit"]), "0")
             elif os.path.exists(os.path.join(path, files["swap_limit"])):
                 _write(os.path.join(path, files["swap_limit"]), str(limit_bytes))  # memory + swap: no swapping out
         except OSError:
@@ -142,10 +145,27 @@ class ExecutionCgroup:
         return int(value) if value and value.strip().isdigit() else None
 
     def oom_kills(self) -> int:
-        """Processes the kernel killed for this cgroup's limit (v1 kernels >= 4.13 and v2 report it)."""
+        """Processes of this cgroup the kernel's OOM killer killed (v1 kernels >= 4.13 and v2 report it), whichever
+        limit ran out: its own, a parent's (the job's, the container's) or the machine's."""
+        return self._event("oom_kill")
+
+    def hit_limit(self) -> bool:
+        """Whether usage ever reached *this* cgroup's limit: its high-water mark within 1 MiB of the limit, or
+        (v1) a failed charge counted in memory.failcnt / memory.memsw.failcnt, or (v2) the "max" event. An OOM kill
+        is the execution's own doing only then. (v1 with memory + swap limited as well counts no failcnt on some
+        kernels: the high-water mark is the reliable sign.)"""
+        peak = self.peak_bytes()
+        if self.limit and peak is not None and peak >= self.limit - (1 << 20):
+            return True
+        if self.version == 1:
+            values = [_read(os.path.join(self.path, f)) for f in ("memory.failcnt", "memory.memsw.failcnt")]
+            return any(v and v.strip().isdigit() and int(v) > 0 for v in values)
+        return self._event("max") > 0
+
+    def _event(self, name: str) -> int:
         for line in (_read(os.path.join(self.path, self.files["events"])) or "").splitlines():
             key, _, value = line.partition(" ")
-            if key == "oom_kill" and value.strip().isdigit():
+            if key == name and value.strip().isdigit():
                 return int(value)
         return 0
 

@@ -164,10 +164,11 @@ def default_hide_paths() -> Tuple[str, ...]:
 _SAID: set = set()
 
 
-def _say_once(message: str) -> None:
-    """A fallback or degradation, on stderr, once per process (never silent, never every execution)."""
-    if message not in _SAID:
-        _SAID.add(message)
+def _say_once(message: str, key: Optional[str] = None) -> None:
+    """A fallback or degradation, on stderr, once per process and ``key`` (default: the message; give a fixed key
+    where the message names something per execution): never silent, never every execution."""
+    if (key or message) not in _SAID:
+        _SAID.add(key or message)
         print(message, file=sys.stderr, flush=True)
 
 
@@ -273,7 +274,7 @@ class _Execution:
         except OSError as err:
             _say_once(f"score-rl sandbox: cannot make a memory cgroup under {self.cgroup_parent[1]} ({err}); "
                       f"this execution's processes are bounded one by one (RLIMIT_AS), at most "
-                      f"{self.cfg.fallback_max_processes} of them")
+                      f"{self.cfg.fallback_max_processes} of them (said once)", key="cgroup create")
 
     def _spawn(self, workdir: str, job_path: str, status_w: int, rpc: Tuple[int, int]) -> subprocess.Popen:
         cfg = self.cfg
@@ -380,7 +381,6 @@ class _Execution:
         start = time.monotonic()
         deadline = start + self.cfg.timeout_s
         private, workdir, job_path, judge_path = self._prepare_dir()
-        self._make_cgroup()
         status_r, status_w = os.pipe()
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
@@ -389,6 +389,7 @@ class _Execution:
         proc = judge = None
         log = os.fdopen(os.open(os.path.join(private, "judge.log"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), "w+b")
         try:
+            self._make_cgroup()  # inside the try: the finally below removes it whatever happens next
             proc = self._spawn(workdir, job_path, status_w, (req_r, resp_w))
             judge = self._spawn_judge(private, judge_path, (req_w, resp_r, result_w), log)
             for fd in handed:
@@ -438,13 +439,15 @@ class _Execution:
                             memory)
 
     def _close_cgroup(self) -> Tuple[Optional[int], int]:
-        """(peak bytes, OOM kills) of the execution's cgroup, removed now that its processes are gone."""
+        """(peak bytes, OOM kills at the execution's own limit) of its cgroup, removed now that its processes are
+        gone. An OOM kill while usage never reached this limit (a parent's or the machine's ran out) is not counted:
+        the run is then "killed", not "memory limit"."""
         if self.cgroup is None:
             return None, 0
-        peak, kills = self.cgroup.peak_bytes(), self.cgroup.oom_kills()
+        peak, kills = self.cgroup.peak_bytes(), self.cgroup.oom_kills() if self.cgroup.hit_limit() else 0
         if not self.cgroup.remove():
             _say_once(f"score-rl sandbox: could not remove the memory cgroup {self.cgroup.path} (a process of the "
-                      "execution is still in it)")
+                      "execution is still in it; said once)", key="cgroup remove")
         return peak, kills
 
     def _drain_status(self, status_r: int) -> None:

@@ -140,3 +140,72 @@ def test_the_fallback_is_said_once(capsys, monkeypatch):
     Sandbox(SandboxConfig())
     err = capsys.readouterr().err
     assert err.count("no writable memory cgroup") == 1
+
+
+def test_an_oom_kill_counts_as_the_executions_own_only_when_it_reached_its_limit(tmp_path):
+    """The kernel counts oom_kill on the killed process's cgroup whichever limit ran out (a parent's, the
+    machine's): only an execution that reached its own limit is "memory limit"."""
+    v1 = memcg.ExecutionCgroup(1, str(tmp_path), 256 << 20)
+    (tmp_path / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    (tmp_path / "memory.failcnt").write_text("0\n")
+    (tmp_path / "memory.max_usage_in_bytes").write_text(f"{100 << 20}\n")
+    assert v1.oom_kills() == 2 and not v1.hit_limit(), "a parent's limit: 100 MiB used of 256"
+    (tmp_path / "memory.failcnt").write_text("17\n")
+    assert v1.hit_limit()
+    (tmp_path / "memory.failcnt").write_text("0\n")
+    (tmp_path / "memory.max_usage_in_bytes").write_text(f"{256 << 20}\n")
+    assert v1.hit_limit(), "at the limit"
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.events").write_text("low 0\nhigh 0\nmax 0\noom 1\noom_kill 1\n")
+    assert not memcg.ExecutionCgroup(2, str(v2)).hit_limit()
+    (v2 / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert memcg.ExecutionCgroup(2, str(v2)).hit_limit()
+
+
+@pytest.mark.skipif(not (IS_ROOT and HAS_V1_MEMORY), reason="needs root and a cgroup v1 memory hierarchy")
+def test_a_cgroup_that_cannot_be_made_is_said_once_however_many_executions(monkeypatch, capsys):
+    calls = []
+
+    def refuse(parent, name, limit):
+        calls.append(name)
+        raise OSError(f"cannot create {parent[1]}/{name}")  # the message names each execution's own path
+    monkeypatch.setattr(memcg.ExecutionCgroup, "create", staticmethod(refuse))
+    monkeypatch.setattr("score_rl.sandbox.runner._SAID", set())
+    with Sandbox(SandboxConfig(timeout_s=10.0)) as sandbox:
+        results = [sandbox.run("def f():\n    return 1\n", "assert f() == 1", ["f"]) for _ in range(3)]
+    assert len(calls) == 3 and all(r.passed and r.isolation["memory_cgroup"] is False for r in results)
+    assert capsys.readouterr().err.count("cannot make a memory cgroup") == 1
+
+
+def test_a_killed_scoring_process_leaves_no_sandbox_process_behind(tmp_path):
+    """The supervisor and the judge die with the scoring process (PR_SET_PDEATHSIG), the candidate with its
+    supervisor: nothing runs on until the timeout the dead scoring process held."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    script = ("from score_rl.sandbox import Sandbox, SandboxConfig\n"
+              "Sandbox(SandboxConfig(timeout_s=60)).run('import time\\ntime.sleep(300)\\ndef f(): return 1', "
+              "'assert f() == 1', ['f'])\n")
+    scoring = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 30
+        tree = []
+        while time.monotonic() < deadline:
+            tree = psutil.Process(scoring.pid).children(recursive=True)
+            if len(tree) >= 3:  # the supervisor, the judge, the candidate
+                break
+            time.sleep(0.1)
+        assert len(tree) >= 3, tree
+        time.sleep(0.5)
+        scoring.send_signal(signal.SIGKILL)
+        scoring.wait()
+        _, alive = psutil.wait_procs(tree, timeout=5)
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, [p.cmdline()[:3] for p in alive]
+    finally:
+        if scoring.poll() is None:
+            scoring.kill()
