@@ -376,7 +376,7 @@ class ShapeRun:
             raise RuntimeError(f"the shared prompt fell back to whole rows: {off}")
         resp = (b["turn"] > 0).to(self.device)
         diff = float((whole - part).abs()[resp].max())
-        return (f"{dtype}: max |Δ log-prob| {diff:.2e}; shared {shared_s * 1e3:.1f} ms vs whole rows "
+        return (f"{dtype}: max abs Δ log-prob {diff:.2e}; shared {shared_s * 1e3:.1f} ms vs whole rows "
                 f"{whole_s * 1e3:.1f} ms (x{shared_s / whole_s:.2f}); {len(episodes)} rows, "
                 f"{int(shared.group.max()) + 1} prompts",
                 dict(dtype=dtype, max_diff=diff, shared_s=shared_s, whole_s=whole_s, ratio=shared_s / whole_s))

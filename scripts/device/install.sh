@@ -20,7 +20,13 @@ start=$SECONDS
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
 tar -C "$REPO" --exclude=__pycache__ -cf - pyproject.toml README.md score_rl envs | tar -C "$stage" -xf -
-DS_BUILD_OPS=0 PIP_NO_INDEX=1 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
-  --disable-pip-version-check "${where[@]}" "$here"/pkgs/* "$stage"
+# DeepSpeed's setup asks each op whether it is compatible even with DS_BUILD_OPS=0: give it the CUDA toolkit's home
+if [[ -z "${CUDA_HOME:-}" ]] && command -v nvcc > /dev/null; then
+  CUDA_HOME="$(dirname "$(dirname "$(command -v nvcc)")")"
+  export CUDA_HOME
+fi
+# --upgrade: a second run (after an edit) replaces what the first put into TARGET instead of keeping it
+DS_BUILD_OPS=0 PIP_NO_INDEX=1 "$PY" -m pip install -q --upgrade --no-index --no-deps --no-build-isolation \
+  --no-cache-dir --disable-pip-version-check "${where[@]}" "$here"/pkgs/* "$stage"
 echo "install.sh: $(find "$here/pkgs" -type f | wc -l) packages and score-rl ($REPO) installed into" \
   "${TARGET/#-/$PY\'s environment} in $((SECONDS - start)) s"
