@@ -9,6 +9,7 @@ report the raylet's death to the dead GCS with a 60 s timeout) and workers ~3 s.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -18,54 +19,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT_S = 5.0
-
-DRIVER = r"""
-import pathlib, sys, time
-from score_rl.launch.distributed import init_ray
-init_ray(None, 1, 0, 2)
-import ray
-
-@ray.remote(num_cpus=1)
-class Writer:
-    def write_for(self, path, seconds):
-        end, i = time.time() + seconds, 0
-        while time.time() < end:
-            pathlib.Path(path, "part_%d" % i).write_text("x")
-            i += 1
-            time.sleep(0.1)
-
-ref = Writer.remote().write_for.remote(sys.argv[1], 300)
-while not any(pathlib.Path(sys.argv[1]).iterdir()):
-    time.sleep(0.05)
-print("READY", flush=True)
-time.sleep(600)
-"""
-
-
-def _tree(pid: int) -> dict:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        return {p.pid: p for p in [root, *root.children(recursive=True)]}
-    except psutil.NoSuchProcess:
-        return {}
-
-
-def _gone(proc) -> bool:
-    import psutil
-
-    try:
-        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _label(proc) -> str:
-    try:
-        return " ".join(proc.cmdline())[:80] or proc.name()
-    except Exception:  # gone meanwhile
-        return str(proc.pid)
+# the driver and the process helpers of bench/ray_orphans.py (which measures the same thing), loaded from its file
+_spec = importlib.util.spec_from_file_location("ray_orphans", REPO / "bench" / "ray_orphans.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 
 
 def test_nothing_of_a_local_cluster_outlives_a_killed_driver(tmp_path):
@@ -74,8 +31,8 @@ def test_nothing_of_a_local_cluster_outlives_a_killed_driver(tmp_path):
     env.pop("RAY_ADDRESS", None)
     out = tmp_path / "out"
     out.mkdir()
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    driver = subprocess.Popen([sys.executable, "-c", bench.MINIMAL, str(out)], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     procs: dict = {}
     try:
         line, lines = "", []
@@ -85,17 +42,18 @@ def test_nothing_of_a_local_cluster_outlives_a_killed_driver(tmp_path):
             lines.append(line)
             assert line or driver.poll() is None, "".join(lines)[-3000:]
             assert time.monotonic() < deadline, "the driver did not start its actor within 180 s"
-        procs = _tree(driver.pid)
+        procs = bench.tree(driver.pid)
         procs.pop(driver.pid)
-        assert any("ray::Writer" in _label(p) for p in procs.values()), [_label(p) for p in procs.values()]
+        names = [bench.name_of(p) for p in procs.values()]
+        assert any(name.startswith("ray::Writer") for name in names), names
         killed = time.time()
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 30 and not all(_gone(p) for p in procs.values()):
+        while time.monotonic() - t0 < 30 and not all(bench.gone(p) for p in procs.values()):
             time.sleep(0.05)
         took = time.monotonic() - t0
-        alive = [_label(p) for p in procs.values() if not _gone(p)]
+        alive = [bench.name_of(p) for p in procs.values() if not bench.gone(p)]
         assert not alive and took <= LIMIT_S, (f"{len(alive)} of the killed driver's {len(procs)} Ray processes "
                                                f"alive {took:.1f} s after its SIGKILL: {alive}")
         last = max(p.stat().st_mtime for p in out.iterdir())
