@@ -507,9 +507,10 @@ def quickstart_row(check: Check, tmp: Path) -> Tuple[str, Dict]:
     small = check.args.small
     steps = check.args.quickstart_steps or (3 if small else 60)
     gpu = ["learner.gpus_per_rank=1", "rollout.gpus_per_worker=1"] if check.args.device == "cuda" else []
+    cache = check.args.model_cache if check.args.model_cache and not small else tmp / "quickstart-cache"
     cfg = load_config(str(QUICKSTART), (SMALL_QUICKSTART if small else []) + gpu + [
         "ray.enabled=false", f"trainer.steps={steps}", "trainer.progress_bar=false",
-        f"trainer.run_dir={tmp / 'quickstart'}", f"model.cache_dir={tmp / 'quickstart-cache'}"])
+        f"trainer.run_dir={tmp / 'quickstart'}", f"model.cache_dir={cache}"])
     start = time.perf_counter()
     trainer = Trainer(cfg, log=lambda *_: None)
     try:
@@ -567,6 +568,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--small", action="store_true", help="tiny shapes and 3 quickstart steps (CI on a CPU)")
     parser.add_argument("--out", help="write the rows as JSON here (updated after every row)")
     parser.add_argument("--quickstart-steps", type=int, default=0, help="override row (f)'s steps (60; --small 3)")
+    carried = ROOT / ".devbundle" / "model-cache"
+    parser.add_argument("--model-cache", default=str(carried) if carried.is_dir() else "",
+                        help="model.cache_dir of row (f) (not with --small): a cache holding the quickstart's base "
+                        "model skips its build (default: .devbundle/model-cache, filled by scripts/device/bundle.sh "
+                        "where it can)")
     parser.add_argument("--shapes", default="", help="comma-separated subset of the shapes (default: all), e.g. "
                         "Qwen2.5-0.5B for a shorter run")
     args = parser.parse_args(argv)

@@ -109,6 +109,24 @@ if missing:
 print(f"bundle.sh: closure check passed: {len(metas)} packages, every requirement bundled or preinstalled")
 PY
 
+# the quickstart's tiny base model, where this machine has it cached (~2 MB): the device check's row (f) then trains
+# on the GPU at once instead of first building it on the machine's CPU (minutes of device time); said either way
+if [[ -x .venv/bin/python ]]; then
+  cached="$(.venv/bin/python -c 'import os
+from score_rl.config import load_config
+from score_rl.train import base_model
+cfg = load_config("configs/quickstart.yaml", [])
+print(os.path.join(os.path.expanduser(cfg.model.cache_dir), f"tiny-{cfg.env.name}-{base_model._cache_key(cfg)}"))' \
+    2> /dev/null || true)"
+  if [[ -n "$cached" && -f "$cached/config.json" ]]; then
+    mkdir -p "$OUT/model-cache" && cp -r "$cached" "$OUT/model-cache/"
+    echo "bundle.sh: the quickstart's base model carried along ($cached)"
+  else
+    echo "bundle.sh: the quickstart's base model is not cached here (score-rl train configs/quickstart.yaml builds it):" \
+      "the device check will build it on the machine's CPU first"
+  fi
+fi
+
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 bundle_bytes="$(du -sb "$OUT" | cut -f1)"
 tree_bytes="$(git ls-files -z | xargs -0 stat -c %s 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')"
