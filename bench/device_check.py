@@ -169,6 +169,7 @@ class Check:
     def __init__(self, args):
         self.args, self.rows, self.state = args, [], {}
         self.out = Path(args.out) if args.out else None
+        self.started = time.perf_counter()
         self.meta = _meta(args)
 
     def header(self) -> None:
@@ -181,6 +182,13 @@ class Check:
 
     def row(self, name: str, fn: Callable[[], Tuple[str, Dict]]) -> None:
         start = time.perf_counter()
+        deadline = getattr(self.args, "deadline_s", 0)
+        if deadline and start - self.started > deadline:  # printed, not run: a later kill would lose every row
+            row = dict(name=name, ok=False, result=f"SKIPPED: past --deadline-s {deadline:.0f}", values={}, seconds=0.0)
+            self.rows.append(row)
+            print(f"| {name} | {row['result']} | 0.0 |", flush=True)
+            self.save()
+            return
         try:
             with contextlib.redirect_stdout(sys.stderr):  # the project's own progress lines: not into the table
                 text, values = fn()
@@ -568,6 +576,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--small", action="store_true", help="tiny shapes and 3 quickstart steps (CI on a CPU)")
     parser.add_argument("--out", help="write the rows as JSON here (updated after every row)")
     parser.add_argument("--quickstart-steps", type=int, default=0, help="override row (f)'s steps (60; --small 3)")
+    parser.add_argument("--deadline-s", type=float, default=0, help="rows that would start after this many seconds "
+                        "are printed as SKIPPED instead of run (e.g. 450 inside a 600-s call; 0 = none)")
     carried = ROOT / ".devbundle" / "model-cache"
     parser.add_argument("--model-cache", default=str(carried) if carried.is_dir() else "",
                         help="model.cache_dir of row (f) (not with --small): a cache holding the quickstart's base "

@@ -75,6 +75,17 @@ def test_a_failing_row_prints_one_line_and_the_check_goes_on(tmp_path, capsys):
     assert saved["meta"]["device"] == "cpu"
 
 
+def test_rows_past_the_deadline_are_printed_as_skipped_not_run(tmp_path, capsys):
+    args = argparse.Namespace(device="cpu", small=True, out=str(tmp_path / "out.json"), quickstart_steps=0,
+                              deadline_s=1e-9)
+    check = dc.Check(args)
+    ran = []
+    check.row("late row", lambda: ran.append(1) or ("ran", {}))
+    assert not ran
+    assert "| late row | SKIPPED: past --deadline-s" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out.json").read_text())["failed"] == ["late row"]
+
+
 @pytest.mark.parametrize("script", ["scripts/device/bundle.sh", "scripts/device/install.sh", "scripts/device/ci.sh"])
 def test_device_scripts_pass_shellcheck(script):
     import subprocess
