@@ -321,5 +321,20 @@ class Learner:
             set_hyperparameters(engine, self.cfg.algo.critic.lr if engine is self.critic else self.cfg.learner.lr,
                                 self.cfg)
 
+    def close(self) -> None:
+        """Destroy this rank's DeepSpeed engines (policy, critic, and the ZeRO 3 reference) and drop them: a ZeRO 1/2
+        optimizer's gradient hooks keep its engine alive from autograd objects the garbage collector cannot see, so an
+        in-process learner is never freed without this (a Ray actor frees everything when it exits). Idempotent; an
+        engine of a DeepSpeed without ``destroy`` is only dropped."""
+        from deepspeed.runtime.engine import DeepSpeedEngine
+
+        for name in ("engine", "critic", "reference"):
+            engine = getattr(self, name, None)
+            if isinstance(engine, DeepSpeedEngine) and callable(getattr(engine, "destroy", None)):
+                engine.destroy()
+            if hasattr(self, name):
+                setattr(self, name, None)
+        self._sources = None  # the policy's parameters (weight sync), cached
+
     def _tagged_engines(self, tag: str):
         return [(self.engine, tag)] + ([(self.critic, f"{tag}_critic")] if self.critic is not None else [])

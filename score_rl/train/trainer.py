@@ -158,8 +158,7 @@ class Trainer:
         return {**self.step_metrics(episodes, stage, stats, times), **extra}
 
     def next_batch(self, step: int, times: Dict[str, float]) -> List[Episode]:
-        """The step's episodes: sampled during the previous step (off-policy, or restored from a checkpoint), else
-        now."""
+        """The step's episodes: sampled in the previous step (off-policy, or restored from a checkpoint), else now."""
         ready = self.prefetch.take(step)
         if ready is None:
             with _timed(times, "rollout"):
@@ -378,10 +377,11 @@ class Trainer:
 
     # --- the end of a run ----------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Release environment pools held by in-process workers (Ray actors release theirs when they exit)."""
-        if not self.workers.use_ray:
+        """Release in-process workers' environment pools and learners' DeepSpeed engines (Ray actors free theirs)."""
+        if not self.workers.use_ray:  # (learners in-process too: ray.enabled decides both)
             for worker in self.workers.members:
                 worker.env.close()
+            self.learners.call("close")
         self.env.close()
         self.lock.release()
 
