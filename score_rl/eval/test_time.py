@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -92,7 +93,8 @@ def study_model(chains_by_problem: Dict[str, List[Episode]], difficulty: Dict[st
     for pid, chains in chains_by_problem.items():
         prob = problem_chains(pid, chains, env, scorer, (problems or {}).get(pid))
         reduced.append(prob)
-        rng = random.Random(seed * 1_000_003 + len(reduced))
+        # the problem's own stream (its id, not its position): the same values whatever order problems come in
+        rng = random.Random(seed * 1_000_003 + zlib.crc32(pid.encode()))
         for sel in selections:
             study.values.setdefault(sel, {})[pid] = {c: co.cell_value(prob, c, sel, max_subsets, rng) for c in cells}
         firsts = [ep.turns[0].reward >= 0.5 for ep in chains]

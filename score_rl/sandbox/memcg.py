@@ -149,12 +149,12 @@ class ExecutionCgroup:
         limit ran out: its own, a parent's (the job's, the container's) or the machine's."""
         return self._event("oom_kill")
 
-    def hit_limit(self) -> bool:
+    def hit_limit(self, peak: Optional[int] = None) -> bool:
         """Whether usage ever reached *this* cgroup's limit: its high-water mark within 1 MiB of the limit, or
         (v1) a failed charge counted in memory.failcnt / memory.memsw.failcnt, or (v2) the "max" event. An OOM kill
         is the execution's own doing only then. (v1 with memory + swap limited as well counts no failcnt on some
         kernels: the high-water mark is the reliable sign.)"""
-        peak = self.peak_bytes()
+        peak = self.peak_bytes() if peak is None else peak
         if self.limit and peak is not None and peak >= self.limit - (1 << 20):
             return True
         if self.version == 1:

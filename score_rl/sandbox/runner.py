@@ -444,7 +444,8 @@ class _Execution:
         the run is then "killed", not "memory limit"."""
         if self.cgroup is None:
             return None, 0
-        peak, kills = self.cgroup.peak_bytes(), self.cgroup.oom_kills() if self.cgroup.hit_limit() else 0
+        peak = self.cgroup.peak_bytes()
+        kills = self.cgroup.oom_kills() if self.cgroup.hit_limit(peak) else 0
         if not self.cgroup.remove():
             _say_once(f"score-rl sandbox: could not remove the memory cgroup {self.cgroup.path} (a process of the "
                       "execution is still in it; said once)", key="cgroup remove")

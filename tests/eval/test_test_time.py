@@ -143,3 +143,24 @@ def test_a_ppo_critic_scores_an_attempt_by_the_value_before_its_last_token(tmp_p
     with torch.no_grad():
         expected = float(critic(input_ids=torch.tensor([[5, 6, 7, 8, 9]])).logits[0, 3, 0])
     assert scorer(None, turn) == pytest.approx(expected, abs=1e-5) and expected != 0.0
+
+
+def test_a_study_is_the_same_whatever_order_its_problems_and_chains_come_in():
+    """Random subsets (past max_subsets) draw from each problem's own stream: reordering the problems, or the chains
+    of a problem, changes no value (the chains of one cell are exchangeable)."""
+    rng = random.Random(1)
+    plan = test_time.chain_plan([1, 2, 4, 8], 4)
+    chains = {f"p{i}": _episodes(f"p{i}", [[rng.choice([7, 7, 1, 2]) for _ in range(n)] for n, c in plan
+                                           for _ in range(c)], truth=7) for i in range(12)}
+    difficulty = {p: _episodes(p, [[7], [1]], truth=7) for p in chains}
+
+    def values(order, flip):
+        ordered = {p: (list(reversed(chains[p])) if flip else chains[p]) for p in order}
+        return test_time.study_model(ordered, difficulty, None, [1, 2, 4, 8], 4, params=10, max_subsets=5).values
+
+    reference = values(sorted(chains), False)
+    assert values(sorted(chains, reverse=True), False) == reference
+    exact = test_time.study_model(chains, difficulty, None, [1, 2, 4, 8], 4, params=10, max_subsets=10 ** 6).values
+    flipped = {p: (list(reversed(c))) for p, c in chains.items()}
+    assert test_time.study_model(flipped, difficulty, None, [1, 2, 4, 8], 4, params=10,
+                                 max_subsets=10 ** 6).values == exact
